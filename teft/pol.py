@@ -1,0 +1,69 @@
+"""Proof-of-Loss: a submission is worth what it lowers the loss on data its author could not predict.
+
+Candidates are evaluated by swapping their slices into one loaded model and swapping the original back,
+so scoring N submissions costs N forward passes over the subset, never N model copies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from teft.model import MoELayout
+from teft.state import extract_keys, load_state
+from teft.train import lm_loss
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batches: Iterable[torch.Tensor]) -> float:
+    """Token-weighted mean next-token loss over batches of equal-length blocks."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = batch.to(device)
+        tokens = batch.shape[0] * (batch.shape[1] - 1)
+        total += float(lm_loss(model, batch)) * tokens
+        count += tokens
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def state_loss(model: nn.Module, layout: MoELayout, state: dict[str, torch.Tensor],
+               batches: list[torch.Tensor]) -> float:
+    """Loss with `state` swapped in; the model's own slices are restored afterwards, even on error."""
+    if not all(torch.isfinite(t).all() for t in state.values()):
+        return math.inf
+    saved = extract_keys(model, layout, state, dtype=next(model.parameters()).dtype)
+    try:
+        load_state(model, layout, state)
+        return mean_loss(model, batches)
+    finally:
+        load_state(model, layout, saved)
+
+
+def score(base_loss: float, candidate_loss: float) -> float:
+    """s = max(0, L(base) - L(candidate)); anything non-finite scores zero."""
+    if not (math.isfinite(base_loss) and math.isfinite(candidate_loss)):
+        return 0.0
+    return max(0.0, base_loss - candidate_loss)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One ranked submission."""
+
+    miner: str
+    payload_hash: str
+    loss: float
+    score: float
+
+
+def rank(entries: Iterable[Scored]) -> list[Scored]:
+    """Best first; ties broken by miner id then payload hash, so every peer orders them the same."""
+    return sorted(entries, key=lambda s: (-s.score, s.miner, s.payload_hash))
