@@ -37,7 +37,7 @@ def merge(deltas: list[ExpertState], weights: list[float] | None = None) -> Expe
     merged = OrderedDict()
     for key in canonical(deltas[0]):
         acc = torch.zeros_like(deltas[0][key], dtype=torch.float32)
-        for delta, w in zip(deltas, weights):
+        for delta, w in zip(deltas, weights, strict=True):
             acc = acc + delta[key].float() * torch.tensor(w / total, dtype=torch.float32)
         merged[key] = acc
     return merged
@@ -75,8 +75,9 @@ class NesterovOuter:
         return new_state
 
     def save(self, path: str | os.PathLike) -> None:
-        from teft.state import to_bytes
         from pathlib import Path
+
+        from teft.state import to_bytes
 
         atomic_write(Path(path), to_bytes(self.buffer) if self.buffer else b"")
 

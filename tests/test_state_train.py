@@ -7,8 +7,18 @@ from tiny_models import CONFIGS, VOCAB, build
 from teft.errors import TeftError
 from teft.model import discover_layout
 from teft.selection import ExpertMap
-from teft.state import (check_state, expected_shapes, expected_size, extract_state, from_bytes, load_state,
-                        save_state, load_state_file, state_hash, to_bytes)
+from teft.state import (
+    check_state,
+    expected_shapes,
+    expected_size,
+    extract_state,
+    from_bytes,
+    load_state,
+    load_state_file,
+    save_state,
+    state_hash,
+    to_bytes,
+)
 from teft.train import TrainConfig, lr_at, train_experts, trainable_experts
 
 ARCHS = [*CONFIGS, "per_expert"]
