@@ -51,21 +51,28 @@ def cmd_inspect(args) -> None:
         print(layout_json(layout))
         return
     print(describe(layout))
-    if args.data:
-        from teft.analysis import specialization, specialization_table
+    if not args.data:
+        return
+    from teft.analysis import specialization, specialization_table, token_routes
 
-        profiles, tokens = {}, {}
-        for spec in args.data:
-            blocks = _blocks(tokenizer, spec, args, split=args.split)
-            profiles[spec], tokens[spec] = _profile_with_tokens(model, layout, blocks, args)
-        report = specialization(profiles, tokens, layout, top_p=args.top_p, seed=args.seed)
-        print(json.dumps(report, indent=2) if args.json else specialization_table(report))
+    blocks = {spec: _blocks(tokenizer, spec, args, split=args.split) for spec in args.data}
+    models = {"trained": model}
+    if args.control:
+        import torch
+        from transformers import AutoModelForCausalLM
 
-
-def _profile_with_tokens(model, layout, blocks, args):
-    from teft.analysis import token_routes
-
-    return token_routes(model, layout, blocks, batch_size=args.batch_size, progress=True)
+        torch.manual_seed(args.seed)
+        models["random-init control"] = AutoModelForCausalLM.from_config(model.config).to(model.device)
+    reports = {}
+    for label, m in models.items():
+        routes = {spec: token_routes(m, layout, b, args.batch_size, progress=True) for spec, b in blocks.items()}
+        reports[label] = specialization({k: v[0] for k, v in routes.items()}, {k: v[1] for k, v in routes.items()},
+                                        layout, top_p=args.top_p, seed=args.seed)
+    if args.json:
+        print(json.dumps(reports, indent=2))
+        return
+    for label, report in reports.items():
+        print(f"\n== {label} model ==" + specialization_table(report))
 
 
 def cmd_select(args) -> None:
@@ -206,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="validation", help="split of named corpora to route (default validation)")
     p.add_argument("--top-p", "--top_p", type=float, default=0.2,
                    help="budget of each domain's expert set for the overlap table (default 0.2)")
+    p.add_argument("--control", action="store_true",
+                   help="also analyse a randomly initialised model of the same shape, as a control")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_inspect)
 
