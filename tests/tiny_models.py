@@ -32,12 +32,12 @@ SHARED = {"qwen2_moe", "deepseek_v2", "deepseek_v3"}
 MOE_LAYERS = {"deepseek_v2": [1], "deepseek_v3": [1]}  # first_k_dense_replace=1
 
 
-def build(name: str, seed: int = 0) -> nn.Module:
+def build(name: str, seed: int = 0, vocab_size: int = VOCAB) -> nn.Module:
     """A tiny random model of a real architecture; weights are scaled up so experts differ visibly."""
     if name == "per_expert":
         return PerExpertMoE(PerExpertConfig()).eval()
     cls, extra = CONFIGS[name]
-    config = getattr(transformers, cls)(**_COMMON, **extra)
+    config = getattr(transformers, cls)(**{**_COMMON, "vocab_size": vocab_size}, **extra)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # transformers 5 initialises fused experts lazily; give every tensor real values
