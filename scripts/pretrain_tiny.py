@@ -10,7 +10,7 @@ balance loss is not used.
 Deterministic given the shipped corpora, the seed and torch's CPU kernels; what varies across machines is
 only floating-point summation order in multi-threaded kernels (set --threads to pin it).
 
-    python scripts/pretrain_tiny.py --steps 1500 --out teft/assets/tiny-moe
+    python scripts/pretrain_tiny.py --steps 600 --threads 2 --out teft/assets/tiny-moe
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def domain_blocks(tokenizer, block: int, split: str) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per step (default 32)")
     parser.add_argument("--block-size", type=int, default=128, help="tokens per sequence (default 128)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default 3e-3)")
