@@ -24,7 +24,6 @@ import torch
 
 def run_mode(args) -> dict:
     from teft.data import load_texts, tokenize_blocks
-
     from teft.model import discover_layout, load_model
     from teft.routing import routing_profile
     from teft.selection import ExpertMap, select_experts

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-from teft.data import load_texts, make_byte_tokenizer, tokenize_blocks  # noqa: I001
 
+from teft.data import load_texts, make_byte_tokenizer, tokenize_blocks
 from teft.routing import RoutingRecorder
 
 PRETRAIN_DOMAINS = {"general": 0.45, "code": 0.40, "legal": 0.15}

@@ -1,0 +1,1 @@
+"""DHT-only entry node with a stable identity: `python -m bootstrap`."""

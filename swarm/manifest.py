@@ -1,0 +1,232 @@
+"""Run manifest: one YAML file fixes a run; its canonical form hashes to the run id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from swarm.clock import PHASES, Clock
+from swarm.errors import SwarmError
+from swarm.identity import normalize_public_key, parse_public_key
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo must not silently fork the run id or drop a setting."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class BaseModelSpec(_Strict):
+    """Where the pretrained MoE lives locally and, optionally, the hash its files must have."""
+
+    path: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class ExpertMapSpec(_Strict):
+    """Either a ready expert map file or the selection spec to compute one."""
+
+    path: str | None = None
+    spec: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ExpertMapSpec:
+        """Exactly one source, or peers could disagree on which experts train."""
+        if (self.path is None) == (self.spec is None):
+            raise ValueError("give exactly one of expert_map.path or expert_map.spec: remove the other")
+        return self
+
+
+class Timings(_Strict):
+    """Phase durations in seconds, in protocol order."""
+
+    sync: float = Field(gt=0)
+    train: float = Field(gt=0)
+    commit: float = Field(gt=0)
+    reveal: float = Field(gt=0)
+    evaluate: float = Field(gt=0)
+    reduce: float = Field(gt=0)
+
+    def phases(self) -> list[tuple[str, float]]:
+        """The (name, seconds) list Clock takes."""
+        return [(name, getattr(self, name)) for name in PHASES]
+
+
+class InnerSpec(_Strict):
+    """Miner-side inner loop hyper-parameters."""
+
+    steps: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    seq_len: int | None = Field(default=None, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float | None = Field(default=None, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+
+
+class OuterSpec(_Strict):
+    """DiLoCo-style outer step over the merged pseudo-gradients."""
+
+    lr: float = Field(default=0.7, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = True
+    top_k: int = Field(default=4, gt=0)
+
+
+class Manifest(_Strict):
+    """Everything that must be identical on every peer of one run."""
+
+    name: str = Field(min_length=1, max_length=128)
+    base_model: BaseModelSpec
+    expert_map: ExpertMapSpec
+    data: dict[str, Any]
+    timings: Timings
+    inner: InnerSpec
+    outer: OuterSpec = Field(default_factory=OuterSpec)
+    payload_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_delta_norm: float = Field(gt=0)
+    validators: list[str]
+    genesis: float
+    quorum: int = Field(default=1, ge=1)
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("validators")
+    @classmethod
+    def _keys(cls, keys: list[str]) -> list[str]:
+        """Store keys in one normal form so allowlist checks are plain string compares."""
+        if not keys:
+            raise ValueError("no validators listed: add the public keys printed by python -m swarm.keygen")
+        out = []
+        for i, key in enumerate(keys):
+            try:
+                parse_public_key(key)
+            except SwarmError:
+                raise ValueError(
+                    f"entry {i} is not an RSA public key: paste the line printed by python -m swarm.keygen"
+                ) from None
+            out.append(normalize_public_key(key))
+        if len(set(out)) != len(out):
+            raise ValueError("a validator key is listed twice: remove the duplicate")
+        return out
+
+    @field_validator("genesis", mode="before")
+    @classmethod
+    def _genesis(cls, value: Any) -> float:
+        """Unix seconds, or an ISO time (YAML may already have parsed it); naive times are UTC."""
+        if isinstance(value, bool):
+            raise ValueError("not a time: use unix seconds or an ISO time like 2026-01-01T00:00:00Z")
+        if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                raise ValueError("not finite: use unix seconds or an ISO time")
+            return float(value)
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise ValueError("not a time: use unix seconds or an ISO time like 2026-01-01T00:00:00Z") from None
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            return value.timestamp()
+        raise ValueError("not a time: use unix seconds or an ISO time like 2026-01-01T00:00:00Z")
+
+    @model_validator(mode="after")
+    def _quorum(self) -> Manifest:
+        """A quorum larger than the allowlist could never be met."""
+        if self.quorum > len(self.validators):
+            raise ValueError(
+                f"quorum {self.quorum} exceeds the {len(self.validators)} listed validators: lower it or add keys"
+            )
+        return self
+
+    @property
+    def source(self) -> Path | None:
+        """The file it was loaded from; relative paths inside resolve against its directory."""
+        return self._source
+
+    def resolve(self, path: str) -> Path:
+        """A path from the manifest, relative to the manifest's own directory."""
+        p = Path(path).expanduser()
+        if p.is_absolute() or self._source is None:
+            return p
+        return self._source.parent / p
+
+    def clock(self) -> Clock:
+        """The run's schedule."""
+        return Clock(self.genesis, self.timings.phases())
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One pydantic error as 'field: problem (fix)'."""
+    loc = ".".join(str(part) for part in error.get("loc", ()) if not str(part).startswith("function-"))
+    kind = error.get("type", "")
+    msg = error.get("msg", "invalid").removeprefix("Value error, ")
+    if kind == "missing":
+        return f"field '{loc}' is missing: add it"
+    if kind == "extra_forbidden":
+        return f"unknown field '{loc}': remove it or check its spelling"
+    where = f"field '{loc}'" if loc else "manifest"
+    if kind == "value_error":  # our own validators already end with the fix
+        return f"{where}: {msg}"
+    return f"{where}: {msg}: fix its value"
+
+
+def from_dict(raw: dict[str, Any], source: str = "<manifest>") -> Manifest:
+    """Validate an already-parsed manifest; errors name the source and field."""
+    if not isinstance(raw, dict):
+        raise SwarmError(f"{source}: the manifest must be a mapping of fields, got {type(raw).__name__}")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        errors = e.errors()
+        extra = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise SwarmError(f"{source}: {_describe(errors[0])}{extra}") from None
+    return manifest
+
+
+def load(path: str | Path) -> Manifest:
+    """Read and validate a manifest YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SwarmError(f"manifest {path} not found: check the path given with --config") from None
+    except OSError as e:
+        raise SwarmError(f"manifest {path} cannot be read ({e.strerror}): check its permissions") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise SwarmError(f"{path}: not valid YAML{where} ({problem}): fix the syntax") from None
+    manifest = from_dict(raw, str(path))
+    manifest._source = path.resolve()
+    return manifest
+
+
+def canonical_json(manifest: Manifest) -> bytes:
+    """Sorted keys, no whitespace: the same manifest gives the same bytes on every machine."""
+    return json.dumps(
+        manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode()
+
+
+def run_id(manifest: Manifest) -> str:
+    """First 16 hex chars of sha256(canonical JSON): every DHT key starts with it."""
+    return hashlib.sha256(canonical_json(manifest)).hexdigest()[:16]
+
+
+def is_allowed(manifest: Manifest, public_key: bytes | str) -> bool:
+    """Whether a record owner is an allowlisted validator; others' rankings are ignored."""
+    return normalize_public_key(public_key) in manifest.validators

@@ -1,0 +1,276 @@
+"""DHT keys and signed record schemas, checked on write (by every validating peer) and on read.
+
+How values are checked: hivemind hands validators only the *hash* of the key, so a validator
+cannot tell from the key alone which schema applies. Every value therefore carries its own
+envelope {"kind", "run", "cycle", ...fields}; SchemaCheck recomputes the key hash from the
+envelope and rejects the record unless it matches the hashed key it was stored under, the
+fields parse for that kind, the value is at most 4 KB, and the subkey is an owner marker
+(so RSASignatureValidator, which runs first, has verified the owner's signature). A record
+cannot be replayed under another run, cycle or kind. get_records checks every value again
+on read, because a peer that runs without SchemaCheck may still answer queries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from typing import Annotated, Any, Protocol
+
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+from hivemind.utils.serializer import MSGPackSerializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from swarm.errors import RecordError
+from swarm.identity import Identity, public_key_from_subkey
+
+logger = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("peers", "commit", "seed-commit", "reveal", "ranking", "state")
+MAX_VALUE_BYTES = 4096  # hivemind hangs on values near 15 KB; records hold hashes, never payloads
+ENVELOPE = ("kind", "run", "cycle")
+
+Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+ShortStr = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class _Record(BaseModel):
+    """Shared config: unknown fields are an error, floats must be finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class PeerRecord(_Record):
+    """A live peer announcing its role and where to reach it."""
+
+    role: ShortStr
+    version: ShortStr
+    maddrs: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=16)
+
+
+class CommitRecord(_Record):
+    """A miner's binding commitment: commit_digest(run, cycle, miner, payload_hash)."""
+
+    digest: Hex64
+
+
+class SeedCommitRecord(_Record):
+    """A validator's commitment to its evaluation seed: seed_digest(seed, cycle, validator)."""
+
+    digest: Hex64
+
+
+class RevealRecord(_Record):
+    """A miner reveals the payload its commit bound it to."""
+
+    payload_hash: Hex64
+    size: int = Field(ge=0)
+
+
+class SeedReveal(_Record):
+    """A validator reveals the seed it committed to."""
+
+    seed: Hex64
+
+
+class RankingRecord(_Record):
+    """A validator's scores: entries of (miner peer key, payload hash, loss, score)."""
+
+    entries: list[tuple[ShortStr, Hex64, float, float]] = Field(max_length=256)
+
+    @field_validator("entries")
+    @classmethod
+    def _finite(cls, entries: list[tuple[str, str, float, float]]) -> list[tuple[str, str, float, float]]:
+        """Scores feed a median; NaN or inf would poison it."""
+        for _, _, loss, score in entries:
+            if not (math.isfinite(loss) and math.isfinite(score)):
+                raise ValueError("loss and score must be finite")
+        return entries
+
+
+class StateRecord(_Record):
+    """The hash of the target-expert state a peer computed at the end of the cycle."""
+
+    state_hash: Hex64
+
+
+SCHEMAS: dict[str, tuple[type[_Record], ...]] = {
+    "peers": (PeerRecord,),
+    "commit": (CommitRecord,),
+    "seed-commit": (SeedCommitRecord,),
+    "reveal": (RevealRecord, SeedReveal),
+    "ranking": (RankingRecord,),
+    "state": (StateRecord,),
+}
+
+
+class DHTLike(Protocol):
+    """What store_record/get_records need: hivemind's DHT (or a test double)."""
+
+    def store(self, key: Any, value: Any, expiration_time: float, subkey: Any = None, **kwargs: Any) -> Any: ...
+
+    def get(self, key: Any, latest: bool = False, **kwargs: Any) -> Any: ...
+
+
+def record_key(run_id: str, cycle: int, kind: str) -> str:
+    """The DHT key for one kind of record in one cycle of one run."""
+    if kind not in KINDS:
+        raise RecordError(f"unknown record kind {kind!r}: use one of {', '.join(KINDS)}")
+    return f"{run_id}/{int(cycle)}/{kind}"
+
+
+def _canonical(parts: list[Any]) -> bytes:
+    """Unambiguous bytes for hashing: JSON list, no whitespace."""
+    return json.dumps(parts, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def commit_digest(run_id: str, cycle: int, miner_id: str, payload_hash: str) -> str:
+    """Binds the payload to this run, cycle and miner, so copying a commit gains nothing."""
+    return hashlib.sha256(_canonical(["teft-commit", run_id, int(cycle), miner_id, payload_hash])).hexdigest()
+
+
+def seed_digest(seed: bytes | str, cycle: int, validator_id: str) -> str:
+    """Commits a validator to its seed before miners reveal; seed is bytes or hex."""
+    seed_hex = seed.hex() if isinstance(seed, bytes) else seed.lower()
+    return hashlib.sha256(_canonical(["teft-seed", seed_hex, int(cycle), validator_id])).hexdigest()
+
+
+def parse_record(kind: str, fields: dict[str, Any]) -> _Record:
+    """Validate the fields (without envelope) against the kind's schema(s)."""
+    errors = []
+    for model in SCHEMAS[kind]:
+        try:
+            return model.model_validate(fields)
+        except ValidationError as e:
+            errors.append(f"{model.__name__}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}")
+    raise ValueError("; ".join(errors))
+
+
+def make_value(run_id: str, cycle: int, kind: str, value: _Record | dict[str, Any]) -> dict[str, Any]:
+    """Envelope + fields, checked and size-capped, ready for dht.store."""
+    record_key(run_id, cycle, kind)
+    fields = value.model_dump(mode="python") if isinstance(value, BaseModel) else dict(value)
+    if any(name in fields for name in ENVELOPE):
+        raise RecordError(f"record fields may not use the envelope names {ENVELOPE}")
+    try:
+        model = parse_record(kind, fields)
+    except ValueError as e:
+        raise RecordError(f"{kind} record does not match its schema: {e}") from None
+    if isinstance(model, RankingRecord):
+        body: dict[str, Any] = {"entries": [list(entry) for entry in model.entries]}
+    else:
+        body = model.model_dump(mode="python")
+    envelope = {"kind": kind, "run": run_id, "cycle": int(cycle), **body}
+    size = len(MSGPackSerializer.dumps(envelope))
+    if size > MAX_VALUE_BYTES:
+        raise RecordError(
+            f"{kind} record is {size} bytes, over the {MAX_VALUE_BYTES}-byte cap: "
+            "put hashes in the DHT and serve payloads over transfer"
+        )
+    return envelope
+
+
+def check_value(value: Any, run_id: str | None = None) -> tuple[str, str, int, _Record]:
+    """Parse an envelope value: (kind, run, cycle, record), or ValueError naming the problem."""
+    if not isinstance(value, dict):
+        raise ValueError(f"value is a {type(value).__name__}, not a record")
+    kind, run, cycle = value.get("kind"), value.get("run"), value.get("cycle")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    if not isinstance(run, str) or not (0 < len(run) <= 64):
+        raise ValueError("bad run id")
+    if run_id is not None and run != run_id:
+        raise ValueError(f"record of run {run}, expected {run_id}")
+    if not isinstance(cycle, int) or isinstance(cycle, bool) or cycle < 0:
+        raise ValueError(f"bad cycle {cycle!r}")
+    fields = {k: v for k, v in value.items() if k not in ENVELOPE}
+    return kind, run, cycle, parse_record(kind, fields)
+
+
+class SchemaCheck(RecordValidatorBase):
+    """Rejects records that are not well-formed, owner-signed swarm records of this run.
+
+    strict=True (the default) rejects any other record too: the swarm's DHT carries nothing
+    else, and an unrecognisable value is exactly what a forger would store.
+    """
+
+    def __init__(self, run_id: str | None = None, strict: bool = True):
+        self.run_id = run_id
+        self.strict = strict
+
+    def validate(self, record: DHTRecord) -> bool:
+        """Called by hivemind for every record stored on or fetched by this peer."""
+        if len(record.value) > MAX_VALUE_BYTES:
+            logger.debug("refusing a %d-byte record", len(record.value))
+            return False
+        try:
+            value = MSGPackSerializer.loads(record.value)
+        except Exception:  # noqa: BLE001 - any decoding failure means a malformed record
+            return not self.strict
+        if not (isinstance(value, dict) and "kind" in value):
+            return not self.strict
+        try:
+            kind, run, cycle, _ = check_value(value, self.run_id)
+        except ValueError as e:
+            logger.debug("refusing a record: %s", e)
+            return False
+        if DHTID.generate(source=record_key(run, cycle, kind)).to_bytes() != record.key:
+            logger.debug("refusing a %s record stored under a key other than its own", kind)
+            return False
+        if not RSASignatureValidator._PUBLIC_KEY_RE.search(record.subkey or b""):
+            logger.debug("refusing an unsigned %s record (no owner key in the subkey)", kind)
+            return False
+        return True
+
+    @property
+    def priority(self) -> int:
+        """Below RSASignatureValidator's 10, so it sees the value with the signature stripped."""
+        return 0
+
+
+def store_record(
+    dht: DHTLike,
+    run_id: str,
+    cycle: int,
+    kind: str,
+    value: _Record | dict[str, Any],
+    identity: Identity,
+    expiration: float,
+) -> bool:
+    """Sign and store one record under the writer's own subkey; expiration is absolute DHT time.
+
+    Returns hivemind's verdict (False when no peer accepted it, e.g. a newer one exists).
+    """
+    envelope = make_value(run_id, cycle, kind, value)
+    return bool(dht.store(record_key(run_id, cycle, kind), envelope, expiration, subkey=identity.subkey))
+
+
+def get_records(dht: DHTLike, run_id: str, cycle: int, kind: str, latest: bool = True) -> dict[str, _Record]:
+    """All valid records of one kind and cycle, by owner public key ("ssh-rsa ..."); bad ones are logged and dropped."""
+    key = record_key(run_id, cycle, kind)
+    found = dht.get(key, latest=latest)
+    if found is None:
+        return {}
+    items = found.value if hasattr(found, "value") else found
+    if not isinstance(items, dict):
+        logger.warning("dropping %s: not a subkeyed record", key)
+        return {}
+    records: dict[str, _Record] = {}
+    for subkey, item in items.items():
+        value = item.value if hasattr(item, "value") else item
+        owner = public_key_from_subkey(subkey)
+        if owner is None:
+            logger.warning("dropping a %s record without an owner key in its subkey", key)
+            continue
+        try:
+            got_kind, _, got_cycle, record = check_value(value, run_id)
+            if (got_kind, got_cycle) != (kind, int(cycle)):
+                raise ValueError(f"envelope says {got_kind} of cycle {got_cycle}")
+        except ValueError as e:
+            logger.warning("dropping a malformed %s record from %s: %s", key, owner[:24] + "...", e)
+            continue
+        records[owner] = record
+    return records

@@ -1,0 +1,130 @@
+"""Everything a peer derives from the manifest before it touches the network: model, map, data, Phi_0.
+
+Each peer computes these the same way from the same files, and checks the model hash the manifest pins,
+so the run id stands for one model, one expert map, one data spec and one set of hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from swarm.errors import SwarmError
+from swarm.manifest import Manifest
+from teft.data import load_texts, tokenize_blocks
+from teft.errors import TeftError
+from teft.model import BUILTIN_MODELS, MoELayout, discover_layout, load_model, model_hash
+from teft.outer import OuterConfig
+from teft.selection import ExpertMap
+from teft.state import DTYPES, ExpertState, expected_size, extract_state
+from teft.train import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The loaded model and everything the protocol needs to train, score and reduce."""
+
+    manifest: Manifest
+    model: torch.nn.Module
+    tokenizer: object
+    layout: MoELayout
+    expert_map: ExpertMap
+    initial_state: ExpertState  # Phi_0, extracted from the base model
+    payload_dtype: torch.dtype
+    payload_size: int  # exact bytes of a valid submission
+    train_blocks: torch.Tensor
+    validation_blocks: torch.Tensor
+    general_blocks: torch.Tensor | None
+
+    @property
+    def inner(self) -> TrainConfig:
+        spec = self.manifest.inner
+        return TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay,
+                           warmup_steps=spec.warmup_steps, grad_clip=spec.grad_clip or 0.0)
+
+    @property
+    def outer(self) -> OuterConfig:
+        spec = self.manifest.outer
+        return OuterConfig(lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
+
+
+def _data_spec(manifest: Manifest, value: str) -> str:
+    """A corpus name stays a name; a relative path is relative to the manifest file."""
+    from teft.data import BUILTIN_CORPORA
+
+    return value if value in BUILTIN_CORPORA else str(manifest.resolve(value))
+
+
+def _model_path(manifest: Manifest) -> str:
+    path = manifest.base_model.path
+    return path if path in BUILTIN_MODELS else str(manifest.resolve(path))
+
+
+def load_runtime(manifest: Manifest, data_override: str | None = None, device: str = "cpu") -> Runtime:
+    """Load the model, check its hash, build the expert map and the data blocks; one-line errors."""
+    try:
+        path = _model_path(manifest)
+        if manifest.base_model.sha256:
+            found = model_hash(path)
+            if found != manifest.base_model.sha256:
+                raise SwarmError(f"base model {path} hashes to {found[:12]}, the manifest pins "
+                                 f"{manifest.base_model.sha256[:12]}: use the exact checkpoint of this run")
+        model, tokenizer = load_model(path, device=device)
+        layout = discover_layout(model)
+        if manifest.expert_map.path:
+            expert_map = ExpertMap.load(manifest.resolve(manifest.expert_map.path))
+        else:
+            expert_map = _select_from_spec(manifest, model, tokenizer, layout)
+        expert_map.check_model(layout, manifest.base_model.sha256)
+        data = manifest.data
+        seq_len = int(data.get("seq_len", manifest.inner.seq_len or 128))
+        train_spec = data_override or _data_spec(manifest, str(data["train"]))
+        train = tokenize_blocks(tokenizer, load_texts(train_spec, "train"), seq_len,
+                                max_tokens=data.get("train_tokens"))
+        val = tokenize_blocks(tokenizer, load_texts(_data_spec(manifest, str(data["validation"])), "validation"),
+                              seq_len, max_tokens=data.get("validation_tokens"))
+        general = None
+        if data.get("general_validation"):
+            general = tokenize_blocks(tokenizer, load_texts(_data_spec(manifest, str(data["general_validation"])),
+                                                            "validation"), seq_len,
+                                      max_tokens=data.get("validation_tokens"))
+    except KeyError as err:
+        raise SwarmError(f"manifest data section lacks {err}: add data.train and data.validation") from None
+    except TeftError as err:
+        raise SwarmError(str(err)) from None
+    dtype = DTYPES[manifest.payload_dtype]
+    initial = extract_state(model, layout, expert_map)
+    return Runtime(manifest, model, tokenizer, layout, expert_map, initial, dtype,
+                   expected_size(layout, expert_map, dtype), train, val, general)
+
+
+def _select_from_spec(manifest: Manifest, model, tokenizer, layout) -> ExpertMap:
+    """Compute the map from `expert_map.spec` (every peer computes the same on the same files)."""
+    from teft.routing import routing_profile
+    from teft.selection import select_experts
+
+    spec = dict(manifest.expert_map.spec or {})
+    seq_len = int(manifest.data.get("seq_len", 128))
+    tokens = int(spec.get("tokens", 100_000))
+
+    def profile(name):
+        blocks = tokenize_blocks(tokenizer, load_texts(_data_spec(manifest, name), "train"), seq_len, tokens)
+        return routing_profile(model, layout, blocks)
+
+    general = profile(spec["general_data"]) if spec.get("method") == "des" else None
+    layers = select_experts(profile(spec["data"]), spec.get("method", "esft-token"), spec.get("top_k"),
+                            spec.get("top_p"), general)
+    return ExpertMap(layers, layout.num_experts, spec.get("method", "esft-token"),
+                     {k: spec[k] for k in ("top_k", "top_p") if k in spec}, tokens)
+
+
+def describe(runtime: Runtime) -> str:
+    layers = len(runtime.layout.layers) * runtime.layout.num_experts
+    return (f"{runtime.expert_map.count}/{layers} experts selected, payload {runtime.payload_size:,d} bytes "
+            f"({runtime.manifest.payload_dtype}), {len(runtime.train_blocks)} train / "
+            f"{len(runtime.validation_blocks)} validation blocks")
+

@@ -1,0 +1,111 @@
+"""What a peer keeps on disk to resume after kill -9: outer checkpoints by cycle, payloads by hash, progress.
+
+Every write is atomic (temp file, fsync, rename) and every read checks the content hash, so a crash
+at any instant leaves either the old file or the new one, never a torn one that would be trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from swarm.errors import SwarmError
+from teft.state import atomic_write, state_hash
+
+
+@dataclass
+class Progress:
+    """The resumable position of a peer: the cycle whose start state it holds, and that state's hash."""
+
+    cycle: int = 0
+    checkpoint_hash: str = ""
+    seen_payloads: dict[str, int] = field(default_factory=dict)  # payload hash -> cycle first seen
+
+
+class Store:
+    """A peer's work directory."""
+
+    def __init__(self, workdir: str | os.PathLike, keep_cycles: int = 3):
+        self.root = Path(workdir)
+        if not self.root.parent.exists():
+            raise SwarmError(f"the parent of --workdir {self.root} does not exist: create it or choose another path")
+        self.keep_cycles = keep_cycles
+        for sub in ("checkpoints", "payloads"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for tmp in self.root.rglob(".*.tmp*"):  # leftovers of a write interrupted by kill -9
+            tmp.unlink(missing_ok=True)
+
+    # progress -----------------------------------------------------------------------------------
+    def load_progress(self) -> Progress | None:
+        path = self.root / "progress.json"
+        if not path.exists():
+            return None
+        try:
+            body = json.loads(path.read_text())
+            return Progress(int(body["cycle"]), str(body["checkpoint_hash"]),
+                            {str(k): int(v) for k, v in body.get("seen_payloads", {}).items()})
+        except (ValueError, KeyError, TypeError) as err:
+            raise SwarmError(f"{path} is corrupted ({err}): delete it to resync from the swarm") from err
+
+    def save_progress(self, progress: Progress) -> None:
+        atomic_write(self.root / "progress.json", json.dumps(asdict(progress), sort_keys=True).encode())
+
+    # outer checkpoints (state + momentum) by cycle ---------------------------------------------------
+    def checkpoint_path(self, cycle: int) -> Path:
+        return self.root / "checkpoints" / f"cycle-{cycle:06d}.safetensors"
+
+    def save_checkpoint(self, cycle: int, data: bytes) -> str:
+        atomic_write(self.checkpoint_path(cycle), data)
+        return state_hash(data)
+
+    def load_checkpoint(self, cycle: int, expected_hash: str | None = None) -> bytes | None:
+        path = self.checkpoint_path(cycle)
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        if expected_hash and state_hash(data) != expected_hash:
+            return None
+        return data
+
+    # payloads by hash ---------------------------------------------------------------------------
+    def payload_path(self, digest: str) -> Path:
+        if not all(c in "0123456789abcdef" for c in digest) or len(digest) != 64:
+            raise SwarmError(f"'{digest[:80]}' is not a sha256 hex digest")
+        return self.root / "payloads" / f"{digest}.safetensors"
+
+    def save_payload(self, data: bytes) -> str:
+        digest = state_hash(data)
+        atomic_write(self.payload_path(digest), data)
+        return digest
+
+    def load_payload(self, digest: str) -> bytes | None:
+        path = self.payload_path(digest)
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        return data if state_hash(data) == digest else None
+
+    def find(self, digest: str) -> bytes | None:
+        """Any stored object (payload or checkpoint) with this hash: what the transfer server serves."""
+        try:
+            found = self.load_payload(digest)
+        except SwarmError:
+            return None
+        if found is not None:
+            return found
+        for path in sorted((self.root / "checkpoints").glob("cycle-*.safetensors"), reverse=True)[: self.keep_cycles]:
+            data = path.read_bytes()
+            if state_hash(data) == digest:
+                return data
+        return None
+
+    def prune(self, current_cycle: int, keep_payloads: int = 64) -> None:
+        """Drop checkpoints older than keep_cycles and all but the newest payload files."""
+        for path in (self.root / "checkpoints").glob("cycle-*.safetensors"):
+            if int(path.stem.split("-")[1]) < current_cycle - self.keep_cycles:
+                path.unlink(missing_ok=True)
+        payloads = sorted((self.root / "payloads").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        for path in payloads[: max(len(payloads) - keep_payloads, 0)]:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,100 @@
+"""DHT node start-up errors and the watchdog that keeps p2pd from outliving its peer."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from netutil import alive, children, comm, wait_dead
+
+from swarm.dhtnode import start_dht, visible_maddrs
+from swarm.errors import SwarmError
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_initial_peer(make_identity):
+    ghost = make_identity("ghost").peer_key
+    addr = f"/ip4/127.0.0.1/tcp/{_free_port()}/p2p/{ghost}"
+    started = time.monotonic()
+    with pytest.raises(SwarmError) as err:
+        start_dht(make_identity("me"), initial_peers=[addr], startup_timeout=10)
+    assert time.monotonic() - started < 15
+    msg = str(err.value)
+    assert msg.startswith("could not reach any initial peer") and addr in msg and "bootstrap node is running" in msg
+    assert "\n" not in msg
+
+
+def test_bad_initial_peer_address(make_identity):
+    with pytest.raises(SwarmError, match="no /p2p/"):
+        start_dht(make_identity(), initial_peers=["/ip4/127.0.0.1/tcp/31337"])
+    with pytest.raises(SwarmError, match="not a multiaddr"):
+        start_dht(make_identity(), initial_peers=["127.0.0.1:31337"])
+
+
+def test_identity_in_use(make_identity):
+    ident = make_identity("twin")
+    first = start_dht(ident)
+    try:
+        with pytest.raises(SwarmError, match="in use by another running peer"):
+            start_dht(ident, initial_peers=visible_maddrs(first), startup_timeout=20)
+    finally:
+        first.shutdown()
+
+
+HOST = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from swarm.identity import load_or_create
+from swarm.dhtnode import start_dht
+dht = start_dht(load_or_create(sys.argv[2]))
+print(dht.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _first_line(proc: subprocess.Popen, timeout: float) -> str:
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    return lines.get(timeout=timeout)
+
+
+def test_sigkill_leaves_no_orphans(make_identity, tmp_path):
+    ident = make_identity("host")
+    host = subprocess.Popen([sys.executable, "-c", HOST, str(ROOT), str(ident.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        dht_pid = int(_first_line(host, 45))
+        p2pd = []
+        for _ in range(50):
+            p2pd = [p for p in children(dht_pid) if comm(p) == "p2pd"]
+            if p2pd:
+                break
+            time.sleep(0.1)
+        assert p2pd, "p2pd not found under the DHT process"
+        os.kill(host.pid, signal.SIGKILL)
+        host.wait(10)
+        assert wait_dead([dht_pid, *p2pd], 10) == [], "DHT child or p2pd outlived a SIGKILLed parent"
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait(10)
+    # the point of it all: the same identity can start again right away
+    again = start_dht(ident)
+    assert again.peer_id.to_base58() == ident.peer_key
+    again.shutdown()
+    assert not alive(dht_pid)

@@ -1,0 +1,162 @@
+"""Records: schema, size cap, signatures, and owner-only subkeys on a real DHT."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import DHTRecord
+from hivemind.utils.serializer import MSGPackSerializer
+from hivemind.utils.timed_storage import ValueWithExpiration, get_dht_time
+
+from swarm.errors import RecordError
+from swarm.records import (
+    MAX_VALUE_BYTES,
+    CommitRecord,
+    RankingRecord,
+    RevealRecord,
+    SchemaCheck,
+    SeedReveal,
+    commit_digest,
+    get_records,
+    make_value,
+    record_key,
+    seed_digest,
+    store_record,
+)
+
+RUN = "0123456789abcdef"
+H = "ab" * 32
+
+
+def test_digests_bind_every_input():
+    base = commit_digest(RUN, 3, "QmMiner", H)
+    assert base == commit_digest(RUN, 3, "QmMiner", H) and len(base) == 64
+    assert (
+        len(
+            {
+                base,
+                commit_digest(RUN, 4, "QmMiner", H),
+                commit_digest(RUN, 3, "QmOther", H),
+                commit_digest(RUN, 3, "QmMiner", "cd" * 32),
+                commit_digest("f" * 16, 3, "QmMiner", H),
+            }
+        )
+        == 5
+    )
+    assert seed_digest(b"\x01" * 32, 2, "QmV") == seed_digest("01" * 32, 2, "QmV")
+    assert seed_digest(b"\x01" * 32, 2, "QmV") != seed_digest(b"\x01" * 32, 3, "QmV")
+
+
+def test_oversize_refused_before_storing():
+    class NoStore:
+        def store(self, *a, **k):
+            raise AssertionError("must not reach the DHT")
+
+    entries = [(f"QmMiner{i:04d}", H, 1.0, 0.5) for i in range(60)]
+    with pytest.raises(RecordError, match="cap"):
+        make_value(RUN, 1, "ranking", RankingRecord(entries=entries))
+    with pytest.raises(RecordError, match="cap"):
+        store_record(NoStore(), RUN, 1, "ranking", {"entries": entries}, None, get_dht_time() + 60)
+    with pytest.raises(RecordError, match="schema"):
+        make_value(RUN, 1, "commit", {"digest": "xyz"})
+    with pytest.raises(RecordError, match="unknown record kind"):
+        record_key(RUN, 1, "gossip")
+
+
+def _record(key: str, value, subkey: bytes) -> DHTRecord:
+    return DHTRecord(
+        DHTID.generate(source=key).to_bytes(), MSGPackSerializer.dumps(subkey), MSGPackSerializer.dumps(value), 1e12
+    )
+
+
+def test_schema_check(make_identity):
+    ident = make_identity()
+    check = SchemaCheck(run_id=RUN)
+    good = make_value(RUN, 5, "reveal", RevealRecord(payload_hash=H, size=10))
+    assert check.validate(_record(f"{RUN}/5/reveal", good, ident.subkey))
+    seed = make_value(RUN, 5, "reveal", SeedReveal(seed=H))
+    assert check.validate(_record(f"{RUN}/5/reveal", seed, ident.subkey))
+    # stored under another cycle's key: replay refused
+    assert not check.validate(_record(f"{RUN}/6/reveal", good, ident.subkey))
+    # no owner key in the subkey: nobody signed it
+    assert not check.validate(_record(f"{RUN}/5/reveal", good, b"anyone"))
+    # wrong run, malformed fields, foreign values, oversize
+    assert not SchemaCheck(run_id="f" * 16).validate(_record(f"{RUN}/5/reveal", good, ident.subkey))
+    bad = {**good, "size": -1}
+    assert not check.validate(_record(f"{RUN}/5/reveal", bad, ident.subkey))
+    assert not check.validate(_record("something/else", 42, ident.subkey))
+    assert SchemaCheck(strict=False).validate(_record("something/else", 42, ident.subkey))
+    huge = {**good, "pad": "x" * MAX_VALUE_BYTES}
+    assert not check.validate(_record(f"{RUN}/5/reveal", huge, ident.subkey))
+
+
+def test_get_records_drops_malformed(make_identity, caplog):
+    a, b = make_identity("a"), make_identity("b")
+    good = make_value(RUN, 2, "commit", CommitRecord(digest=H))
+    items = {
+        a.subkey: ValueWithExpiration(good, 1e12),
+        b.subkey: ValueWithExpiration({**good, "digest": "nothex"}, 1e12),
+        b"no-owner": ValueWithExpiration(good, 1e12),
+    }
+
+    class FakeDHT:
+        def get(self, key, latest=False):
+            assert key == f"{RUN}/2/commit"
+            return ValueWithExpiration(items, 1e12)
+
+    with caplog.at_level(logging.WARNING, logger="swarm.records"):
+        got = get_records(FakeDHT(), RUN, 2, "commit")
+    assert list(got) == [a.public_key_str] and got[a.public_key_str].digest == H
+    assert "malformed" in caplog.text and "without an owner key" in caplog.text
+
+
+@pytest.mark.timeout(90)
+def test_signed_records_between_peers(make_identity):
+    """Round trip between honest peers; a forger cannot overwrite, a malformed record is dropped."""
+    from swarm.dhtnode import start_dht, visible_maddrs
+
+    a, b, m, f = (make_identity(n) for n in "abmf")
+    dhts = []
+    try:
+        alice = start_dht(a, run_id=RUN)
+        dhts.append(alice)
+        join = visible_maddrs(alice)
+        bob = start_dht(b, initial_peers=join, run_id=RUN, check_identity_free=False)
+        dhts.append(bob)
+        assert alice.peer_id.to_base58() == a.peer_key
+        exp = get_dht_time() + 120
+        digest = commit_digest(RUN, 7, a.peer_key, H)
+        assert store_record(alice, RUN, 7, "commit", CommitRecord(digest=digest), a, exp)
+        got = get_records(bob, RUN, 7, "commit")
+        assert got == {a.public_key_str: CommitRecord(digest=digest)}
+
+        # bob writes under alice's subkey: his validator cannot sign it, every peer refuses
+        assert not store_record(bob, RUN, 7, "commit", {"digest": "cd" * 32}, a, exp + 10)
+        assert get_records(alice, RUN, 7, "commit") == {a.public_key_str: CommitRecord(digest=digest)}
+
+        # mallory signs her records but does not check schemas; frank checks nothing at all
+        mallory = start_dht(
+            m, initial_peers=join, check_identity_free=False, record_validators=[RSASignatureValidator(m.private_key)]
+        )
+        dhts.append(mallory)
+        frank = start_dht(f, initial_peers=join, check_identity_free=False, record_validators=[])
+        dhts.append(frank)
+
+        # frank validates nothing, so he keeps the forgery locally; honest peers still refuse it
+        forged = make_value(RUN, 7, "commit", {"digest": "ef" * 32})
+        frank.store(record_key(RUN, 7, "commit"), forged, exp + 20, subkey=a.subkey)
+        for reader in (alice, bob):
+            assert get_records(reader, RUN, 7, "commit") == {a.public_key_str: CommitRecord(digest=digest)}
+
+        # mallory stores a signed but malformed record under her own subkey
+        bad = {"kind": "commit", "run": RUN, "cycle": 7, "digest": "not-a-hash"}
+        mallory.store(record_key(RUN, 7, "commit"), bad, exp, subkey=m.subkey)
+        for reader in (alice, bob):
+            got = get_records(reader, RUN, 7, "commit")
+            assert m.public_key_str not in got and got[a.public_key_str].digest == digest
+    finally:
+        for dht in reversed(dhts):
+            dht.shutdown()
