@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -121,8 +121,13 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
                for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
 
 
+class Interrupted(Exception):
+    """Training was asked to stop (a peer shutting down); the model holds a partial update."""
+
+
 def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, cfg: TrainConfig,
-               progress: bool = False, desc: str = "train") -> TrainResult:
+               progress: bool = False, desc: str = "train", should_stop: Callable[[], bool] | None = None
+               ) -> TrainResult:
     """AdamW over `params` for cfg.steps batches: warmup/cosine, clipping, loss ignoring padding."""
     from tqdm import tqdm
 
@@ -136,6 +141,8 @@ def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, 
     iterator = iter(batches)
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, unit="step")
     for step in bar:
+        if should_stop is not None and should_stop():
+            raise Interrupted(f"stopped after {step} of {cfg.steps} steps")
         batch = next(iterator)
         mask = None
         if isinstance(batch, dict):
@@ -157,9 +164,10 @@ def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, 
 
 
 def train_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap, batches: Iterable,
-                  cfg: TrainConfig, progress: bool = False) -> TrainResult:
+                  cfg: TrainConfig, progress: bool = False, should_stop: Callable[[], bool] | None = None
+                  ) -> TrainResult:
     """Train only the selected experts in place; everything else stays bit-identical."""
     with trainable_experts(model, layout, expert_map) as params:
         if not params:
             raise TeftError("the expert map selects no experts: nothing to train; use a larger budget")
-        return train_loop(model, params, batches, cfg, progress=progress)
+        return train_loop(model, params, batches, cfg, progress=progress, should_stop=should_stop)
