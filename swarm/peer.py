@@ -49,13 +49,16 @@ class CycleLog:
     scores: dict[str, float] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     base_loss: float | None = None
-    rankings: dict[str, dict[str, float]] = field(default_factory=dict)
+    rankings: dict[str, dict[str, float]] = field(default_factory=dict)  # validator -> miner -> score
+    medians: dict[str, float] = field(default_factory=dict)  # miner -> combined score of its best payload
     merged: list[str] = field(default_factory=list)
     quorum_met: bool = False
     state_hash: str = ""
     agreed_hash: str = ""
-    target_loss: float | None = None
+    target_loss: float | None = None  # of Phi_{c+1}, on fixed blocks (validators)
     general_loss: float | None = None
+    start_target_loss: float | None = None  # of Phi_c, measured once when a validator starts
+    start_general_loss: float | None = None
     bytes_in: int = 0
     bytes_out: int = 0
     note: str = ""
@@ -240,14 +243,16 @@ class Peer:
         stats_before = (self.net.stats.bytes_in, self.net.stats.bytes_out)
         self.log = CycleLog(cycle, self.role, self.me, self.adversary)
         self.my_payload, self.my_seed = None, b""
-        fresh = joined_in == "sync"
+        fresh = joined_in in ("sync", "train")
         self.announce_phase(cycle, joined_in)
+        if self.role == "validator" and cycle == 0:
+            self.log.start_target_loss, self.log.start_general_loss = self.measure()
         self.put(cycle, "peers", records.PeerRecord(role=self.role, version=VERSION, maddrs=self.net.maddrs[:16]))
         if self.role == "miner" and fresh:
             self.mine(cycle)
         if self.role == "validator":
             self.my_seed = secrets.token_bytes(32)
-        commits_ok = fresh or joined_in in ("train",)
+        commits_ok = fresh  # joining after the train phase: too late to commit a seed or a payload
         if self.enter(cycle, "commit") and commits_ok:
             self.commit(cycle)
         committed = {}
@@ -387,7 +392,9 @@ class Peer:
             rankings[owner] = [Entry(*entry) for entry in rec.entries]
         decision = combine(rankings, self.allowlist, self.manifest.quorum, self.manifest.outer.top_k)
         self.log.quorum_met = decision.quorum_met
-        self.log.rankings = {peer_key_of(v)[:16]: s for v, s in decision.scores.items()}
+        self.log.rankings = {peer_key_of(v): s for v, s in decision.scores.items()}
+        for (miner, _), median in decision.medians.items():
+            self.log.medians[miner] = max(median, self.log.medians.get(miner, 0.0))
         validators = sorted(peer_key_of(v) for v in decision.validators)
         submissions = []
         for miner, digest, _ in decision.merged:
@@ -407,18 +414,20 @@ class Peer:
         self.log.state_hash = state_hash(data)
         self.put(cycle, "state", records.StateRecord(state_hash=self.log.state_hash))
         if self.role == "validator":
-            self.measure()
+            self.log.target_loss, self.log.general_loss = self.measure()
 
-    def measure(self) -> None:
-        """Target and general validation loss of the new state on fixed blocks (for reports)."""
+    def measure(self) -> tuple[float, float | None]:
+        """Target and general validation loss of the held state on fixed blocks (for reports)."""
         from teft.pol import state_loss
 
         rt = self.rt
         fixed = [rt.validation_blocks[i:i + 8] for i in range(0, min(len(rt.validation_blocks), 32), 8)]
-        self.log.target_loss = state_loss(rt.model, rt.layout, self.state, fixed)
+        target = state_loss(rt.model, rt.layout, self.state, fixed)
+        general = None
         if rt.general_blocks is not None:
-            general = [rt.general_blocks[i:i + 8] for i in range(0, min(len(rt.general_blocks), 32), 8)]
-            self.log.general_loss = state_loss(rt.model, rt.layout, self.state, general)
+            blocks = [rt.general_blocks[i:i + 8] for i in range(0, min(len(rt.general_blocks), 32), 8)]
+            general = state_loss(rt.model, rt.layout, self.state, blocks)
+        return target, general
 
     def finish(self, cycle: int) -> None:
         agreed, _ = self.agreed_hash(cycle)

@@ -1,0 +1,59 @@
+"""Baselines for a simulation: full fine-tuning and single-process TEFT on the same token budget.
+
+Each baseline sees, per swarm cycle, as many tokens as the swarm's honest miners trained on together
+(miners x H x batch x sequence), and is evaluated after each such chunk on the same fixed blocks the
+validators report, so its curves line up with the swarm's cycle by cycle.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from swarm.runtime import load_runtime
+from teft.data import iterate_batches
+from teft.pol import mean_loss
+from teft.train import TrainConfig, train_experts, train_loop
+
+
+def _fixed(blocks: torch.Tensor | None) -> list[torch.Tensor]:
+    if blocks is None:
+        return []
+    return [blocks[i:i + 8] for i in range(0, min(len(blocks), 32), 8)]
+
+
+def run_baselines(manifest, cycles: int, miners: int, out=None, full_lr: float | None = None) -> dict:
+    """{method: [{cycle, target_loss, general_loss, ...}]} for `full` and `teft`, plus the base model."""
+    rt = load_runtime(manifest)
+    base = {k: v.clone() for k, v in rt.model.state_dict().items()}
+    target, general = _fixed(rt.validation_blocks), _fixed(rt.general_blocks)
+    steps_per_cycle = miners * rt.manifest.inner.steps
+    inner = rt.inner
+    results = {"steps_per_cycle": steps_per_cycle, "tokens_per_cycle": steps_per_cycle *
+               rt.manifest.inner.batch_size * rt.train_blocks.shape[1],
+               "base": {"target_loss": mean_loss(rt.model, target), "general_loss": mean_loss(rt.model, general)}}
+    for method in ("teft", "full"):
+        rt.model.load_state_dict(base)
+        lr = inner.lr if method == "teft" else (full_lr or inner.lr / 10)
+        cfg = TrainConfig(steps=steps_per_cycle * cycles, lr=lr, warmup_steps=inner.warmup_steps,
+                          grad_clip=inner.grad_clip, min_lr_ratio=1.0)
+        batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, "baseline", cfg.steps)
+        curve = []
+        for cycle in range(cycles):
+            chunk = TrainConfig(**{**cfg.__dict__, "steps": steps_per_cycle, "seed": cycle})
+            if method == "teft":
+                train_experts(rt.model, rt.layout, rt.expert_map, batches, chunk)
+            else:
+                params = list(rt.model.parameters())
+                for p in params:
+                    p.requires_grad_(True)
+                train_loop(rt.model, params, batches, chunk, desc="full fine-tuning")
+                for p in params:
+                    p.requires_grad_(False)
+            t, g = mean_loss(rt.model, target), mean_loss(rt.model, general)
+            curve.append({"cycle": cycle, "target_loss": t, "general_loss": g,
+                          "general_perplexity": math.exp(g), "lr": lr})
+        results[method] = curve
+    rt.model.load_state_dict(base)
+    return results

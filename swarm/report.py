@@ -1,0 +1,141 @@
+"""Write a simulation's report: report.json, four plots a person reads at a glance, and summary.md."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def write_outputs(report: dict, out: Path) -> None:
+    out = Path(out)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    plot(report, out)
+    (out / "summary.md").write_text(summary(report))
+
+
+def _series(rows, key):
+    return [r[key] if r.get(key) is not None else math.nan for r in rows]
+
+
+def plot(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["per_cycle"]
+    cycles = [r["cycle"] + 1 for r in rows]  # the state after cycle c's reduce is "after c+1 cycles"
+    base = report.get("base") or {}
+    for key, title, fname, transform in (
+            ("target_loss", "Target-domain validation loss", "target_loss.png", lambda x: x),
+            ("general_loss", "General-domain perplexity", "general_perplexity.png", math.exp)):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        ax.plot(cycles, [transform(v) if v == v else v for v in _series(rows, key)], "o-", lw=2,
+                label="swarm (TEFT, merged)")
+        baseline = report.get("baseline") or {}
+        for method, style, label in (("teft", "s--", "single-process TEFT"),
+                                     ("full", "^--", "full fine-tuning")):
+            if baseline.get(method):
+                ax.plot([p["cycle"] + 1 for p in baseline[method]],
+                        [transform(p[key]) for p in baseline[method]], style, label=f"{label}, same tokens")
+        if base.get(key) is not None:
+            ax.axhline(transform(base[key]), color="grey", ls=":", label="base model")
+        ax.set_xlabel("cycle")
+        ax.set_ylabel("perplexity" if transform is math.exp else "loss (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    names = sorted(report["peers"])
+    for name in names:
+        sent = [r["bytes"].get(name, {}).get("out", 0) / 1e6 for r in rows]
+        if any(sent):
+            ax.plot(cycles, sent, "o-", label=name)
+    ax.axhline(report["payload_bytes"] / 1e6, color="black", ls="--", label="one payload")
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("MB sent")
+    dense_mb = report["dense_model_bytes"] / 1e6
+    ax.set_title(f"Bytes sent per cycle per peer (a dense model exchange is {dense_mb:.1f} MB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "bytes.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    miners = sorted(n for n, p in report["peers"].items() if p["role"] == "miner")
+    for name in miners:
+        adv = report["peers"][name]["adversary"]
+        scores = [r["combined"].get(name, 0.0) for r in rows]
+        ax.plot(cycles, scores, "x:" if adv else "o-", lw=1 if adv else 2, label=f"{name}" + (" (adv)" if adv else ""))
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("combined Proof-of-Loss score (median)")
+    ax.set_title("Score per miner per cycle (dotted x: adversaries)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=110)
+    plt.close(fig)
+
+
+def _interp_drift(curve: list[dict], base_general: float, target: float) -> float | None:
+    """General-loss drift of a baseline curve at a given target loss, by linear interpolation."""
+    points = sorted((p["target_loss"], p["general_loss"] - base_general) for p in curve)
+    for (t0, d0), (t1, d1) in zip(points, points[1:], strict=False):
+        if t0 <= target <= t1 and t1 > t0:
+            return d0 + (d1 - d0) * (target - t0) / (t1 - t0)
+    return None
+
+
+def summary(report: dict) -> str:
+    rows = report["per_cycle"]
+    first, last = rows[0], rows[-1]
+    base = report.get("base") or {}
+
+    def mean_train(row, i):
+        losses = [v[i] for v in row["train_loss"].values() if v and v[i] == v[i]]
+        return sum(losses) / len(losses) if losses else math.nan
+
+    lines = ["# Swarm simulation summary", "",
+             f"{len(report['peers'])} peers, {report['cycles']} cycles; manifest `{report['manifest']}`.", "",
+             "| measure | value |", "|---|---|",
+             f"| training loss, first cycle (start -> end of inner loop) | {mean_train(first, 0):.4f} -> "
+             f"{mean_train(first, 1):.4f} |",
+             f"| training loss, last cycle | {mean_train(last, 0):.4f} -> {mean_train(last, 1):.4f} |",
+             f"| target-domain perplexity, base -> last cycle | "
+             f"{_fmt(math.exp(base['target_loss']) if base.get('target_loss') else None)} -> "
+             f"{_fmt(last['target_perplexity'])} |",
+             f"| payload bytes per miner per cycle | {report['payload_bytes']:,d} |",
+             f"| dense full-model exchange (fp32) | {report['dense_model_bytes']:,d} "
+             f"({report['dense_model_bytes'] / report['payload_bytes']:.1f}x the payload) |",
+             f"| honest peers agreed on the state hash every cycle | {'yes' if report['all_cycles_agree'] else 'NO'} |",
+             "", "## Per cycle", "",
+             "| cycle | merged | target loss | target ppl | general ppl | general drift | full FT drift at same "
+             "target loss | honest peers agree |", "|---|---|---|---|---|---|---|---|"]
+    full = (report.get("baseline") or {}).get("full")
+    for r in rows:
+        drift = (r["general_loss"] - base["general_loss"]) if base.get("general_loss") and r["general_loss"] else None
+        full_drift = _interp_drift(full, base["general_loss"], r["target_loss"]) if full and r["target_loss"] else None
+        lines.append(f"| {r['cycle']} | {len(r['merged'])}: {', '.join(r['merged']) or '-'} | "
+                     f"{_fmt(r['target_loss'])} | {_fmt(r['target_perplexity'])} | {_fmt(r['general_perplexity'])} | "
+                     f"{_fmt(drift)} | {_fmt(full_drift)} | {'yes' if r['honest_agree'] else 'no'} |")
+    if report["adversaries_ever_merged"]:
+        lines += ["", "## Adversaries", "", "| peer | kind | ever merged | why it scored zero (first cycle seen) |",
+                  "|---|---|---|---|"]
+        for name, merged in sorted(report["adversaries_ever_merged"].items()):
+            why = next((r["rejected"][name] for r in rows if name in r["rejected"]), "not ranked / score 0")
+            lines.append(f"| {name} | {report['peers'][name]['adversary']} | {'YES' if merged else 'no'} | {why} |")
+    liars = [n for n, p in report["peers"].items() if p["adversary"] in ("liar", "stranger")]
+    if liars:
+        lines += ["", f"Misbehaving validators present: {', '.join(liars)}; merged sets above are the combined "
+                  "(median) decision of the allowlisted validators."]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"

@@ -1,0 +1,113 @@
+"""`python -m swarm.status`: what a person asks first about a run, read from the DHT.
+
+The run id, the current cycle and phase, the peers by role, and for the last finished cycle its
+commits, rankings, merged miners and the agreed state hash.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from swarm.errors import SwarmError  # noqa: E402
+
+
+def collect(dht, manifest) -> dict:
+    """The status as a dict (also what --json prints)."""
+    from swarm.consensus import Entry, combine
+    from swarm.dhtnode import dht_time
+    from swarm.identity import normalize_public_key, peer_key_of
+    from swarm.manifest import run_id
+    from swarm.records import get_records
+
+    rid = run_id(manifest)
+    clock = manifest.clock()
+    pos = clock.where(dht_time())
+    status = {"run_id": rid, "name": manifest.name, "cycle": pos.cycle, "phase": pos.phase,
+              "seconds_left_in_phase": round(pos.seconds_left_in_phase, 1), "peers": {}, "last_cycle": None}
+    if pos.cycle < 0:
+        return status
+    for c in (pos.cycle - 1, pos.cycle):
+        if c < 0:
+            continue
+        for owner, rec in get_records(dht, rid, c, "peers").items():
+            status["peers"][peer_key_of(owner)] = rec.role
+    last = pos.cycle - 1
+    if last >= 0:
+        allow = {normalize_public_key(k) for k in manifest.validators}
+        rankings = {normalize_public_key(o): [Entry(*e) for e in r.entries]
+                    for o, r in get_records(dht, rid, last, "ranking").items()}
+        decision = combine(rankings, allow, manifest.quorum, manifest.outer.top_k)
+        states = Counter(r.state_hash for r in get_records(dht, rid, last, "state").values())
+        status["last_cycle"] = {
+            "cycle": last,
+            "commits": sorted(peer_key_of(o) for o in get_records(dht, rid, last, "commit")),
+            "rankings": {peer_key_of(v): len(e) for v, e in rankings.items()},
+            "allowlisted_rankings": len(decision.validators),
+            "quorum_met": decision.quorum_met,
+            "merged": [{"miner": m, "payload": h, "score": round(s, 5)} for m, h, s in decision.merged],
+            "state_hashes": dict(states.most_common()),
+        }
+    return status
+
+
+def render(status: dict) -> str:
+    roles = Counter(status["peers"].values())
+    lines = [f"run {status['run_id']} ({status['name']})",
+             f"cycle {status['cycle']}, phase {status['phase']} ({status['seconds_left_in_phase']}s left)",
+             f"peers: {len(status['peers'])} ({', '.join(f'{n} {r}' for r, n in sorted(roles.items())) or 'none'})"]
+    last = status["last_cycle"]
+    if last:
+        quorum = "met" if last["quorum_met"] else "NOT met"
+        lines += [f"last cycle {last['cycle']}: {len(last['commits'])} commits, "
+                  f"{last['allowlisted_rankings']} allowlisted rankings (quorum {quorum})",
+                  "  merged: " + (", ".join(f"{m['miner'][:12]} ({m['score']})" for m in last["merged"]) or "none")]
+        hashes = last["state_hashes"]
+        if hashes:
+            agreed, votes = next(iter(hashes.items()))
+            lines.append(f"  agreed state {agreed[:16]} ({votes} of {sum(hashes.values())} peers)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m swarm.status", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the run manifest")
+    parser.add_argument("--initial-peers", "--initial_peers", nargs="+", required=True,
+                        help="multiaddrs to join through (JOIN lines of python -m bootstrap)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--startup-timeout", "--startup_timeout", type=float, default=20.0,
+                        help="seconds to reach the initial peers (default 20)")
+    args = parser.parse_args(argv)
+    dht = None
+    try:
+        from swarm.dhtnode import start_dht
+        from swarm.identity import load_or_create
+        from swarm.manifest import load, run_id
+
+        manifest = load(args.config)
+        with tempfile.TemporaryDirectory() as tmp:
+            identity = load_or_create(Path(tmp) / "status.key")
+            dht = start_dht(identity, args.initial_peers, startup_timeout=args.startup_timeout,
+                            run_id=run_id(manifest), client_mode=True, check_identity_free=False)
+            status = collect(dht, manifest)
+        print(json.dumps(status, indent=2) if args.json else render(status))
+    except SwarmError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if dht is not None:
+            dht.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
