@@ -59,9 +59,9 @@ def corrupt(kind: str, base: ExpertState, trained: ExpertState, dtype: torch.dty
     """The bytes a misbehaving miner would send instead of its honest Phi_i."""
     g = torch.Generator().manual_seed(cycle + 7)
     if kind == "noise":
-        bad = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()}
-    elif kind == "poison":  # the honest update, sign-flipped and amplified: raises the loss
-        bad = {k: base[k] - 4.0 * (trained[k] - base[k]) for k in base}
+        bad = {k: v + 0.005 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    elif kind == "poison":  # the honest update, sign-flipped: as small as an honest one, but raises the loss
+        bad = {k: base[k] - (trained[k] - base[k]) for k in base}
     elif kind == "nan":
         bad = {k: v.clone() for k, v in trained.items()}
         first = next(iter(bad))

@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import secrets  # noqa: E402
@@ -260,7 +261,8 @@ class Peer:
             # what was committed by now is all that counts: a later commit is never evaluated
             start, end = self.phase_window(cycle, "reveal")
             self.wait_until(start + min(1.0, (end - start) / 4))
-            committed = {k: self.get(cycle, k) for k in ("commit", "seed-commit")} if commits_ok else {}
+            if commits_ok and self.role == "validator":
+                committed = {k: self.get(cycle, k) for k in ("commit", "seed-commit")}
             self.reveal(cycle)
         if self.enter(cycle, "evaluate") and self.role == "validator" and committed:
             self.validate(cycle, committed)
@@ -395,12 +397,14 @@ class Peer:
         self.log.rankings = {peer_key_of(v): s for v, s in decision.scores.items()}
         for (miner, _), median in decision.medians.items():
             self.log.medians[miner] = max(median, self.log.medians.get(miner, 0.0))
-        validators = sorted(peer_key_of(v) for v in decision.validators)
+        validators = [peer_key_of(v) for v in decision.validators]
         submissions = []
         for miner, digest, _ in decision.merged:
+            # validators already hold it: ask them first so the miner uploads as little as possible,
+            # each peer in its own order so the load spreads over the validators
+            order = sorted(validators, key=lambda v: hashlib.sha256(f"{self.me}/{v}/{digest}".encode()).digest())
             try:
-                # validators already hold it: ask them first so the miner uploads as little as possible
-                data = self.fetch(digest, [*validators, miner], cycle, self.rt.payload_size, exact=True)
+                data = self.fetch(digest, [*order, miner], cycle, self.rt.payload_size, exact=True)
                 submissions.append(from_bytes(data))
             except TransferError as err:
                 logger.warning("cycle %d: cannot fetch merged payload %s: %s; will fetch the agreed state",
@@ -511,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s %(levelname)s [{args.role}] %(message)s")
     for noisy in ("hivemind", "transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import transformers
+
+    transformers.logging.disable_progress_bar()  # a peer's log is read as a log: no progress bars
     if args.threads:
         import torch
 
@@ -538,12 +545,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SwarmError(f"the directory of --identity {identity_path} does not exist: create it first")
         identity = load_or_create(identity_path)
         store = Store(args.workdir)
-        rt = load_runtime(manifest, args.data, args.device)
-        logger.info("run %s: %s", rid, describe(rt))
-        started = time.monotonic()
+        started = time.monotonic()  # join first: an unreachable bootstrap should fail before the model loads
         dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
                         startup_timeout=args.startup_timeout, run_id=rid)
         net = Network(dht, rid, store, args.fetch_timeout)
+        rt = load_runtime(manifest, args.data, args.device)
+        logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
         Peer(args.role, rt, identity, dht, net, store, stop, args.adversary).run()
     except SwarmError as err:

@@ -93,6 +93,7 @@ class Swarm:
                 break
             if line.startswith("JOIN "):
                 self.join.append(line.split()[1])
+                (self.out / "join.txt").write_text(self.join[0] + "\n")
                 break
         if not self.join:
             self.stop()
@@ -167,7 +168,7 @@ def build_report(swarm: Swarm, cycles: int, payload_size: int, dense_bytes: int,
             "combined": {names.get(m, m): s for m, s in ref.get("medians", {}).items()},
             "quorum_met": ref.get("quorum_met", False),
             "honest_peers_reporting": len(present),
-            "honest_agree": len(present) == len(honest) and len(set(present.values())) == 1,
+            "honest_agree": len(present) > 0 and len(set(present.values())) == 1,
             "state_hash": next(iter(present.values()), ""),
             "target_loss": ref.get("target_loss"),
             "general_loss": ref.get("general_loss"),
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run full fine-tuning and single-process TEFT with the same token budget")
     parser.add_argument("--out", required=True, help="output directory (report.json, plots, summary.md, logs)")
     parser.add_argument("--start-in", "--start_in", type=float, default=None,
-                        help="seconds until genesis, for every process to start (default: 20 + 4 per peer)")
+                        help="seconds until genesis, for every process to start (default: 30 + 6 per peer)")
     parser.add_argument("--timings", default=None,
                         help="override phase seconds, e.g. sync=3,train=12,commit=3,reveal=4,evaluate=10,reduce=5")
     parser.add_argument("--steps", type=int, default=None, help="override the manifest's inner steps H")
@@ -261,7 +262,7 @@ def run(args, kinds: list[str], out: Path) -> int:
         overrides["timings"] = {k: float(v) for k, v in (item.split("=") for item in args.timings.split(","))}
     if args.steps:
         overrides["inner"] = {"steps": args.steps}
-    start_in = args.start_in if args.start_in is not None else 20 + 4 * len(swarm.peers)
+    start_in = args.start_in if args.start_in is not None else 30 + 6 * len(swarm.peers)
     swarm.write_manifest(Path(args.config), time.time() + start_in, overrides)
     manifest = load(swarm.manifest_path)
     clock = manifest.clock()

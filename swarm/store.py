@@ -52,22 +52,22 @@ class Store:
     def save_progress(self, progress: Progress) -> None:
         atomic_write(self.root / "progress.json", json.dumps(asdict(progress), sort_keys=True).encode())
 
-    # outer checkpoints (state + momentum) by cycle ---------------------------------------------------
-    def checkpoint_path(self, cycle: int) -> Path:
-        return self.root / "checkpoints" / f"cycle-{cycle:06d}.safetensors"
+    # outer checkpoints (state + momentum) by cycle, named by their hash so lookups need no hashing
+    def checkpoint_path(self, cycle: int, digest: str) -> Path:
+        return self.root / "checkpoints" / f"cycle-{cycle:06d}-{digest}.safetensors"
 
     def save_checkpoint(self, cycle: int, data: bytes) -> str:
-        atomic_write(self.checkpoint_path(cycle), data)
-        return state_hash(data)
+        digest = state_hash(data)
+        atomic_write(self.checkpoint_path(cycle, digest), data)
+        return digest
 
-    def load_checkpoint(self, cycle: int, expected_hash: str | None = None) -> bytes | None:
-        path = self.checkpoint_path(cycle)
+    def load_checkpoint(self, cycle: int, expected_hash: str) -> bytes | None:
+        """The stored checkpoint of a cycle if its bytes still hash to what progress.json recorded."""
+        path = self.checkpoint_path(cycle, expected_hash)
         if not path.exists():
             return None
         data = path.read_bytes()
-        if expected_hash and state_hash(data) != expected_hash:
-            return None
-        return data
+        return data if state_hash(data) == expected_hash else None
 
     # payloads by hash ---------------------------------------------------------------------------
     def payload_path(self, digest: str) -> Path:
@@ -95,7 +95,7 @@ class Store:
             return None
         if found is not None:
             return found
-        for path in sorted((self.root / "checkpoints").glob("cycle-*.safetensors"), reverse=True)[: self.keep_cycles]:
+        for path in (self.root / "checkpoints").glob(f"cycle-*-{digest}.safetensors"):
             data = path.read_bytes()
             if state_hash(data) == digest:
                 return data
@@ -104,7 +104,7 @@ class Store:
     def prune(self, current_cycle: int, keep_payloads: int = 64) -> None:
         """Drop checkpoints older than keep_cycles and all but the newest payload files."""
         for path in (self.root / "checkpoints").glob("cycle-*.safetensors"):
-            if int(path.stem.split("-")[1]) < current_cycle - self.keep_cycles:
+            if int(path.name.split("-")[1]) < current_cycle - self.keep_cycles:
                 path.unlink(missing_ok=True)
         payloads = sorted((self.root / "payloads").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
         for path in payloads[: max(len(payloads) - keep_payloads, 0)]:

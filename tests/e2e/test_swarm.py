@@ -1,0 +1,168 @@
+"""End to end: whole swarms of real peer processes on 127.0.0.1, driven by `python -m swarm.simulate`.
+
+Two runs share the work: one with every kind of misbehaving peer, one with crashes and a late joiner.
+Each run's report is checked for the protocol's promises in a form that can fail.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TIMINGS = "sync=3,train=16,commit=3,reveal=4,evaluate=14,reduce=5"
+pytestmark = pytest.mark.timeout(900)
+
+
+def simulate(out: Path, *args: str, timeout: float = 800) -> dict:
+    env = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
+    proc = subprocess.run([sys.executable, "-m", "swarm.simulate", "--out", str(out), "--timings", TIMINGS,
+                           "--steps", "8", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((out / "report.json").read_text())
+
+
+def no_p2pd_left():
+    found = subprocess.run(["pgrep", "-x", "p2pd"], capture_output=True, text=True).stdout.split()
+    return not found
+
+
+@pytest.fixture(scope="module")
+def adversarial(tmp_path_factory):
+    out = tmp_path_factory.mktemp("adversarial") / "run"
+    kinds = ["free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late", "liar",
+             "wrong-shape", "extra-keys", "stranger"]
+    return out, simulate(out, "--miners", "3", "--validators", "2", "--cycles", "3", "--adversary", *kinds)
+
+
+def test_honest_peers_agree_and_learn(adversarial):
+    out, report = adversarial
+    rows = report["per_cycle"]
+    assert report["all_cycles_agree"], [(r["cycle"], r["honest_peers_reporting"]) for r in rows]
+    assert all(r["honest_peers_reporting"] == 5 for r in rows)  # 3 miners + 2 validators, every cycle
+    assert all(r["quorum_met"] for r in rows)
+    assert rows[-1]["target_loss"] < report["base"]["target_loss"] - 0.05
+    assert any(report["honest_miners_ever_merged"].values())
+    for name in ("report.json", "summary.md", "target_loss.png", "general_perplexity.png", "bytes.png", "scores.png"):
+        assert (out / name).stat().st_size > 0
+    assert no_p2pd_left()
+
+
+def test_no_adversary_is_ever_merged(adversarial):
+    _, report = adversarial
+    assert report["adversaries_ever_merged"] and not any(report["adversaries_ever_merged"].values())
+    honest = {n for n, p in report["peers"].items() if p["adversary"] is None}
+    for row in report["per_cycle"]:
+        assert set(row["merged"]) <= honest, row["merged"]
+
+
+def test_malformed_submissions_score_zero_with_a_reason(adversarial):
+    _, report = adversarial
+    reasons = {}
+    for row in report["per_cycle"]:
+        assert row["combined"].get("miner-poison", 0.0) == 0.0 and row["combined"].get("miner-noise", 0.0) == 0.0
+        for miner, why in row["rejected"].items():
+            reasons.setdefault(miner, why)
+        for miner in ("miner-nan", "miner-wrong-shape", "miner-extra-keys", "miner-oversize"):
+            assert row["combined"].get(miner, 0.0) == 0.0
+    assert "non-finite" in reasons["miner-nan"]
+    assert "shape" in reasons["miner-wrong-shape"]
+    assert "key set" in reasons["miner-extra-keys"]
+    assert "over the asked maximum" in reasons["miner-oversize"] or "more than" in reasons["miner-oversize"]
+    # the copycat either finds another payload to claim, which does not match its commit, or finds none
+    assert reasons["miner-copycat"] in ("reveal does not match its commit", "committed but did not reveal")
+    assert any("replayed payload" in r["rejected"].get("miner-replay", "") for r in report["per_cycle"][1:])
+
+
+def test_late_commits_and_unlisted_validators_are_ignored(adversarial):
+    _, report = adversarial
+    for row in report["per_cycle"]:
+        assert "miner-late" not in row["combined"]  # never even ranked: its commit came after the commit phase
+        assert "validator-stranger" not in row["scores"]  # its (inverted) ranking is not counted
+        assert "validator-liar" in row["scores"]  # the allowlisted liar is counted, and outvoted
+        liar = row["scores"]["validator-liar"]
+        if liar:
+            assert max(liar, key=liar.get) not in row["merged"]
+
+
+def test_miner_upload_is_whole_payloads(adversarial):
+    _, report = adversarial
+    size = report["payload_bytes"]
+    for row in report["per_cycle"]:
+        for name in ("miner-0", "miner-1", "miner-2"):
+            sent = row["bytes"][name]["out"]
+            assert sent % size == 0 and sent >= size, (row["cycle"], name, sent)
+    assert report["dense_model_bytes"] > 5 * size
+
+
+def test_crash_restart_and_late_joiner(tmp_path):
+    out = tmp_path / "resilience"
+    report = simulate(out, "--miners", "2", "--validators", "2", "--cycles", "4", "--kill-restart", "miner-0@1",
+                      "--late-miner", "2")
+    rows = report["per_cycle"]
+    assert report["peers"]["miner-0"]["restarts"], "the kill never happened"
+    assert report["all_cycles_agree"], [(r["cycle"], r["honest_peers_reporting"]) for r in rows]
+    log = [json.loads(line) for line in (out / "peers" / "miner-0" / "metrics.jsonl").read_text().splitlines()]
+    by_cycle = {r["cycle"]: r["state_hash"] for r in log if r["state_hash"]}
+    for cycle in (2, 3):  # after the crash it computes the same states as everyone else
+        assert by_cycle[cycle] == rows[cycle]["state_hash"]
+    late = [json.loads(line) for line in (out / "peers" / "miner-late" / "metrics.jsonl").read_text().splitlines()]
+    assert late and min(r["cycle"] for r in late) >= 2
+    assert any(r["cycle"] == 3 and r["state_hash"] == rows[3]["state_hash"] for r in late)
+    assert rows[-1]["target_loss"] < report["base"]["target_loss"]
+    assert no_p2pd_left()
+
+
+def _peer(*args, timeout=60):
+    env = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
+    return subprocess.run([sys.executable, "-m", "swarm.peer", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _one_error_line(proc):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return errors[0]
+
+
+def _manifest(tmp_path):
+    from swarm.identity import load_or_create
+    from swarm.launch import write_manifest
+
+    key = load_or_create(tmp_path / "v.key").public_key_str
+    return write_manifest(REPO / "configs" / "tiny.yaml", tmp_path / "run" / "run.yaml", [key], time.time() + 60,
+                          {"quorum": 1})
+
+
+def test_unreachable_bootstrap(tmp_path):
+    start = time.monotonic()
+    line = _one_error_line(_peer("--role", "miner", "--config", str(_manifest(tmp_path)), "--initial-peers",
+                                 "/ip4/127.0.0.1/tcp/9/p2p/QmVqZZ9H5iuvn4F5HXSzBJrskDESXE5dCHUkhPRo7SiSav",
+                                 "--identity", str(tmp_path / "m.key"), "--workdir", str(tmp_path / "w"),
+                                 "--startup-timeout", "10"))
+    assert "could not reach any initial peer" in line
+    assert time.monotonic() - start < 60
+    assert no_p2pd_left()
+
+
+def test_wrong_manifest(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbase_model: {path: tiny}\nunknown_field: 1\n")
+    line = _one_error_line(_peer("--role", "miner", "--config", str(bad), "--identity", str(tmp_path / "k"),
+                                 "--workdir", str(tmp_path / "w")))
+    assert "bad.yaml" in line
+    line = _one_error_line(_peer("--role", "miner", "--config", str(tmp_path / "missing.yaml"), "--identity",
+                                 str(tmp_path / "k"), "--workdir", str(tmp_path / "w")))
+    assert "not found" in line
+
+
+def test_missing_identity_directory(tmp_path):
+    line = _one_error_line(_peer("--role", "validator", "--config", str(_manifest(tmp_path)), "--identity",
+                                 str(tmp_path / "no" / "such" / "dir" / "k.key"), "--workdir", str(tmp_path / "w")))
+    assert "does not exist" in line and "identity" in line

@@ -1,0 +1,45 @@
+"""The peer's work directory: atomic, hash-checked, resumable."""
+
+import pytest
+
+from swarm.errors import SwarmError
+from swarm.store import Progress, Store
+
+
+def test_checkpoints_payloads_and_progress(tmp_path):
+    store = Store(tmp_path / "w", keep_cycles=2)
+    digest = store.save_checkpoint(3, b"state-3")
+    assert store.load_checkpoint(3, digest) == b"state-3"
+    assert store.find(digest) == b"state-3"
+    payload = store.save_payload(b"payload")
+    assert store.load_payload(payload) == b"payload" and store.find(payload) == b"payload"
+    assert store.find("0" * 64) is None and store.find("not-a-hash") is None
+    store.save_progress(Progress(3, digest, {payload: 3}))
+    again = Store(tmp_path / "w").load_progress()
+    assert again == Progress(3, digest, {payload: 3})
+
+
+def test_corruption_is_detected_not_trusted(tmp_path):
+    store = Store(tmp_path / "w")
+    digest = store.save_checkpoint(1, b"good bytes")
+    store.checkpoint_path(1, digest).write_bytes(b"torn")  # as if a disk lied
+    assert store.load_checkpoint(1, digest) is None and store.find(digest) is None
+    (tmp_path / "w" / "progress.json").write_text("{broken")
+    with pytest.raises(SwarmError, match="corrupted"):
+        store.load_progress()
+
+
+def test_leftover_temp_files_and_pruning(tmp_path):
+    store = Store(tmp_path / "w", keep_cycles=1)
+    (tmp_path / "w" / "checkpoints" / ".cycle-000001.safetensors.tmp123").write_bytes(b"half")
+    store = Store(tmp_path / "w", keep_cycles=1)
+    assert not list((tmp_path / "w").rglob(".*.tmp*"))
+    old = store.save_checkpoint(1, b"one")
+    new = store.save_checkpoint(5, b"five")
+    store.prune(5)
+    assert store.find(old) is None and store.find(new) == b"five"
+
+
+def test_missing_parent_is_one_line(tmp_path):
+    with pytest.raises(SwarmError, match="does not exist"):
+        Store(tmp_path / "a" / "b" / "w")
