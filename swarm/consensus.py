@@ -2,9 +2,9 @@
 
 The rule: for each (miner, payload hash), the median over the allowlisted validators' scores, where a
 validator that did not score that exact pair counts as zero; at least `quorum` rankings are needed or
-nothing is merged. The top-k pairs with a positive median are merged, one per miner and per payload, in
-a fixed order. A minority of validators cannot move a median past the honest majority, so a liar can
-neither push a bad submission in nor a good one out.
+nothing is merged. The top-k pairs with a positive median of at least a fraction of the best median
+are merged, one per miner and per payload, in a fixed order. A minority of validators cannot move a
+median past the honest majority, so a liar can neither push a bad submission in nor a good one out.
 
 The agreed object is the outer checkpoint: Phi_{c+1} and the Nesterov momentum in one canonical
 safetensors file, so a late joiner that fetches it by hash continues exactly like everyone else.
@@ -44,8 +44,12 @@ class Decision:
 
 
 def combine(rankings: dict[str, list[Entry]], allowlist: set[str] | list[str], quorum: int,
-            top_k: int) -> Decision:
-    """The merge decision from rankings keyed by validator; non-allowlisted validators are ignored."""
+            top_k: int, min_relative: float = 0.0) -> Decision:
+    """The merge decision from rankings keyed by validator; non-allowlisted validators are ignored.
+
+    A pair is merged only if its median is positive and at least `min_relative` of the best median:
+    a perturbation that lowers the loss by luck (noise) scores a sliver of what training does.
+    """
     allowed = set(allowlist)
     valid = {v: entries for v, entries in sorted(rankings.items()) if v in allowed}
     scores = {v: {e.miner: e.score for e in entries} for v, entries in valid.items()}
@@ -61,9 +65,10 @@ def combine(rankings: dict[str, list[Entry]], allowlist: set[str] | list[str], q
             per_validator.append(value if value == value and value > 0 else 0.0)  # NaN and negatives count 0
         medians[(miner, digest)] = float(statistics.median(per_validator))
     order = sorted(medians, key=lambda p: (-medians[p], p[0], p[1]))
+    floor = min_relative * medians[order[0]] if order else 0.0
     merged, miners, digests = [], set(), set()
     for miner, digest in order:
-        if medians[(miner, digest)] <= 0 or len(merged) >= top_k:
+        if medians[(miner, digest)] <= max(floor, 0.0) or len(merged) >= top_k:
             break
         if miner in miners or digest in digests:  # one submission per miner; identical bytes count once
             continue

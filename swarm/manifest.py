@@ -78,6 +78,7 @@ class OuterSpec(_Strict):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = True
     top_k: int = Field(default=4, gt=0)
+    min_relative_score: float = Field(default=0.25, ge=0, le=1)  # merge only scores >= this x the best
 
 
 class Manifest(_Strict):

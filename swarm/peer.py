@@ -392,7 +392,8 @@ class Peer:
         rankings = {}
         for _pid, (owner, rec) in self.get(cycle, "ranking").items():
             rankings[owner] = [Entry(*entry) for entry in rec.entries]
-        decision = combine(rankings, self.allowlist, self.manifest.quorum, self.manifest.outer.top_k)
+        decision = combine(rankings, self.allowlist, self.manifest.quorum, self.manifest.outer.top_k,
+                           self.manifest.outer.min_relative_score)
         self.log.quorum_met = decision.quorum_met
         self.log.rankings = {peer_key_of(v): s for v, s in decision.scores.items()}
         for (miner, _), median in decision.medians.items():

@@ -45,7 +45,8 @@ def collect(dht, manifest) -> dict:
         allow = {normalize_public_key(k) for k in manifest.validators}
         rankings = {normalize_public_key(o): [Entry(*e) for e in r.entries]
                     for o, r in get_records(dht, rid, last, "ranking").items()}
-        decision = combine(rankings, allow, manifest.quorum, manifest.outer.top_k)
+        decision = combine(rankings, allow, manifest.quorum, manifest.outer.top_k,
+                           manifest.outer.min_relative_score)
         states = Counter(r.state_hash for r in get_records(dht, rid, last, "state").values())
         status["last_cycle"] = {
             "cycle": last,

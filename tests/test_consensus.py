@@ -61,3 +61,9 @@ def test_bundle_round_trip_and_reduce():
     assert bundle(back_state, back_momentum) == data
     same, mom = reduce(base, None, [], OuterConfig())
     assert same is base and len(mom) == 0
+
+
+def test_lucky_noise_below_the_relative_floor_is_not_merged():
+    rankings = {"v1": [Entry("honest", "h", 1.0, 0.17), Entry("noise", "n", 1.2, 0.002)]}
+    assert [m for m, _, _ in combine(rankings, ["v1"], 1, 4, min_relative=0.25).merged] == ["honest"]
+    assert [m for m, _, _ in combine(rankings, ["v1"], 1, 4).merged] == ["honest", "noise"]

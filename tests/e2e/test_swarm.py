@@ -18,12 +18,21 @@ TIMINGS = "sync=3,train=16,commit=3,reveal=4,evaluate=14,reduce=5"
 pytestmark = pytest.mark.timeout(900)
 
 
-def simulate(out: Path, *args: str, timeout: float = 800) -> dict:
+def simulate(out: Path, *args: str, timeout: float = 800, during=None) -> dict:
+    """Run a simulation to the end; `during(out)` is called once while its peers are running."""
     env = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
-    proc = subprocess.run([sys.executable, "-m", "swarm.simulate", "--out", str(out), "--timings", TIMINGS,
-                           "--steps", "8", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = subprocess.Popen([sys.executable, "-m", "swarm.simulate", "--out", str(out), "--timings", TIMINGS,
+                             "--steps", "8", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        if during is not None:
+            during(out)
+        _, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr[-4000:]
     return json.loads((out / "report.json").read_text())
 
 
@@ -100,10 +109,38 @@ def test_miner_upload_is_whole_payloads(adversarial):
     assert report["dense_model_bytes"] > 5 * size
 
 
+def _status_in_cycle_2(out: Path) -> None:
+    """`python -m swarm.status` against the running swarm, once cycle 2 has begun."""
+    from swarm.manifest import load
+
+    deadline = time.time() + 600
+    while time.time() < deadline and not (out / "join.txt").exists():
+        time.sleep(1)
+    manifest = load(out / "run.yaml")
+    clock = manifest.clock()
+    while time.time() < clock.phase_start(2, "train") and time.time() < deadline:
+        time.sleep(1)
+    proc = subprocess.run([sys.executable, "-m", "swarm.status", "--config", str(out / "run.yaml"),
+                           "--initial-peers", (out / "join.txt").read_text().strip(), "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _STATUS.update(json.loads(proc.stdout))
+
+
+_STATUS: dict = {}
+
+
 def test_crash_restart_and_late_joiner(tmp_path):
     out = tmp_path / "resilience"
     report = simulate(out, "--miners", "2", "--validators", "2", "--cycles", "4", "--kill-restart", "miner-0@1",
-                      "--late-miner", "2")
+                      "--late-miner", "2", during=_status_in_cycle_2)
+    from swarm.manifest import load, run_id
+
+    assert _STATUS["run_id"] == run_id(load(out / "run.yaml")) and _STATUS["cycle"] == 2
+    assert sorted(_STATUS["peers"].values()).count("validator") == 2
+    last = _STATUS["last_cycle"]
+    assert last["cycle"] == 1 and last["quorum_met"] and last["merged"]
+    assert list(last["state_hashes"])[0] == report["per_cycle"][1]["state_hash"]
     rows = report["per_cycle"]
     assert report["peers"]["miner-0"]["restarts"], "the kill never happened"
     assert report["all_cycles_agree"], [(r["cycle"], r["honest_peers_reporting"]) for r in rows]
