@@ -96,7 +96,15 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
 
     path = resolve_model_path(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        except ValueError as err:
+            if "Unrecognized configuration class" not in str(err):
+                raise
+            # vision-language MoEs (Qwen3-VL-MoE): TEFT trains the text tower's experts
+            from transformers import AutoModelForImageTextToText
+
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TeftError(f"could not load a causal LM from '{path}': {first}") from err

@@ -7,7 +7,7 @@ from tiny_models import CONFIGS, MOE_LAYERS, SHARED, build
 from teft.errors import TeftError
 from teft.model import describe, discover_layout, expert_tensor, resolve_model_path
 
-ARCHS = [*CONFIGS, "per_expert"]
+ARCHS = [*CONFIGS, "qwen3_vl_moe", "per_expert"]
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -57,3 +57,12 @@ def test_expert_view_writes_through():
         expert_tensor(model, moe, 3, "down_proj").fill_(7.0)
     assert torch.all(model.get_submodule(moe.experts).down_proj[3] == 7.0)
     assert not torch.all(model.get_submodule(moe.experts).down_proj[2] == 7.0)
+
+
+def test_vision_language_checkpoint_loads_its_text_tower(tmp_path):
+    from teft.model import load_model
+
+    build("qwen3_vl_moe").save_pretrained(tmp_path / "vl")
+    model, _ = load_model(tmp_path / "vl")
+    layout = discover_layout(model)
+    assert "language_model" in layout.layers[0].experts and layout.num_experts == 8

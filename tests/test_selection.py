@@ -12,7 +12,7 @@ from teft.routing import RoutingProfile, routing_profile
 from teft.selection import ExpertMap, select_experts
 
 
-@pytest.mark.parametrize("name", [*CONFIGS, "per_expert"])
+@pytest.mark.parametrize("name", [*CONFIGS, "qwen3_vl_moe", "per_expert"])
 def test_counts_add_up(name):
     model = build(name)
     layout = discover_layout(model)

@@ -21,7 +21,7 @@ from teft.state import (
 )
 from teft.train import TrainConfig, lr_at, train_experts, trainable_experts
 
-ARCHS = [*CONFIGS, "per_expert"]
+ARCHS = [*CONFIGS, "qwen3_vl_moe", "per_expert"]
 
 
 def _map(layout, per_layer=(1, 2)):

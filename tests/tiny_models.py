@@ -28,6 +28,7 @@ CONFIGS = {
     "gpt_oss": ("GptOssConfig", dict(intermediate_size=16, num_key_value_heads=2, num_local_experts=8,
                                      num_experts_per_tok=2, head_dim=8)),
 }
+VISION_LANGUAGE = {"qwen3_vl_moe"}  # loaded with AutoModelForImageTextToText; TEFT trains its text tower
 SHARED = {"qwen2_moe", "deepseek_v2", "deepseek_v3"}
 MOE_LAYERS = {"deepseek_v2": [1], "deepseek_v3": [1]}  # first_k_dense_replace=1
 
@@ -36,11 +37,31 @@ def build(name: str, seed: int = 0, vocab_size: int = VOCAB) -> nn.Module:
     """A tiny random model of a real architecture; weights are scaled up so experts differ visibly."""
     if name == "per_expert":
         return PerExpertMoE(PerExpertConfig()).eval()
+    if name == "qwen3_vl_moe":
+        return _qwen3_vl_moe(seed, vocab_size)
     cls, extra = CONFIGS[name]
     config = getattr(transformers, cls)(**{**_COMMON, "vocab_size": vocab_size}, **extra)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # transformers 5 initialises fused experts lazily; give every tensor real values
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def _qwen3_vl_moe(seed: int, vocab_size: int) -> nn.Module:
+    from transformers import AutoModelForImageTextToText
+
+    text = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2,
+                vocab_size=vocab_size, head_dim=8, rope_scaling={"rope_type": "default", "mrope_section": [2, 1, 1]})
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32, patch_size=4,
+                  temporal_patch_size=1, spatial_merge_size=1, deepstack_visual_indexes=[])
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(transformers.Qwen3VLMoeConfig(text_config=text,
+                                                                                   vision_config=vision))
+    with torch.no_grad():
         for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, 0.2)
