@@ -254,15 +254,12 @@ class Peer:
         if self.role == "validator":
             self.my_seed = secrets.token_bytes(32)
         commits_ok = fresh  # joining after the train phase: too late to commit a seed or a payload
+        committed = {}
         if self.enter(cycle, "commit") and commits_ok:
             self.commit(cycle)
-        committed = {}
+            if self.role == "validator":
+                committed = self.watch_commits(cycle)
         if self.enter(cycle, "reveal"):
-            # what was committed by now is all that counts: a later commit is never evaluated
-            start, end = self.phase_window(cycle, "reveal")
-            self.wait_until(start + min(1.0, (end - start) / 4))
-            if commits_ok and self.role == "validator":
-                committed = {k: self.get(cycle, k) for k in ("commit", "seed-commit")}
             self.reveal(cycle)
         if self.enter(cycle, "evaluate") and self.role == "validator" and committed:
             self.validate(cycle, committed)
@@ -312,13 +309,34 @@ class Peer:
             self.put(cycle, "seed-commit", records.SeedCommitRecord(
                 digest=records.seed_digest(self.my_seed, cycle, self.me)))
 
+    def watch_commits(self, cycle: int) -> dict:
+        """Commits first seen before the deadline (reveal start plus up to a second of grace).
+
+        A validator polls through the commit phase and keeps the first record it saw from each peer; a
+        commit that first appears later is never evaluated, whatever its author claims about its timing.
+        """
+        start, end = self.phase_window(cycle, "reveal")
+        deadline = start + min(1.0, (end - start) / 4)
+        seen: dict[str, dict] = {"commit": {}, "seed-commit": {}}
+        while not self.stop.is_set() and self.now() < deadline:
+            for kind, found in seen.items():
+                for pid, record in self.get(cycle, kind).items():
+                    found.setdefault(pid, record)
+            left = deadline - self.now()
+            if left <= 0.1:
+                break
+            self.stop.wait(min(1.0, left - 0.1))
+        return seen
+
     def reveal(self, cycle: int) -> None:
         if self.role == "validator" and self.my_seed:
             self.put(cycle, "reveal", records.SeedReveal(seed=self.my_seed.hex()))
         if self.role != "miner" or not self.my_payload:
             return
         digest, data = self.my_payload
-        if self.adversary == "late":
+        if self.adversary == "late":  # commit halfway through the reveal phase, long after the deadline
+            start, end = self.phase_window(cycle, "reveal")
+            self.wait_until(start + (end - start) / 2)
             self.put(cycle, "commit", records.CommitRecord(
                 digest=records.commit_digest(self.run_id, cycle, self.me, digest)))
         if self.adversary == "copycat":  # claim another miner's revealed payload as our own
@@ -475,10 +493,11 @@ class Network:
                              timeout=self.timeout * max(len(peers), 1) + 5)
 
     def close(self) -> None:
-        try:
-            self.loop.run(self.server.stop(), timeout=5)
-        except Exception:  # noqa: BLE001 - shutting down anyway
-            pass
+        for step in (self.server.stop, self.p2p.shutdown):
+            try:
+                self.loop.run(step(), timeout=5)
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
         self.loop.close()
 
 

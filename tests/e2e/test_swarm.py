@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TIMINGS = "sync=3,train=16,commit=3,reveal=4,evaluate=14,reduce=5"
+TIMINGS = "sync=3,train=16,commit=3,reveal=4,evaluate=16,reduce=6"
 pytestmark = pytest.mark.timeout(900)
 
 
