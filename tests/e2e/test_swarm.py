@@ -36,9 +36,20 @@ def simulate(out: Path, *args: str, timeout: float = 800, during=None) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
+def p2pd_pids() -> set[str]:
+    return set(subprocess.run(["pgrep", "-x", "p2pd"], capture_output=True, text=True).stdout.split())
+
+
+_BEFORE = p2pd_pids()  # daemons of anything else on the machine are not ours to judge
+
+
 def no_p2pd_left():
-    found = subprocess.run(["pgrep", "-x", "p2pd"], capture_output=True, text=True).stdout.split()
-    return not found
+    deadline = time.time() + 15  # a stopping daemon may take a moment to go
+    while time.time() < deadline:
+        if not p2pd_pids() - _BEFORE:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 @pytest.fixture(scope="module")
