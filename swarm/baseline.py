@@ -34,14 +34,16 @@ def run_baselines(manifest, cycles: int, miners: int, out=None, full_lr: float |
                rt.manifest.inner.batch_size * rt.train_blocks.shape[1],
                "base": {"target_loss": mean_loss(rt.model, target), "general_loss": mean_loss(rt.model, general)}}
     for method in ("teft", "full"):
+        print(f"baseline: {method} on the swarm's token budget ({cycles} x {steps_per_cycle} steps)", flush=True)
         rt.model.load_state_dict(base)
         lr = inner.lr if method == "teft" else (full_lr or inner.lr / 10)
         cfg = TrainConfig(steps=steps_per_cycle * cycles, lr=lr, warmup_steps=inner.warmup_steps,
                           grad_clip=inner.grad_clip, min_lr_ratio=1.0)
         batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, "baseline", cfg.steps)
         curve = []
-        for cycle in range(cycles):
-            chunk = TrainConfig(**{**cfg.__dict__, "steps": steps_per_cycle, "seed": cycle})
+        points = 4  # evaluations per cycle's worth of tokens, so matched-loss comparisons interpolate finely
+        for step in range(cycles * points):
+            chunk = TrainConfig(**{**cfg.__dict__, "steps": max(steps_per_cycle // points, 1), "seed": step})
             if method == "teft":
                 train_experts(rt.model, rt.layout, rt.expert_map, batches, chunk)
             else:
@@ -52,7 +54,7 @@ def run_baselines(manifest, cycles: int, miners: int, out=None, full_lr: float |
                 for p in params:
                     p.requires_grad_(False)
             t, g = mean_loss(rt.model, target), mean_loss(rt.model, general)
-            curve.append({"cycle": cycle, "target_loss": t, "general_loss": g,
+            curve.append({"cycle": (step + 1) / points - 1, "target_loss": t, "general_loss": g,
                           "general_perplexity": math.exp(g), "lr": lr})
         results[method] = curve
     rt.model.load_state_dict(base)

@@ -83,9 +83,11 @@ def plot(report: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def _interp_drift(curve: list[dict], base_general: float, target: float) -> float | None:
-    """General-loss drift of a baseline curve at a given target loss, by linear interpolation."""
-    points = sorted((p["target_loss"], p["general_loss"] - base_general) for p in curve)
+def _interp_drift(curve: list[dict], base: dict, target: float) -> float | None:
+    """General-loss drift of a baseline curve at a given target loss, by linear interpolation (the base
+    model is the curve's first point)."""
+    start = [(base["target_loss"], 0.0)] if base.get("target_loss") is not None else []
+    points = sorted(start + [(p["target_loss"], p["general_loss"] - base["general_loss"]) for p in curve])
     for (t0, d0), (t1, d1) in zip(points, points[1:], strict=False):
         if t0 <= target <= t1 and t1 > t0:
             return d0 + (d1 - d0) * (target - t0) / (t1 - t0)
@@ -120,7 +122,7 @@ def summary(report: dict) -> str:
     full = (report.get("baseline") or {}).get("full")
     for r in rows:
         drift = (r["general_loss"] - base["general_loss"]) if base.get("general_loss") and r["general_loss"] else None
-        full_drift = _interp_drift(full, base["general_loss"], r["target_loss"]) if full and r["target_loss"] else None
+        full_drift = _interp_drift(full, base, r["target_loss"]) if full and r["target_loss"] else None
         lines.append(f"| {r['cycle']} | {len(r['merged'])}: {', '.join(r['merged']) or '-'} | "
                      f"{_fmt(r['target_loss'])} | {_fmt(r['target_perplexity'])} | {_fmt(r['general_perplexity'])} | "
                      f"{_fmt(drift)} | {_fmt(full_drift)} | {'yes' if r['honest_agree'] else 'no'} |")

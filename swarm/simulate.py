@@ -204,6 +204,9 @@ def _exp(loss):
 
 
 def main(argv: list[str] | None = None) -> int:
+    import transformers
+
+    transformers.logging.disable_progress_bar()
     parser = argparse.ArgumentParser(prog="python -m swarm.simulate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml", help="manifest template (default configs/tiny.yaml)")

@@ -1,0 +1,35 @@
+"""The simulation report: matched-loss drift interpolation, plots and summary from a report dict."""
+
+import pytest
+
+from swarm.report import _interp_drift, write_outputs
+
+
+def test_drift_interpolates_from_the_base_model():
+    base = {"target_loss": 2.5, "general_loss": 1.0}
+    curve = [{"target_loss": 1.5, "general_loss": 1.2}, {"target_loss": 1.0, "general_loss": 1.6}]
+    assert _interp_drift(curve, base, 2.0) == pytest.approx(0.1)  # halfway from the base to the first point
+    assert _interp_drift(curve, base, 1.25) == pytest.approx(0.4)
+    assert _interp_drift(curve, base, 0.5) is None  # outside what the baseline reached
+
+
+def test_outputs(tmp_path):
+    peers = {"miner-0": {"role": "miner", "adversary": None}, "miner-nan": {"role": "miner", "adversary": "nan"},
+             "validator-0": {"role": "validator", "adversary": None}}
+    rows = [{"cycle": c, "merged": ["miner-0"], "combined": {"miner-0": 0.2, "miner-nan": 0.0},
+             "target_loss": 2.0 - 0.3 * c, "general_loss": 1.1 + 0.05 * c, "target_perplexity": 1.0,
+             "general_perplexity": 1.0, "honest_agree": True, "train_loss": {"miner-0": [2.0, 1.8]},
+             "bytes": {"miner-0": {"in": 0, "out": 100}}, "rejected": {"miner-nan": "has non-finite values"}}
+            for c in range(3)]
+    report = {"manifest": "run.yaml", "cycles": 3, "payload_bytes": 100, "dense_model_bytes": 1000,
+              "base": {"target_loss": 2.3, "general_loss": 1.0}, "peers": peers, "per_cycle": rows,
+              "adversaries_ever_merged": {"miner-nan": False}, "all_cycles_agree": True,
+              "baseline": {"full": [{"cycle": 0, "target_loss": 1.0, "general_loss": 1.5}]}}
+    write_outputs(report, tmp_path)
+    for name in ("target_loss.png", "general_perplexity.png", "bytes.png", "scores.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| miner-nan | nan | no | has non-finite values |" in summary
+    assert "10.0x the payload" in summary and "| honest peers agreed on the state hash every cycle | yes |" in summary
+    # cycle 0: target 2.0 is 0.3/1.3 of the way from the base (2.3) to the full-FT point (1.0, drift 0.5)
+    assert "| 0 | 1: miner-0 | 2.0000 | 1.0000 | 1.0000 | 0.1000 | 0.1154 | yes |" in summary
