@@ -68,14 +68,19 @@ def corrupt(kind: str, base: ExpertState, trained: ExpertState, dtype: torch.dty
         bad[first].view(-1)[0] = float("nan")
     elif kind == "oversize":
         return to_bytes(trained, dtype) + b"\0" * 4096
-    elif kind == "wrong-shape":
+    elif kind == "wrong-shape":  # a transposed matrix: the same byte count, so only the shape check can tell
+        bad = {k: v.clone() for k, v in trained.items()}
+        first = next(k for k, v in bad.items() if v.dim() == 2 and v.shape[0] != v.shape[1])
+        bad[first] = bad[first].t().contiguous()
+    elif kind == "extra-keys":  # smuggle an unselected expert in place of a selected one, at the same size
+        from teft.state import parse_key, state_key
+
         bad = {k: v.clone() for k, v in trained.items()}
         first = next(iter(bad))
-        bad[first] = bad[first][:-1]
-    elif kind == "extra-keys":
-        bad = {k: v.clone() for k, v in trained.items()}
-        last = list(bad)[-1]
-        bad[last.rsplit(".", 1)[0] + ".smuggled"] = torch.zeros(4)
+        layer, expert, param = parse_key(first)
+        taken = {parse_key(k)[1] for k in bad if parse_key(k)[0] == layer}
+        other = next(e for e in range(10 ** (len(str(expert)) - 1), 10 ** len(str(expert))) if e not in taken)
+        bad[state_key(layer, other, param)] = bad.pop(first)
     else:
         raise ValueError(f"unknown payload adversary {kind}")
     return to_bytes(bad, dtype)
