@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
-# Set everything up (.venv) and run the whole test suite. Extra arguments go to pytest.
-set -euo pipefail
+# Set everything up (.venv) and run the whole test suite. Arguments go to pytest.
+# With no test paths given, the suite runs as three pytest processes (unit, network, end to end): tests
+# that start hivemind DHTs inside the test process fork it, and a long-lived process that already ran
+# whole swarms of subprocesses was seen to hang those forks; a fresh process per group avoids that.
+set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup_env.sh"
+bash "$root/scripts/setup_env.sh" || exit 1
 cd "$root"
 export HIVEMIND_MEMORY_SHARING_STRATEGY=file_descriptor
-exec .venv/bin/python -m pytest "$@"
+py=.venv/bin/python
+for arg in "$@"; do
+    if [[ $arg != -* ]]; then
+        exec $py -m pytest "$@"
+    fi
+done
+status=0
+$py -m pytest "$@" tests --ignore=tests/net --ignore=tests/e2e || status=1
+$py -m pytest "$@" tests/net || status=1
+$py -m pytest "$@" tests/e2e || status=1
+if [[ $status -ne 0 ]]; then
+    echo "some tests failed (see the failures above)"
+fi
+exit $status
