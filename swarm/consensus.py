@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from teft.outer import NesterovOuter, OuterConfig, outer_step
-from teft.state import ExpertState, from_bytes, state_hash, to_bytes
+from teft.state import ExpertState, from_bytes, to_bytes
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,3 @@ def reduce(base: ExpertState, momentum: ExpertState | None, submissions: list[Ex
     optimizer = NesterovOuter(cfg, momentum or None)
     new_state = outer_step(base, submissions, optimizer)
     return new_state, optimizer.buffer
-
-
-def checkpoint_hash(data: bytes) -> str:
-    return state_hash(data)
