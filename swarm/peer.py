@@ -350,7 +350,7 @@ class Peer:
         self.put(cycle, "reveal", records.RevealRecord(payload_hash=digest, size=len(data) or self.rt.payload_size))
 
     def validate(self, cycle: int, committed: dict) -> None:
-        from swarm.validator import combined_seed, evaluate, to_entries, validation_batches
+        from swarm.validator import Verdict, combined_seed, evaluate, to_entries, validation_batches
         from teft.pol import state_loss
 
         reveals = self.get(cycle, "reveal")
@@ -378,7 +378,7 @@ class Peer:
                 continue
             if digest in self.progress.seen_payloads and self.progress.seen_payloads[digest] < cycle:
                 self.log.rejected[pid] = f"replayed payload from cycle {self.progress.seen_payloads[digest]}"
-                verdicts.append(_zero(pid, digest))
+                verdicts.append(Verdict(pid, digest, float("inf"), 0.0, self.log.rejected[pid]))
                 continue
             data, error = None, None
             if self.now() < deadline:
@@ -463,12 +463,6 @@ class Peer:
                     (lo.submitted or "-")[:12], {k[:8]: round(v, 4) for k, v in lo.scores.items()},
                     len(lo.merged), ",".join(m[:8] for m in lo.merged), lo.state_hash[:12],
                     lo.bytes_in, lo.bytes_out, f", {lo.note}" if lo.note else "")
-
-
-def _zero(miner: str, digest: str):
-    from swarm.validator import Verdict
-
-    return Verdict(miner, digest, float("inf"), 0.0, "replay")
 
 
 class Network:
