@@ -9,6 +9,7 @@ from pathlib import Path
 
 def write_outputs(report: dict, out: Path) -> None:
     out = Path(out)
+    add_drift(report)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     plot(report, out)
     (out / "summary.md").write_text(summary(report))
@@ -94,6 +95,24 @@ def _interp_drift(curve: list[dict], base: dict, target: float) -> float | None:
     return None
 
 
+def add_drift(report: dict) -> None:
+    """Per cycle, the swarm's general-loss drift from the base model and the full-FT baseline's drift at the
+    same target loss; plus how many cycles the swarm drifted less. Comparing at equal target loss, not equal
+    tokens, is what says whether training only the target experts forgets less for the same gain."""
+    base = report.get("base") or {}
+    full = (report.get("baseline") or {}).get("full")
+    compared = less = 0
+    for r in report["per_cycle"]:
+        known = base.get("general_loss") is not None and r.get("general_loss") is not None
+        r["general_drift"] = r["general_loss"] - base["general_loss"] if known else None
+        r["full_ft_drift_at_same_target_loss"] = (_interp_drift(full, base, r["target_loss"])
+                                                  if full and r.get("target_loss") is not None else None)
+        if r["general_drift"] is not None and r["full_ft_drift_at_same_target_loss"] is not None:
+            compared += 1
+            less += r["general_drift"] < r["full_ft_drift_at_same_target_loss"]
+    report["drift_vs_full_ft"] = {"cycles_compared": compared, "cycles_swarm_drifts_less": less}
+
+
 def summary(report: dict) -> str:
     rows = report["per_cycle"]
     first, last = rows[0], rows[-1]
@@ -116,13 +135,12 @@ def summary(report: dict) -> str:
              f"| dense full-model exchange (fp32) | {report['dense_model_bytes']:,d} "
              f"({report['dense_model_bytes'] / report['payload_bytes']:.1f}x the payload) |",
              f"| honest peers agreed on the state hash every cycle | {'yes' if report['all_cycles_agree'] else 'NO'} |",
+             f"| general drift below full fine-tuning's at the same target loss | {_verdict(report)} |",
              "", "## Per cycle", "",
              "| cycle | merged | target loss | target ppl | general ppl | general drift | full FT drift at same "
              "target loss | honest peers agree |", "|---|---|---|---|---|---|---|---|"]
-    full = (report.get("baseline") or {}).get("full")
     for r in rows:
-        drift = (r["general_loss"] - base["general_loss"]) if base.get("general_loss") and r["general_loss"] else None
-        full_drift = _interp_drift(full, base, r["target_loss"]) if full and r["target_loss"] else None
+        drift, full_drift = r.get("general_drift"), r.get("full_ft_drift_at_same_target_loss")
         lines.append(f"| {r['cycle']} | {len(r['merged'])}: {', '.join(r['merged']) or '-'} | "
                      f"{_fmt(r['target_loss'])} | {_fmt(r['target_perplexity'])} | {_fmt(r['general_perplexity'])} | "
                      f"{_fmt(drift)} | {_fmt(full_drift)} | {'yes' if r['honest_agree'] else 'no'} |")
@@ -137,6 +155,13 @@ def summary(report: dict) -> str:
         lines += ["", f"Misbehaving validators present: {', '.join(liars)}; merged sets above are the combined "
                   "(median) decision of the allowlisted validators."]
     return "\n".join(lines) + "\n"
+
+
+def _verdict(report: dict) -> str:
+    counts = report.get("drift_vs_full_ft") or {}
+    if not counts.get("cycles_compared"):
+        return "not compared (run with --baseline)"
+    return f"{counts['cycles_swarm_drifts_less']} of {counts['cycles_compared']} cycles"
 
 
 def _fmt(value) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from swarm.report import _interp_drift, write_outputs
+from swarm.report import _interp_drift, add_drift, write_outputs
 
 
 def test_drift_interpolates_from_the_base_model():
@@ -11,6 +11,20 @@ def test_drift_interpolates_from_the_base_model():
     assert _interp_drift(curve, base, 2.0) == pytest.approx(0.1)  # halfway from the base to the first point
     assert _interp_drift(curve, base, 1.25) == pytest.approx(0.4)
     assert _interp_drift(curve, base, 0.5) is None  # outside what the baseline reached
+
+
+def test_drift_columns_count_the_cycles_the_swarm_forgets_less():
+    base = {"target_loss": 2.5, "general_loss": 1.0}
+    rows = [{"target_loss": 2.0, "general_loss": 1.05},   # full FT drifts 0.1 here: the swarm less
+            {"target_loss": 1.25, "general_loss": 1.5},   # full FT drifts 0.4 here: the swarm more
+            {"target_loss": 0.5, "general_loss": 1.9},    # beyond the baseline's reach: not compared
+            {"target_loss": None, "general_loss": None}]  # no validator reported
+    report = {"base": base, "per_cycle": rows, "baseline": {"full": [{"target_loss": 1.5, "general_loss": 1.2},
+                                                                     {"target_loss": 1.0, "general_loss": 1.6}]}}
+    add_drift(report)
+    assert [r["general_drift"] for r in rows] == pytest.approx([0.05, 0.5, 0.9, None])
+    assert [r["full_ft_drift_at_same_target_loss"] for r in rows] == pytest.approx([0.1, 0.4, None, None])
+    assert report["drift_vs_full_ft"] == {"cycles_compared": 2, "cycles_swarm_drifts_less": 1}
 
 
 def test_outputs(tmp_path):
@@ -33,3 +47,4 @@ def test_outputs(tmp_path):
     assert "10.0x the payload" in summary and "| honest peers agreed on the state hash every cycle | yes |" in summary
     # cycle 0: target 2.0 is 0.3/1.3 of the way from the base (2.3) to the full-FT point (1.0, drift 0.5)
     assert "| 0 | 1: miner-0 | 2.0000 | 1.0000 | 1.0000 | 0.1000 | 0.1154 | yes |" in summary
+    assert "| general drift below full fine-tuning's at the same target loss | 3 of 3 cycles |" in summary

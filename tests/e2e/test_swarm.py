@@ -57,7 +57,8 @@ def adversarial(tmp_path_factory):
     out = tmp_path_factory.mktemp("adversarial") / "run"
     kinds = ["free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late", "liar",
              "wrong-shape", "extra-keys", "stranger"]
-    return out, simulate(out, "--miners", "3", "--validators", "2", "--cycles", "3", "--adversary", *kinds)
+    return out, simulate(out, "--miners", "3", "--validators", "2", "--cycles", "3", "--baseline",
+                         "--adversary", *kinds)
 
 
 def test_honest_peers_agree_and_learn(adversarial):
@@ -71,6 +72,19 @@ def test_honest_peers_agree_and_learn(adversarial):
     for name in ("report.json", "summary.md", "target_loss.png", "general_perplexity.png", "bytes.png", "scores.png"):
         assert (out / name).stat().st_size > 0
     assert no_p2pd_left()
+
+
+def test_drift_is_reported_next_to_full_fine_tuning_and_is_smaller(adversarial):
+    out, report = adversarial
+    rows = report["per_cycle"]
+    assert len(report["baseline"]["full"]) == len(report["baseline"]["teft"]) == 4 * len(rows)
+    assert all(r["general_drift"] is not None for r in rows)
+    counts = report["drift_vs_full_ft"]
+    assert counts["cycles_compared"] >= 2, rows  # the swarm's target loss lies within the baseline's reach
+    assert counts["cycles_swarm_drifts_less"] == counts["cycles_compared"], [
+        (r["cycle"], r["target_loss"], r["general_drift"], r["full_ft_drift_at_same_target_loss"]) for r in rows]
+    summary = (out / "summary.md").read_text()
+    assert f"| {counts['cycles_swarm_drifts_less']} of {counts['cycles_compared']} cycles |" in summary
 
 
 def test_no_adversary_is_ever_merged(adversarial):
