@@ -56,7 +56,11 @@ def parse_mix(text: str) -> dict[str, float]:
     mix = {}
     for part in text.split(","):
         name, _, weight = part.partition("=")
-        mix[name.strip()] = float(weight)
+        try:
+            mix[name.strip()] = float(weight)
+        except ValueError:
+            raise SystemExit(f"--mix: '{part}' is not DOMAIN=WEIGHT; "
+                             "write e.g. general=0.45,code=0.4,math=0.05") from None
     return mix
 
 
