@@ -21,7 +21,7 @@ from swarm.identity import load_or_create
 from swarm.launch import write_manifest
 from swarm.manifest import load
 from swarm.miner import train_submission
-from swarm.runtime import load_runtime
+from swarm.runtime import load_runtime, report_batches
 from teft.outer import OuterConfig
 from teft.pol import state_loss
 from teft.state import from_bytes
@@ -42,8 +42,7 @@ def main() -> None:
         key = load_or_create(Path(tmp) / "k.key").public_key_str
         manifest = load(write_manifest(args.config, Path(tmp) / "run.yaml", [key], 0, {"quorum": 1}))
         rt = load_runtime(manifest)
-    fixed = lambda blocks: [blocks[i:i + 8] for i in range(0, 32, 8)]  # noqa: E731 - the validators' blocks
-    target, general = fixed(rt.validation_blocks), fixed(rt.general_blocks)
+    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
     base_t, base_g = (state_loss(rt.model, rt.layout, rt.initial_state, b) for b in (target, general))
     results = {"base": {"target_loss": base_t, "general_loss": base_g}, "runs": []}
     for setting in args.settings:

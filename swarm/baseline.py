@@ -9,25 +9,17 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from swarm.runtime import load_runtime
+from swarm.runtime import load_runtime, report_batches
 from teft.data import iterate_batches
 from teft.pol import mean_loss
 from teft.train import TrainConfig, train_experts, train_loop
-
-
-def _fixed(blocks: torch.Tensor | None) -> list[torch.Tensor]:
-    if blocks is None:
-        return []
-    return [blocks[i:i + 8] for i in range(0, min(len(blocks), 32), 8)]
 
 
 def run_baselines(manifest, cycles: int, miners: int, out=None, full_lr: float | None = None) -> dict:
     """{method: [{cycle, target_loss, general_loss, ...}]} for `full` and `teft`, plus the base model."""
     rt = load_runtime(manifest)
     base = {k: v.clone() for k, v in rt.model.state_dict().items()}
-    target, general = _fixed(rt.validation_blocks), _fixed(rt.general_blocks)
+    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
     steps_per_cycle = miners * rt.manifest.inner.steps
     inner = rt.inner
     results = {"steps_per_cycle": steps_per_cycle, "tokens_per_cycle": steps_per_cycle *

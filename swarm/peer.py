@@ -441,15 +441,14 @@ class Peer:
 
     def measure(self) -> tuple[float, float | None]:
         """Target and general validation loss of the held state on fixed blocks (for reports)."""
+        from swarm.runtime import report_batches
         from teft.pol import state_loss
 
         rt = self.rt
-        fixed = [rt.validation_blocks[i:i + 8] for i in range(0, min(len(rt.validation_blocks), 32), 8)]
-        target = state_loss(rt.model, rt.layout, self.state, fixed)
+        target = state_loss(rt.model, rt.layout, self.state, report_batches(rt.validation_blocks))
         general = None
         if rt.general_blocks is not None:
-            blocks = [rt.general_blocks[i:i + 8] for i in range(0, min(len(rt.general_blocks), 32), 8)]
-            general = state_loss(rt.model, rt.layout, self.state, blocks)
+            general = state_loss(rt.model, rt.layout, self.state, report_batches(rt.general_blocks))
         return target, general
 
     def finish(self, cycle: int) -> None:

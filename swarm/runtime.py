@@ -52,6 +52,14 @@ class Runtime:
         return OuterConfig(lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
 
 
+def report_batches(blocks: torch.Tensor | None) -> list[torch.Tensor]:
+    """The first 32 blocks in batches of 8: the fixed set that validators' reports and the baselines are
+    measured on, so their curves compare point for point."""
+    if blocks is None:
+        return []
+    return [blocks[i:i + 8] for i in range(0, min(len(blocks), 32), 8)]
+
+
 def _data_spec(manifest: Manifest, value: str) -> str:
     """A corpus name stays a name; a relative path is relative to the manifest file."""
     from teft.data import BUILTIN_CORPORA
