@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from teft.outer import NesterovOuter, OuterConfig, outer_step
-from teft.state import ExpertState, from_bytes, to_bytes
+from teft.state import ExpertState, canonical
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,11 @@ def combine(rankings: dict[str, list[Entry]], allowlist: set[str] | list[str], q
 
 def bundle(state: ExpertState, momentum: ExpertState | None) -> bytes:
     """Canonical bytes of the outer checkpoint: `state.*` and `momentum.*` tensors in fp32."""
-    tensors = OrderedDict((f"state.{k}", v) for k, v in state.items())
-    for k, v in (momentum or {}).items():
-        tensors[f"momentum.{k}"] = v
     from safetensors.torch import save
 
-    ordered = OrderedDict((k, tensors[k].detach().to(torch.float32).contiguous()) for k in sorted(tensors))
-    return save(dict(ordered), metadata={"format": "teft-outer-checkpoint"})
+    tensors = {f"state.{k}": v for k, v in state.items()} | {f"momentum.{k}": v for k, v in (momentum or {}).items()}
+    return save({k: tensors[k].detach().to(torch.float32).contiguous() for k in sorted(tensors)},
+                metadata={"format": "teft-outer-checkpoint"})
 
 
 def unbundle(data: bytes) -> tuple[ExpertState, ExpertState]:
@@ -96,7 +94,7 @@ def unbundle(data: bytes) -> tuple[ExpertState, ExpertState]:
     tensors = load(data)
     state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
     momentum = {k[len("momentum."):]: v for k, v in tensors.items() if k.startswith("momentum.")}
-    return from_bytes(to_bytes(state)), (from_bytes(to_bytes(momentum)) if momentum else OrderedDict())
+    return canonical(state), canonical(momentum)
 
 
 def reduce(base: ExpertState, momentum: ExpertState | None, submissions: list[ExpertState],
