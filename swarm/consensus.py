@@ -78,6 +78,16 @@ def combine(rankings: dict[str, list[Entry]], allowlist: set[str] | list[str], q
     return Decision(True, sorted(valid), merged, medians, scores)
 
 
+def decide(ranking_records: dict, manifest) -> Decision:
+    """`combine` on a cycle's ranking records (owner public key -> record) with the run's own allowlist,
+    quorum, top-k and merge floor: the one call every peer and `swarm.status` make, so they cannot differ."""
+    from swarm.identity import normalize_public_key
+
+    rankings = {normalize_public_key(owner): [Entry(*e) for e in rec.entries] for owner, rec in ranking_records.items()}
+    return combine(rankings, {normalize_public_key(k) for k in manifest.validators}, manifest.quorum,
+                   manifest.outer.top_k, manifest.outer.min_relative_score)
+
+
 def bundle(state: ExpertState, momentum: ExpertState | None) -> bytes:
     """Canonical bytes of the outer checkpoint: `state.*` and `momentum.*` tensors in fp32."""
     from safetensors.torch import save

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from swarm import records  # noqa: E402
-from swarm.consensus import Entry, bundle, combine, reduce, unbundle  # noqa: E402
+from swarm.consensus import Entry, bundle, decide, reduce, unbundle  # noqa: E402
 from swarm.errors import SwarmError  # noqa: E402
 from swarm.identity import Identity, load_or_create, normalize_public_key, peer_key_of  # noqa: E402
 from swarm.store import Progress, Store  # noqa: E402
@@ -407,11 +407,7 @@ class Peer:
             del seen[digest]
 
     def reduce_cycle(self, cycle: int) -> None:
-        rankings = {}
-        for _pid, (owner, rec) in self.get(cycle, "ranking").items():
-            rankings[owner] = [Entry(*entry) for entry in rec.entries]
-        decision = combine(rankings, self.allowlist, self.manifest.quorum, self.manifest.outer.top_k,
-                           self.manifest.outer.min_relative_score)
+        decision = decide(dict(self.get(cycle, "ranking").values()), self.manifest)
         self.log.quorum_met = decision.quorum_met
         self.log.rankings = {peer_key_of(v): s for v, s in decision.scores.items()}
         for (miner, _), median in decision.medians.items():

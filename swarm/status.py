@@ -22,9 +22,9 @@ from swarm.errors import SwarmError  # noqa: E402
 
 def collect(dht, manifest) -> dict:
     """The status as a dict (also what --json prints)."""
-    from swarm.consensus import Entry, combine
+    from swarm.consensus import decide
     from swarm.dhtnode import dht_time
-    from swarm.identity import normalize_public_key, peer_key_of
+    from swarm.identity import peer_key_of
     from swarm.manifest import run_id
     from swarm.records import get_records
 
@@ -42,16 +42,13 @@ def collect(dht, manifest) -> dict:
             status["peers"][peer_key_of(owner)] = rec.role
     last = pos.cycle - 1
     if last >= 0:
-        allow = {normalize_public_key(k) for k in manifest.validators}
-        rankings = {normalize_public_key(o): [Entry(*e) for e in r.entries]
-                    for o, r in get_records(dht, rid, last, "ranking").items()}
-        decision = combine(rankings, allow, manifest.quorum, manifest.outer.top_k,
-                           manifest.outer.min_relative_score)
+        rankings = get_records(dht, rid, last, "ranking")
+        decision = decide(rankings, manifest)
         states = Counter(r.state_hash for r in get_records(dht, rid, last, "state").values())
         status["last_cycle"] = {
             "cycle": last,
             "commits": sorted(peer_key_of(o) for o in get_records(dht, rid, last, "commit")),
-            "rankings": {peer_key_of(v): len(e) for v, e in rankings.items()},
+            "rankings": {peer_key_of(v): len(r.entries) for v, r in rankings.items()},
             "allowlisted_rankings": len(decision.validators),
             "quorum_met": decision.quorum_met,
             "merged": [{"miner": m, "payload": h, "score": round(s, 5)} for m, h, s in decision.merged],
