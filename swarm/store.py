@@ -63,11 +63,7 @@ class Store:
 
     def load_checkpoint(self, cycle: int, expected_hash: str) -> bytes | None:
         """The stored checkpoint of a cycle if its bytes still hash to what progress.json recorded."""
-        path = self.checkpoint_path(cycle, expected_hash)
-        if not path.exists():
-            return None
-        data = path.read_bytes()
-        return data if state_hash(data) == expected_hash else None
+        return _read_verified(self.checkpoint_path(cycle, expected_hash), expected_hash)
 
     # payloads by hash ---------------------------------------------------------------------------
     def payload_path(self, digest: str) -> Path:
@@ -81,11 +77,7 @@ class Store:
         return digest
 
     def load_payload(self, digest: str) -> bytes | None:
-        path = self.payload_path(digest)
-        if not path.exists():
-            return None
-        data = path.read_bytes()
-        return data if state_hash(data) == digest else None
+        return _read_verified(self.payload_path(digest), digest)
 
     def find(self, digest: str) -> bytes | None:
         """Any stored object (payload or checkpoint) with this hash: what the transfer server serves."""
@@ -96,8 +88,8 @@ class Store:
         if found is not None:
             return found
         for path in (self.root / "checkpoints").glob(f"cycle-*-{digest}.safetensors"):
-            data = path.read_bytes()
-            if state_hash(data) == digest:
+            data = _read_verified(path, digest)
+            if data is not None:
                 return data
         return None
 
@@ -109,3 +101,11 @@ class Store:
         payloads = sorted((self.root / "payloads").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
         for path in payloads[: max(len(payloads) - keep_payloads, 0)]:
             path.unlink(missing_ok=True)
+
+
+def _read_verified(path: Path, digest: str) -> bytes | None:
+    """The file's bytes if it exists and still hashes to `digest`; a torn or tampered file reads as absent."""
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    return data if state_hash(data) == digest else None
