@@ -90,16 +90,16 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
         expert_map.check_model(layout, manifest.base_model.sha256)
         data = manifest.data
         seq_len = int(data.get("seq_len", manifest.inner.seq_len or 128))
-        train_spec = data_override or _data_spec(manifest, str(data["train"]))
-        train = tokenize_blocks(tokenizer, load_texts(train_spec, "train"), seq_len,
-                                max_tokens=data.get("train_tokens"))
-        val = tokenize_blocks(tokenizer, load_texts(_data_spec(manifest, str(data["validation"])), "validation"),
-                              seq_len, max_tokens=data.get("validation_tokens"))
+
+        def blocks(spec: str, split: str, max_tokens) -> torch.Tensor:
+            return tokenize_blocks(tokenizer, load_texts(spec, split), seq_len, max_tokens=max_tokens)
+
+        train = blocks(data_override or _data_spec(manifest, str(data["train"])), "train", data.get("train_tokens"))
+        val = blocks(_data_spec(manifest, str(data["validation"])), "validation", data.get("validation_tokens"))
         general = None
         if data.get("general_validation"):
-            general = tokenize_blocks(tokenizer, load_texts(_data_spec(manifest, str(data["general_validation"])),
-                                                            "validation"), seq_len,
-                                      max_tokens=data.get("validation_tokens"))
+            general = blocks(_data_spec(manifest, str(data["general_validation"])), "validation",
+                             data.get("validation_tokens"))
     except KeyError as err:
         raise SwarmError(f"manifest data section lacks {err}: add data.train and data.validation") from None
     except TeftError as err:
