@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from teft.selection import METHODS as TEFT_METHODS  # noqa: E402
+
 DOMAINS = ("math", "general", "code", "legal")  # math is the target; the others measure forgetting
-TEFT_METHODS = ("esft-token", "esft-gate", "des")
 DEFAULT_METHODS = "full,esft-token,esft-gate,des,des@0.5"
 DEFAULT_LRS_FULL = "1e-5,3e-5,1e-4,3e-4"
 DEFAULT_LRS_TEFT = "3e-4,1e-3,3e-3,1e-2"
@@ -392,11 +393,11 @@ def main(argv=None) -> None:
     from tqdm import tqdm
 
     from teft.data import iterate_batches, load_texts, subset, tokenize_blocks
-    from teft.integrate import wise
+    from teft.integrate import apply_state
     from teft.model import discover_layout, load_model
     from teft.routing import routing_profile
     from teft.selection import ExpertMap, select_experts
-    from teft.state import extract_state, load_state
+    from teft.state import extract_state
     from teft.train import TrainConfig, train_experts, train_loop
 
     started = time.perf_counter()
@@ -505,8 +506,7 @@ def main(argv=None) -> None:
                          if v.is_floating_point() else v for k, v in trained[best].items()}
                 model.load_state_dict(mixed)
             else:
-                original = {k: v.clone() for k, v in extract_state(model, layout, maps[src["label"]]).items()}
-                load_state(model, layout, wise(original, trained[best], alpha))
+                apply_state(model, layout, trained[best], "wise", alpha)
             losses = eval_losses(model, eval_sets)
             rows.append(record(curve, src["method"], src["top_p"], src["lr"], losses, base_losses, curve=curve,
                                order=alpha, alpha=alpha, source_label=src["label"], source_lr=src["lr"],
@@ -514,7 +514,6 @@ def main(argv=None) -> None:
                                train_seconds=0.0, wall_seconds=time.perf_counter() - t0))
             bar.update(1)
     bar.close()
-    restore()
     wall = time.perf_counter() - started
 
     report = {
