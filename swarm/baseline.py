@@ -8,20 +8,23 @@ validators report, so its curves line up with the swarm's cycle by cycle.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from swarm.runtime import load_runtime, report_batches
 from teft.data import iterate_batches
 from teft.pol import mean_loss
-from teft.train import TrainConfig, train_experts, train_loop
+from teft.train import train_experts, train_loop
 
 
-def run_baselines(manifest, cycles: int, miners: int, out=None, full_lr: float | None = None) -> dict:
+def run_baselines(manifest, cycles: int, miners: int, full_lr: float | None = None) -> dict:
     """{method: [{cycle, target_loss, general_loss, ...}]} for `full` and `teft`, plus the base model."""
     rt = load_runtime(manifest)
     base = {k: v.clone() for k, v in rt.model.state_dict().items()}
     target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
     steps_per_cycle = miners * rt.manifest.inner.steps
     inner = rt.inner
+    points = 4  # evaluations per cycle's worth of tokens, so matched-loss comparisons interpolate finely
+    chunk_steps = max(steps_per_cycle // points, 1)
     results = {"steps_per_cycle": steps_per_cycle, "tokens_per_cycle": steps_per_cycle *
                rt.manifest.inner.batch_size * rt.train_blocks.shape[1],
                "base": {"target_loss": mean_loss(rt.model, target), "general_loss": mean_loss(rt.model, general)}}
@@ -29,13 +32,11 @@ def run_baselines(manifest, cycles: int, miners: int, out=None, full_lr: float |
         print(f"baseline: {method} on the swarm's token budget ({cycles} x {steps_per_cycle} steps)", flush=True)
         rt.model.load_state_dict(base)
         lr = inner.lr if method == "teft" else (full_lr or inner.lr / 10)
-        cfg = TrainConfig(steps=steps_per_cycle * cycles, lr=lr, warmup_steps=inner.warmup_steps,
-                          grad_clip=inner.grad_clip, min_lr_ratio=1.0)
-        batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, "baseline", cfg.steps)
+        batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, "baseline",
+                                  chunk_steps * points * cycles)
         curve = []
-        points = 4  # evaluations per cycle's worth of tokens, so matched-loss comparisons interpolate finely
         for step in range(cycles * points):
-            chunk = TrainConfig(**{**cfg.__dict__, "steps": max(steps_per_cycle // points, 1), "seed": step})
+            chunk = replace(inner, steps=chunk_steps, lr=lr, min_lr_ratio=1.0, seed=step)
             if method == "teft":
                 train_experts(rt.model, rt.layout, rt.expert_map, batches, chunk)
             else:

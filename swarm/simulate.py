@@ -321,7 +321,7 @@ def run(args, kinds: list[str], out: Path) -> int:
         from swarm.baseline import run_baselines
 
         honest = args.miners
-        baseline = run_baselines(manifest, cycles=args.cycles, miners=honest, out=out)
+        baseline = run_baselines(manifest, cycles=args.cycles, miners=honest)
     report = build_report(swarm, args.cycles, rt_info[0], rt_info[1], baseline)
     write_outputs(report, out)
     print((out / "summary.md").read_text())
