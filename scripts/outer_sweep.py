@@ -12,6 +12,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,7 +23,6 @@ from swarm.launch import write_manifest
 from swarm.manifest import load
 from swarm.miner import train_submission
 from swarm.runtime import load_runtime, report_batches
-from teft.outer import OuterConfig
 from teft.pol import state_loss
 from teft.state import from_bytes
 
@@ -51,7 +51,7 @@ def main() -> None:
         state, buffer, curve, start = rt.initial_state, None, [], time.time()
         for cycle in range(args.cycles):
             subs = [from_bytes(train_submission(rt, state, f"miner-{m}", cycle).payload) for m in range(args.miners)]
-            state, buffer = reduce(state, buffer, subs, OuterConfig(lr=outer_lr, momentum=momentum))
+            state, buffer = reduce(state, buffer, subs, replace(rt.outer, lr=outer_lr, momentum=momentum))
             t, g = (state_loss(rt.model, rt.layout, state, b) for b in (target, general))
             curve.append({"cycle": cycle, "target_loss": t, "general_drift": g - base_g})
         run = {"outer_lr": outer_lr, "momentum": momentum, "inner_lr": inner_lr, "curve": curve,
