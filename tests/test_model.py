@@ -2,12 +2,10 @@
 
 import pytest
 import torch
-from tiny_models import CONFIGS, MOE_LAYERS, SHARED, build
+from tiny_models import ARCHS, MOE_LAYERS, SHARED, build
 
 from teft.errors import TeftError
 from teft.model import describe, discover_layout, expert_tensor, resolve_model_path
-
-ARCHS = [*CONFIGS, "qwen3_vl_moe", "per_expert"]
 
 
 @pytest.mark.parametrize("name", ARCHS)

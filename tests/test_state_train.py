@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import CONFIGS, VOCAB, build
+from tiny_models import ARCHS, VOCAB, build
 
 from teft.errors import TeftError
 from teft.model import discover_layout
@@ -20,8 +20,6 @@ from teft.state import (
     to_bytes,
 )
 from teft.train import TrainConfig, lr_at, train_experts, trainable_experts
-
-ARCHS = [*CONFIGS, "qwen3_vl_moe", "per_expert"]
 
 
 def _map(layout, per_layer=(1, 2)):

@@ -29,6 +29,7 @@ CONFIGS = {
                                      num_experts_per_tok=2, head_dim=8)),
 }
 VISION_LANGUAGE = {"qwen3_vl_moe"}  # loaded with AutoModelForImageTextToText; TEFT trains its text tower
+ARCHS = [*CONFIGS, *sorted(VISION_LANGUAGE), "per_expert"]  # every architecture build() makes
 SHARED = {"qwen2_moe", "deepseek_v2", "deepseek_v3"}
 MOE_LAYERS = {"deepseek_v2": [1], "deepseek_v3": [1]}  # first_k_dense_replace=1
 
@@ -42,8 +43,12 @@ def build(name: str, seed: int = 0, vocab_size: int = VOCAB) -> nn.Module:
     cls, extra = CONFIGS[name]
     config = getattr(transformers, cls)(**{**_COMMON, "vocab_size": vocab_size}, **extra)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():  # transformers 5 initialises fused experts lazily; give every tensor real values
+    return _randomized(AutoModelForCausalLM.from_config(config))
+
+
+def _randomized(model: nn.Module) -> nn.Module:
+    """transformers 5 initialises fused experts lazily; give every matrix real values (from the set seed)."""
+    with torch.no_grad():
         for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, 0.2)
@@ -59,13 +64,8 @@ def _qwen3_vl_moe(seed: int, vocab_size: int) -> nn.Module:
     vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32, patch_size=4,
                   temporal_patch_size=1, spatial_merge_size=1, deepstack_visual_indexes=[])
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(transformers.Qwen3VLMoeConfig(text_config=text,
-                                                                                   vision_config=vision))
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.normal_(0.0, 0.2)
-    return model.eval()
+    return _randomized(AutoModelForImageTextToText.from_config(
+        transformers.Qwen3VLMoeConfig(text_config=text, vision_config=vision)))
 
 
 class PerExpertConfig(PretrainedConfig):
