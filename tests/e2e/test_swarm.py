@@ -15,14 +15,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TIMINGS = "sync=3,train=16,commit=3,reveal=4,evaluate=16,reduce=6"
+ENV = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
 pytestmark = pytest.mark.timeout(900)
 
 
 def simulate(out: Path, *args: str, timeout: float = 800, during=None) -> dict:
     """Run a simulation to the end; `during(out)` is called once while its peers are running."""
-    env = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
     proc = subprocess.Popen([sys.executable, "-m", "swarm.simulate", "--out", str(out), "--timings", TIMINGS,
-                             "--steps", "8", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             "--steps", "8", *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         if during is not None:
@@ -183,8 +183,7 @@ def test_crash_restart_and_late_joiner(tmp_path):
 
 
 def _peer(*args, timeout=60):
-    env = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
-    return subprocess.run([sys.executable, "-m", "swarm.peer", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "swarm.peer", *args], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -6,17 +6,9 @@ import ctypes
 import os
 import signal
 import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netutil import alive, children, comm, proc_stat, wait_dead  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
+from netutil import alive, children, comm, proc_stat, wait_dead
 
 PR_SET_CHILD_SUBREAPER = 36
 

@@ -74,7 +74,7 @@ def _first_line(proc: subprocess.Popen, timeout: float) -> str:
     return lines.get(timeout=timeout)
 
 
-def test_sigkill_leaves_no_orphans(make_identity, tmp_path):
+def test_sigkill_leaves_no_orphans(make_identity):
     ident = make_identity("host")
     host = subprocess.Popen([sys.executable, "-c", HOST, str(ROOT), str(ident.path)], stdout=subprocess.PIPE, text=True)
     try:

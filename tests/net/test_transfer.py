@@ -81,7 +81,7 @@ def test_round_trip_5mib():
 async def _overflowing_handler(info, reader, writer):
     """A hostile server: announces the expected size, then keeps sending."""
     try:
-        kind, length = await _read_head(reader)
+        _, length = await _read_head(reader)
         request = msgpack.unpackb(await reader.readexactly(length))
         size = request["max"]
         await _send(writer, HDR, msgpack.packb({"size": size}))
