@@ -11,30 +11,27 @@ Cleanup works in two layers, both installed inside the DHT child process by Swar
 
 from __future__ import annotations
 
+import asyncio.subprocess as aio_subprocess
+import concurrent.futures
+import ctypes
+import logging
 import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
 
-os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
+from hivemind.dht import DHT
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.validation import RecordValidatorBase
+from hivemind.utils.multiaddr import Multiaddr
+from hivemind.utils.timed_storage import get_dht_time
 
-import asyncio.subprocess as aio_subprocess  # noqa: E402
-import concurrent.futures  # noqa: E402
-import ctypes  # noqa: E402
-import logging  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from typing import Any  # noqa: E402
-
-from hivemind.dht import DHT  # noqa: E402
-from hivemind.dht.crypto import RSASignatureValidator  # noqa: E402
-from hivemind.dht.validation import RecordValidatorBase  # noqa: E402
-from hivemind.utils.multiaddr import Multiaddr  # noqa: E402
-from hivemind.utils.timed_storage import get_dht_time  # noqa: E402
-
-from swarm.errors import SwarmError  # noqa: E402
-from swarm.identity import Identity  # noqa: E402
-from swarm.records import SchemaCheck  # noqa: E402
+from swarm.errors import SwarmError
+from swarm.identity import Identity
+from swarm.records import SchemaCheck
 
 logger = logging.getLogger(__name__)
 

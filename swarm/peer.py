@@ -7,30 +7,26 @@ tied to the phase window it belongs to, and anything that misses its window is s
 
 from __future__ import annotations
 
-import os
+import argparse
+import hashlib
+import json
+import logging
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 
-os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
-
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import secrets  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from swarm import records  # noqa: E402
-from swarm.consensus import Entry, bundle, decide, reduce, unbundle  # noqa: E402
-from swarm.errors import SwarmError  # noqa: E402
-from swarm.identity import Identity, load_or_create, normalize_public_key, peer_key_of  # noqa: E402
-from swarm.store import Progress, Store  # noqa: E402
-from swarm.transfer import TransferError, TransferStats  # noqa: E402
-from teft.state import from_bytes, state_hash  # noqa: E402
+from swarm import records
+from swarm.consensus import Entry, bundle, decide, reduce, unbundle
+from swarm.errors import SwarmError
+from swarm.identity import Identity, load_or_create, normalize_public_key, peer_key_of
+from swarm.store import Progress, Store
+from swarm.transfer import TransferError, TransferStats
+from teft.state import from_bytes, state_hash
 
 VERSION = "0.1.0"
 ROLES = ("miner", "validator")

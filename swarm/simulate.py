@@ -10,20 +10,17 @@ replay, late (miners) and liar (an allowlisted validator that inverts its rankin
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from swarm.errors import SwarmError  # noqa: E402
+from swarm.errors import SwarmError
 
 MINER_KINDS = ("free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late")
 VALIDATOR_KINDS = ("liar",)

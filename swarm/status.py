@@ -6,18 +6,14 @@ commits, rankings, merged miners and the agreed state hash.
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
 
-os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from swarm.errors import SwarmError  # noqa: E402
+from swarm.errors import SwarmError
 
 
 def collect(dht, manifest) -> dict:
