@@ -10,15 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from swarm.runtime import load_runtime, report_batches
+from swarm.runtime import Runtime, report_batches
 from teft.data import iterate_batches
 from teft.pol import mean_loss
 from teft.train import train_experts, train_loop
 
 
-def run_baselines(manifest, cycles: int, miners: int, full_lr: float | None = None) -> dict:
-    """{method: [{cycle, target_loss, general_loss, ...}]} for `full` and `teft`, plus the base model."""
-    rt = load_runtime(manifest)
+def run_baselines(rt: Runtime, cycles: int, miners: int, full_lr: float | None = None) -> dict:
+    """{method: [{cycle, target_loss, general_loss, ...}]} for `full` and `teft`, plus the base model; the
+    model is back at its base weights afterwards."""
     base = {k: v.clone() for k, v in rt.model.state_dict().items()}
     target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
     steps_per_cycle = miners * rt.manifest.inner.steps

@@ -311,32 +311,19 @@ def run(args, kinds: list[str], out: Path) -> int:
     finally:
         swarm.stop()
     from swarm.report import write_outputs
+    from swarm.runtime import load_runtime
 
-    rt_info = _sizes(manifest)
+    rt = load_runtime(manifest)
+    dense_bytes = sum(p.numel() * 4 for p in rt.model.parameters())  # what a dense fp32 exchange would send
     baseline = None
     if args.baseline and not interrupted:
         from swarm.baseline import run_baselines
 
-        honest = args.miners
-        baseline = run_baselines(manifest, cycles=args.cycles, miners=honest)
-    report = build_report(swarm, args.cycles, rt_info[0], rt_info[1], baseline)
+        baseline = run_baselines(rt, cycles=args.cycles, miners=args.miners)
+    report = build_report(swarm, args.cycles, rt.payload_size, dense_bytes, baseline)
     write_outputs(report, out)
     print((out / "summary.md").read_text())
     return 130 if interrupted else 0
-
-
-def _sizes(manifest) -> tuple[int, int]:
-    """(exact payload bytes, dense fp32 model bytes) for this manifest."""
-    from swarm.runtime import _model_path
-    from teft.model import discover_layout, load_model
-    from teft.selection import ExpertMap
-    from teft.state import DTYPES, expected_size
-
-    model, _ = load_model(_model_path(manifest))
-    layout = discover_layout(model)
-    emap = ExpertMap.load(manifest.resolve(manifest.expert_map.path))
-    dense = sum(p.numel() * 4 for p in model.parameters())
-    return expected_size(layout, emap, DTYPES[manifest.payload_dtype]), dense
 
 
 if __name__ == "__main__":
