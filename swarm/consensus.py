@@ -84,7 +84,7 @@ def decide(ranking_records: dict, manifest) -> Decision:
     from swarm.identity import normalize_public_key
 
     rankings = {normalize_public_key(owner): [Entry(*e) for e in rec.entries] for owner, rec in ranking_records.items()}
-    return combine(rankings, {normalize_public_key(k) for k in manifest.validators}, manifest.quorum,
+    return combine(rankings, set(manifest.validators), manifest.quorum,
                    manifest.outer.top_k, manifest.outer.min_relative_score)
 
 

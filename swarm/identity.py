@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -77,6 +78,7 @@ def parse_public_key(public_key: bytes | str) -> RSAPublicKey:
         ) from None
 
 
+@functools.lru_cache(maxsize=1024)  # a peer reads the same few owners' records every second
 def peer_key_of(public_key: bytes | str) -> str:
     """The libp2p peer id (base58) that belongs to an OpenSSH RSA public key."""
     key = parse_public_key(public_key)

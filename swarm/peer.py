@@ -74,7 +74,7 @@ class Peer:
         self.run_id = run_id(self.manifest)
         self.clock = self.manifest.clock()
         self.me = identity.peer_key
-        self.allowlist = {normalize_public_key(k) for k in self.manifest.validators}
+        self.allowlist = set(self.manifest.validators)  # the manifest stores keys normalised
         self.cycle = -1  # the cycle whose start state we hold
         self.state = rt.initial_state
         self.momentum: dict = {}
