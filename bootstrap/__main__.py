@@ -12,7 +12,6 @@ import sys
 import threading
 from types import FrameType
 
-import swarm  # noqa: F401 - sets the torch sharing strategy before hivemind loads
 from swarm.dhtnode import start_dht, visible_maddrs
 from swarm.errors import SwarmError
 from swarm.identity import load_or_create

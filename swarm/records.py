@@ -29,7 +29,6 @@ from swarm.identity import Identity, public_key_from_subkey
 
 logger = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("peers", "commit", "seed-commit", "reveal", "ranking", "state")
 MAX_VALUE_BYTES = 4096  # hivemind hangs on values near 15 KB; records hold hashes, never payloads
 ENVELOPE = ("kind", "run", "cycle")
 
@@ -105,6 +104,7 @@ SCHEMAS: dict[str, tuple[type[_Record], ...]] = {
     "ranking": (RankingRecord,),
     "state": (StateRecord,),
 }
+KINDS: tuple[str, ...] = tuple(SCHEMAS)
 
 
 class DHTLike(Protocol):
@@ -159,11 +159,8 @@ def make_value(run_id: str, cycle: int, kind: str, value: _Record | dict[str, An
         model = parse_record(kind, fields)
     except ValueError as e:
         raise RecordError(f"{kind} record does not match its schema: {e}") from None
-    if isinstance(model, RankingRecord):
-        body: dict[str, Any] = {"entries": [list(entry) for entry in model.entries]}
-    else:
-        body = model.model_dump(mode="python")
-    envelope = {"kind": kind, "run": run_id, "cycle": int(cycle), **body}
+    # JSON mode turns tuples into lists: hivemind's msgpack would encode a tuple as its own extension type
+    envelope = {"kind": kind, "run": run_id, "cycle": int(cycle), **model.model_dump(mode="json")}
     size = len(MSGPackSerializer.dumps(envelope))
     if size > MAX_VALUE_BYTES:
         raise RecordError(

@@ -225,8 +225,6 @@ async def _fetch(
         end_length, end_digest = int.from_bytes(end[:8], "big"), end[8:]
         if end_length != len(buf) or len(buf) != announced:
             raise ValueError(f"received {len(buf)} bytes, peer announced {announced} and ended at {end_length}")
-        if exact and len(buf) != expected_size:
-            raise ValueError(f"received {len(buf)} bytes, expected exactly {expected_size}")
         digest = hasher.digest()
         if digest != end_digest:
             raise ValueError("bytes do not match the peer's own END hash (corrupted in transit)")
