@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import CONFIGS, VOCAB, build
+from tiny_models import ARCHS, VOCAB, build
 
 from teft.errors import TeftError
 from teft.model import discover_layout
@@ -12,7 +12,7 @@ from teft.routing import RoutingProfile, routing_profile
 from teft.selection import ExpertMap, select_experts
 
 
-@pytest.mark.parametrize("name", [*CONFIGS, "qwen3_vl_moe", "per_expert"])
+@pytest.mark.parametrize("name", ARCHS)
 def test_counts_add_up(name):
     model = build(name)
     layout = discover_layout(model)
