@@ -26,10 +26,10 @@ from hivemind.proto import runtime_pb2  # noqa: E402
 from hivemind.utils.timed_storage import get_dht_time  # noqa: E402
 
 import swarm  # noqa: E402,F401 - sets the torch sharing strategy before hivemind loads
-from swarm.dhtnode import start_dht, visible_maddrs  # noqa: E402
-from swarm.identity import load_or_create  # noqa: E402
-from swarm.records import CommitRecord, commit_digest, get_records, store_record  # noqa: E402
-from swarm.transfer import CHUNK, PayloadServer, fetch, payload_hash  # noqa: E402
+from swarm.net.dht import start_dht, visible_maddrs  # noqa: E402
+from swarm.net.identity import load_or_create  # noqa: E402
+from swarm.net.records import CommitRecord, commit_digest, get_records, store_record  # noqa: E402
+from swarm.net.transfer import CHUNK, PayloadServer, fetch, payload_hash  # noqa: E402
 
 RUN = "bench00000000000"
 RAW = "/bench/raw"

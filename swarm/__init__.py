@@ -1,4 +1,10 @@
-"""TEFT swarm: the peer-to-peer network around the teft method."""
+"""TEFT swarm: the peer-to-peer network around the teft method.
+
+Rooms: `swarm.net` (DHT node, identity, signed records, payload transfer), `swarm.protocol` (manifest,
+clock, runtime, store, consensus and the cycle loop), `swarm.roles` (what a miner and a validator do in
+one cycle), `swarm.sim` (localhost simulation, adversaries, baselines, report). `peer`, `status`,
+`keygen` and `launch` are the thin command-line entry points.
+"""
 
 import os
 
@@ -6,3 +12,5 @@ import os
 # leaks /dev/shm segments when peers die; every swarm module imports this package
 # first, so setting the variable here wins as long as nothing imported hivemind earlier.
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
+
+VERSION = "0.2.0"  # the one version string: peers announce it, every CLI prints it with --version

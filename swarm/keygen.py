@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from swarm.errors import SwarmError
-from swarm.identity import load_or_create
+from swarm.net.identity import load_or_create
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

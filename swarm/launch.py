@@ -21,7 +21,7 @@ from swarm.errors import SwarmError
 def write_manifest(template: str | Path, out: str | Path, validators: list[str], genesis: float,
                    overrides: dict | None = None) -> Path:
     """Write `out` from `template` with the allowlist and genesis filled in; returns the path."""
-    from swarm.manifest import from_dict
+    from swarm.protocol.manifest import from_dict
 
     template, out = Path(template), Path(out)
     try:
@@ -61,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="where to write the run manifest")
     args = parser.parse_args(argv)
     try:
-        from swarm.identity import load_or_create
+        from swarm.net.identity import load_or_create
 
         keys = []
         for item in args.validators:
             keys.append(load_or_create(item).public_key_str if Path(item).exists() else item)
         path = write_manifest(args.template, args.out, keys, time.time() + args.start_in)
-        from swarm.manifest import load, run_id
+        from swarm.protocol.manifest import load, run_id
 
         print(f"wrote {path} (run id {run_id(load(path))}); genesis in {args.start_in:.0f}s")
     except SwarmError as err:

@@ -6,23 +6,22 @@ commits, rankings, merged miners and the agreed state hash.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
+from swarm import cli
 from swarm.errors import SwarmError
 
 
 def collect(dht, manifest) -> dict:
     """The status as a dict (also what --json prints)."""
-    from swarm.consensus import decide
-    from swarm.dhtnode import dht_time
-    from swarm.identity import peer_key_of
-    from swarm.manifest import run_id
-    from swarm.records import get_records
+    from swarm.net.dht import dht_time
+    from swarm.net.records import get_records
+    from swarm.protocol.consensus import decide
+    from swarm.protocol.manifest import run_id
 
     rid = run_id(manifest)
     clock = manifest.clock()
@@ -34,20 +33,21 @@ def collect(dht, manifest) -> dict:
     for c in (pos.cycle - 1, pos.cycle):
         if c < 0:
             continue
-        for owner, rec in get_records(dht, rid, c, "peers").items():
-            status["peers"][peer_key_of(owner)] = rec.role
+        for pid, signed in get_records(dht, rid, c, "peers").items():
+            status["peers"][pid] = signed.record.role
     last = pos.cycle - 1
     if last >= 0:
         rankings = get_records(dht, rid, last, "ranking")
         decision = decide(rankings, manifest)
-        states = Counter(r.state_hash for r in get_records(dht, rid, last, "state").values())
+        states = Counter(s.record.state_hash for s in get_records(dht, rid, last, "state").values())
         status["last_cycle"] = {
             "cycle": last,
-            "commits": sorted(peer_key_of(o) for o in get_records(dht, rid, last, "commit")),
-            "rankings": {peer_key_of(v): len(r.entries) for v, r in rankings.items()},
+            "commits": sorted(get_records(dht, rid, last, "commit")),
+            "rankings": {pid: len(s.record.entries) for pid, s in rankings.items()},
             "allowlisted_rankings": len(decision.validators),
             "quorum_met": decision.quorum_met,
-            "merged": [{"miner": m, "payload": h, "score": round(s, 5)} for m, h, s in decision.merged],
+            "merged": [{"miner": m.miner, "payload": m.payload_hash, "score": round(m.score, 5)}
+                       for m in decision.merged],
             "state_hashes": dict(states.most_common()),
         }
     return status
@@ -72,20 +72,19 @@ def render(status: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m swarm.status", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m swarm.status", __doc__)
     parser.add_argument("--config", required=True, help="the run manifest")
-    parser.add_argument("--initial-peers", "--initial_peers", nargs="+", required=True,
+    cli.flag(parser, "initial-peers", nargs="+", required=True,
                         help="multiaddrs to join through (JOIN lines of python -m bootstrap)")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--startup-timeout", "--startup_timeout", type=float, default=20.0,
-                        help="seconds to reach the initial peers (default 20)")
+    cli.flag(parser, "startup-timeout", type=float, default=30.0,
+             help="seconds to reach the initial peers (default 30)")
     args = parser.parse_args(argv)
     dht = None
     try:
-        from swarm.dhtnode import start_dht
-        from swarm.identity import load_or_create
-        from swarm.manifest import load, run_id
+        from swarm.net.dht import start_dht
+        from swarm.net.identity import load_or_create
+        from swarm.protocol.manifest import load, run_id
 
         manifest = load(args.config)
         with tempfile.TemporaryDirectory() as tmp:
@@ -95,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             status = collect(dht, manifest)
         print(json.dumps(status, indent=2) if args.json else render(status))
     except SwarmError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli.fail(str(err))
     finally:
         if dht is not None:
             dht.shutdown()

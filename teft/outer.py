@@ -7,14 +7,13 @@ honest peers agree on the next state by comparing hashes.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
 from teft.errors import TeftError
-from teft.state import ExpertState, atomic_write, canonical
+from teft.state import ExpertState, canonical
 
 
 def pseudo_gradient(base: ExpertState, new: ExpertState) -> ExpertState:
@@ -74,24 +73,40 @@ class NesterovOuter:
         self.buffer = new_buffer
         return new_state
 
-    def save(self, path: str | os.PathLike) -> None:
-        from pathlib import Path
-
-        from teft.state import to_bytes
-
-        atomic_write(Path(path), to_bytes(self.buffer) if self.buffer else b"")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, cfg: OuterConfig | None = None) -> NesterovOuter:
-        from teft.state import from_bytes
-
-        with open(path, "rb") as fh:
-            data = fh.read()
-        return cls(cfg, from_bytes(data) if data else None)
-
 
 def outer_step(base: ExpertState, submissions: list[ExpertState], optimizer: NesterovOuter,
                weights: list[float] | None = None) -> ExpertState:
     """Merge the chosen submissions' pseudo-gradients and apply one outer step."""
     deltas = [pseudo_gradient(base, s) for s in submissions]
     return optimizer.step(base, merge(deltas, weights))
+
+
+CHECKPOINT_FORMAT = "teft-outer-checkpoint"
+
+
+def checkpoint_bytes(state: ExpertState, momentum: ExpertState | None) -> bytes:
+    """The one outer-checkpoint format: `state.*` and `momentum.*` tensors in fp32, canonical bytes.
+
+    Phi and the Nesterov momentum travel and persist together, so a peer that fetches the checkpoint by
+    hash continues exactly like one that computed it.
+    """
+    from safetensors.torch import save
+
+    tensors = {f"state.{k}": v for k, v in state.items()} | {f"momentum.{k}": v for k, v in (momentum or {}).items()}
+    return save({k: tensors[k].detach().to(torch.float32).contiguous() for k in sorted(tensors)},
+                metadata={"format": CHECKPOINT_FORMAT})
+
+
+def from_checkpoint(data: bytes) -> tuple[ExpertState, ExpertState]:
+    """(state, momentum) of an outer checkpoint, in canonical key order; TeftError if it is not one."""
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except Exception as err:  # safetensors raises its own error types for malformed headers
+        raise TeftError(f"not a valid outer checkpoint: {err}") from None
+    state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
+    momentum = {k[len("momentum."):]: v for k, v in tensors.items() if k.startswith("momentum.")}
+    if len(state) + len(momentum) != len(tensors) or not state:
+        raise TeftError("not a valid outer checkpoint: tensors outside state.* and momentum.*")
+    return canonical(state), canonical(momentum)

@@ -20,6 +20,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from teft.errors import TeftError
+from teft.files import atomic_write
 from teft.model import MoELayout, expert_tensor
 from teft.selection import ExpertMap
 
@@ -150,14 +151,3 @@ def load_state_file(path: str | os.PathLike) -> ExpertState:
         raise TeftError(f"state file '{path}' does not exist; pass the .safetensors file written by "
                         "`teft train --out` or by a swarm peer")
     return from_bytes(path.read_bytes())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file, fsync and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -2,23 +2,23 @@
 
 import torch
 
-from swarm.consensus import Entry, bundle, combine, reduce, unbundle
-from teft.outer import OuterConfig
+from swarm.protocol.consensus import Score, combine, ranking_record, reduce, scores_of
+from teft.outer import OuterConfig, checkpoint_bytes, from_checkpoint
 from teft.state import to_bytes
 
 HONEST = {"m1": ("h1", 0.30), "m2": ("h2", 0.20), "m3": ("h3", 0.0), "bad": ("hb", 0.0)}
 
 
 def _ranking(scores):
-    return [Entry(m, h, 1.0 - s, s) for m, (h, s) in scores.items()]
+    return [Score(m, h, 1.0 - s, s) for m, (h, s) in scores.items()]
 
 
 def test_median_and_top_k():
     rankings = {"v1": _ranking(HONEST), "v2": _ranking({**HONEST, "m1": ("h1", 0.10)})}
     d = combine(rankings, ["v1", "v2"], quorum=2, top_k=4)
     # m1's median is (0.3 + 0.1) / 2 = 0.2, tied with m2: the lower miner id goes first
-    assert d.quorum_met and [(m, round(s, 6)) for m, _, s in d.merged] == [("m1", 0.2), ("m2", 0.2)]
-    assert [m for m, _, _ in combine(rankings, ["v1", "v2"], 2, top_k=1).merged] == ["m1"]
+    assert d.quorum_met and [(s.miner, round(s.score, 6)) for s in d.merged] == [("m1", 0.2), ("m2", 0.2)]
+    assert [s.miner for s in combine(rankings, ["v1", "v2"], 2, top_k=1).merged] == ["m1"]
 
 
 def test_liar_cannot_change_the_merged_set():
@@ -26,7 +26,7 @@ def test_liar_cannot_change_the_merged_set():
     honest_only = combine({"v1": _ranking(HONEST), "v2": _ranking(HONEST)}, ["v1", "v2"], 2, 4)
     with_liar = combine({"v1": _ranking(HONEST), "v2": _ranking(HONEST), "liar": _ranking(inverted)},
                         ["v1", "v2", "liar"], 2, 4)
-    assert {m for m, _, _ in with_liar.merged} == {m for m, _, _ in honest_only.merged} == {"m1", "m2"}
+    assert {s.miner for s in with_liar.merged} == {s.miner for s in honest_only.merged} == {"m1", "m2"}
 
 
 def test_quorum_and_allowlist():
@@ -39,31 +39,40 @@ def test_quorum_and_allowlist():
 
 
 def test_one_submission_per_miner_and_per_payload():
-    rankings = {"v1": [Entry("m1", "h1", 0.5, 0.5), Entry("m1", "h1b", 0.6, 0.4), Entry("copy", "h1", 0.5, 0.5)]}
+    rankings = {"v1": [Score("m1", "h1", 0.5, 0.5), Score("m1", "h1b", 0.6, 0.4), Score("copy", "h1", 0.5, 0.5)]}
     d = combine(rankings, ["v1"], 1, 4)
     # identical bytes count once (the first in rank order), and m1 keeps only its other payload
-    assert [(m, h) for m, h, _ in d.merged] == [("copy", "h1"), ("m1", "h1b")]
+    assert [(s.miner, s.payload_hash) for s in d.merged] == [("copy", "h1"), ("m1", "h1b")]
 
 
 def test_nan_and_negative_scores_count_zero():
-    d = combine({"v1": [Entry("m", "h", 0.0, float("nan")), Entry("n", "g", 0.0, -1.0)]}, ["v1"], 1, 4)
+    d = combine({"v1": [Score("m", "h", 0.0, float("nan")), Score("n", "g", 0.0, -1.0)]}, ["v1"], 1, 4)
     assert d.merged == []
 
 
-def test_bundle_round_trip_and_reduce():
+def test_checkpoint_round_trip_and_reduce():
     g = torch.Generator().manual_seed(0)
     base = {f"layers.0.experts.{e}.w": torch.randn(3, 2, generator=g) for e in range(3)}
     subs = [{k: v + 0.1 * torch.randn(3, 2, generator=g) for k, v in base.items()} for _ in range(2)]
     state, momentum = reduce(base, None, subs, OuterConfig())
-    data = bundle(state, momentum)
-    back_state, back_momentum = unbundle(data)
+    data = checkpoint_bytes(state, momentum)
+    back_state, back_momentum = from_checkpoint(data)
     assert to_bytes(back_state) == to_bytes(state) and to_bytes(back_momentum) == to_bytes(momentum)
-    assert bundle(back_state, back_momentum) == data
+    assert checkpoint_bytes(back_state, back_momentum) == data
     same, mom = reduce(base, None, [], OuterConfig())
     assert same is base and len(mom) == 0
 
 
 def test_lucky_noise_below_the_relative_floor_is_not_merged():
-    rankings = {"v1": [Entry("honest", "h", 1.0, 0.17), Entry("noise", "n", 1.2, 0.002)]}
-    assert [m for m, _, _ in combine(rankings, ["v1"], 1, 4, min_relative=0.25).merged] == ["honest"]
-    assert [m for m, _, _ in combine(rankings, ["v1"], 1, 4).merged] == ["honest", "noise"]
+    rankings = {"v1": [Score("honest", "h", 1.0, 0.17), Score("noise", "n", 1.2, 0.002)]}
+    assert [s.miner for s in combine(rankings, ["v1"], 1, 4, min_relative=0.25).merged] == ["honest"]
+    assert [s.miner for s in combine(rankings, ["v1"], 1, 4).merged] == ["honest", "noise"]
+
+
+def test_score_survives_the_ranking_record():
+    """One Score type from the validator's verdict through the signed record to the merge decision."""
+    scores = [Score("m2", "b" * 64, 1.1, 0.1), Score("m1", "a" * 64, float("inf"), 0.0, "nan values")]
+    back = scores_of(ranking_record(scores))
+    assert [s.miner for s in back] == ["m2", "m1"]  # best first
+    assert back[1].loss == 1e30 and back[1].reason is None  # finite on the wire; reasons stay local
+    assert combine({"v": back}, ["v"], 1, 4).merged[0].payload_hash == "b" * 64

@@ -2,7 +2,7 @@
 
 import pytest
 
-from swarm.report import _interp_drift, add_drift, write_outputs
+from swarm.sim.report import _interp_drift, add_drift, write_outputs
 
 
 def test_drift_interpolates_from_the_base_model():

@@ -3,7 +3,7 @@
 import pytest
 
 from swarm.errors import SwarmError
-from swarm.store import Progress, Store
+from swarm.protocol.store import Progress, Store
 
 
 def test_checkpoints_payloads_and_progress(tmp_path):

@@ -138,7 +138,7 @@ def test_miner_upload_is_whole_payloads(adversarial):
 
 def _status_in_cycle_2(out: Path) -> None:
     """`python -m swarm.status` against the running swarm, once cycle 2 has begun."""
-    from swarm.manifest import load
+    from swarm.protocol.manifest import load
 
     deadline = time.time() + 600
     while time.time() < deadline and not (out / "join.txt").exists():
@@ -161,7 +161,7 @@ def test_crash_restart_and_late_joiner(tmp_path):
     out = tmp_path / "resilience"
     report = simulate(out, "--miners", "2", "--validators", "2", "--cycles", "4", "--kill-restart", "miner-0@1",
                       "--late-miner", "2", during=_status_in_cycle_2)
-    from swarm.manifest import load, run_id
+    from swarm.protocol.manifest import load, run_id
 
     assert _STATUS["run_id"] == run_id(load(out / "run.yaml")) and _STATUS["cycle"] == 2
     assert sorted(_STATUS["peers"].values()).count("validator") == 2
@@ -195,7 +195,7 @@ def _one_error_line(proc):
 
 
 def _manifest(tmp_path):
-    from swarm.identity import load_or_create
+    from swarm.net.identity import load_or_create
     from swarm.launch import write_manifest
 
     key = load_or_create(tmp_path / "v.key").public_key_str

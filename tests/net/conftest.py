@@ -44,7 +44,7 @@ def _reap_p2pd():
 @pytest.fixture
 def make_identity(tmp_path):
     """Factory for fresh persistent identities in the test's temp dir."""
-    from swarm.identity import load_or_create
+    from swarm.net.identity import load_or_create
 
     def make(name: str = "peer"):
         return load_or_create(tmp_path / f"{name}.key")

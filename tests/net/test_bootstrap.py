@@ -15,8 +15,8 @@ import pytest
 from hivemind.utils.timed_storage import get_dht_time
 from netutil import children, comm, wait_dead
 
-from swarm.dhtnode import start_dht
-from swarm.records import StateRecord, get_records, store_record
+from swarm.net.dht import start_dht
+from swarm.net.records import StateRecord, get_records, store_record
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = "0badc0de0badc0de"
@@ -72,7 +72,7 @@ def test_bootstrap_process(make_identity, tmp_path):
         peers.append(start_dht(a, initial_peers=join, run_id=RUN, check_identity_free=False))
         peers.append(start_dht(b, initial_peers=join, run_id=RUN, check_identity_free=False))
         assert store_record(peers[0], RUN, 0, "state", StateRecord(state_hash="12" * 32), a, get_dht_time() + 60)
-        assert get_records(peers[1], RUN, 0, "state") == {a.public_key_str: StateRecord(state_hash="12" * 32)}
+        assert get_records(peers[1], RUN, 0, "state")[a.peer_key].record == StateRecord(state_hash="12" * 32)
 
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from swarm.clock import PHASES, Clock
+from swarm.protocol.clock import PHASES, Clock
 
 PH = [("sync", 10.0), ("train", 60.0), ("commit", 5.0), ("reveal", 5.0), ("evaluate", 15.0), ("reduce", 5.0)]
 G = 1_000_000.0

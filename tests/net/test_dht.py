@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from netutil import alive, children, comm, wait_dead
 
-from swarm.dhtnode import start_dht, visible_maddrs
+from swarm.net.dht import start_dht, visible_maddrs
 from swarm.errors import SwarmError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,8 +60,8 @@ def test_identity_in_use(make_identity):
 HOST = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from swarm.identity import load_or_create
-from swarm.dhtnode import start_dht
+from swarm.net.identity import load_or_create
+from swarm.net.dht import start_dht
 dht = start_dht(load_or_create(sys.argv[2]))
 print(dht.pid, flush=True)
 time.sleep(60)

@@ -9,7 +9,7 @@ from hivemind.p2p import PeerID
 
 from swarm import keygen
 from swarm.errors import SwarmError
-from swarm.identity import load_or_create, owner_subkey, peer_key_of, public_key_from_subkey
+from swarm.net.identity import load_or_create, owner_subkey, peer_key_of, public_key_from_subkey
 
 
 def test_reload_gives_same_peer(tmp_path):

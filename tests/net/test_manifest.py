@@ -8,12 +8,12 @@ import pytest
 import yaml
 
 from swarm.errors import SwarmError
-from swarm.manifest import from_dict, is_allowed, load, run_id
+from swarm.protocol.manifest import from_dict, is_allowed, load, run_id
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    from swarm.identity import load_or_create
+    from swarm.net.identity import load_or_create
 
     d = tmp_path_factory.mktemp("keys")
     return [load_or_create(d / f"v{i}.key").public_key_str for i in range(2)]
@@ -25,7 +25,7 @@ def raw(keys):
         "name": "tiny-math",
         "base_model": {"path": "assets/tiny-moe", "sha256": "a" * 64},
         "expert_map": {"spec": {"method": "esft-gate", "top_p": 0.2}},
-        "data": {"train": "data/math.txt", "validation": "data/math-val.txt", "target_domain": "math"},
+        "data": {"train": "data/math.txt", "validation": "data/math-val.txt", "seq_len": 64},
         "timings": {"sync": 5, "train": 60, "commit": 5, "reveal": 5, "evaluate": 20, "reduce": 5},
         "inner": {"steps": 20, "lr": 1e-4, "batch_size": 4},
         "outer": {"lr": 0.7, "momentum": 0.9, "top_k": 4},
@@ -69,7 +69,7 @@ def test_run_id_stable_under_reordering(tmp_path, raw):
         (("name",), "other"),
         (("base_model", "sha256"), "b" * 64),
         (("expert_map", "spec", "top_p"), 0.3),
-        (("data", "target_domain"), "code"),
+        (("data", "validation"), "code"),
         (("timings", "train"), 61),
         (("inner", "lr"), 2e-4),
         (("outer", "top_k"), 3),
@@ -125,7 +125,7 @@ def test_missing_extra_and_bad_fields(tmp_path, raw):
 
 
 def test_is_allowed(raw, keys, tmp_path):
-    from swarm.identity import load_or_create
+    from swarm.net.identity import load_or_create
 
     m = from_dict(raw)
     assert is_allowed(m, keys[0]) and is_allowed(m, keys[1].encode() + b" comment@host")

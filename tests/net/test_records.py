@@ -12,7 +12,7 @@ from hivemind.utils.serializer import MSGPackSerializer
 from hivemind.utils.timed_storage import ValueWithExpiration, get_dht_time
 
 from swarm.errors import RecordError
-from swarm.records import (
+from swarm.net.records import (
     MAX_VALUE_BYTES,
     CommitRecord,
     RankingRecord,
@@ -77,12 +77,23 @@ def test_schema_check(make_identity):
     check = SchemaCheck(run_id=RUN)
     good = make_value(RUN, 5, "reveal", RevealRecord(payload_hash=H, size=10))
     assert check.validate(_record(f"{RUN}/5/reveal", good, ident.subkey))
-    seed = make_value(RUN, 5, "reveal", SeedReveal(seed=H))
-    assert check.validate(_record(f"{RUN}/5/reveal", seed, ident.subkey))
+    seed = make_value(RUN, 5, "seed-reveal", SeedReveal(seed=H))
+    assert check.validate(_record(f"{RUN}/5/seed-reveal", seed, ident.subkey))
+    # one schema per kind: a seed is not a payload reveal
+    with pytest.raises(RecordError, match="schema"):
+        make_value(RUN, 5, "reveal", SeedReveal(seed=H))
     # stored under another cycle's key: replay refused
     assert not check.validate(_record(f"{RUN}/6/reveal", good, ident.subkey))
     # no owner key in the subkey: nobody signed it
     assert not check.validate(_record(f"{RUN}/5/reveal", good, b"anyone"))
+    # one rule for the owner marker, on store as on read: exactly [owner:KEY], nothing around it, so one
+    # owner has one record per key; and the msgpack bytes must be the canonical encoding of that subkey
+    for extra in (ident.subkey + b"#2", b"x" + ident.subkey):
+        assert not check.validate(_record(f"{RUN}/5/reveal", good, extra))
+    raw = _record(f"{RUN}/5/reveal", good, ident.subkey)
+    bin32 = b"\xc6" + len(ident.subkey).to_bytes(4, "big") + ident.subkey  # same bytes, non-canonical header
+    assert MSGPackSerializer.loads(bin32) == ident.subkey
+    assert not check.validate(DHTRecord(raw.key, bin32, raw.value, raw.expiration_time))
     # wrong run, malformed fields, foreign values, oversize
     assert not SchemaCheck(run_id="f" * 16).validate(_record(f"{RUN}/5/reveal", good, ident.subkey))
     bad = {**good, "size": -1}
@@ -107,16 +118,17 @@ def test_get_records_drops_malformed(make_identity, caplog):
             assert key == f"{RUN}/2/commit"
             return ValueWithExpiration(items, 1e12)
 
-    with caplog.at_level(logging.WARNING, logger="swarm.records"):
+    with caplog.at_level(logging.WARNING, logger="swarm.net.records"):
         got = get_records(FakeDHT(), RUN, 2, "commit")
-    assert list(got) == [a.public_key_str] and got[a.public_key_str].digest == H
+    assert list(got) == [a.peer_key] and got[a.peer_key].record.digest == H
+    assert got[a.peer_key].owner == a.public_key_str
     assert "malformed" in caplog.text and "without an owner key" in caplog.text
 
 
 @pytest.mark.timeout(90)
 def test_signed_records_between_peers(make_identity):
     """Round trip between honest peers; a forger cannot overwrite, a malformed record is dropped."""
-    from swarm.dhtnode import start_dht, visible_maddrs
+    from swarm.net.dht import start_dht, visible_maddrs
 
     a, b, m, f = (make_identity(n) for n in "abmf")
     dhts = []
@@ -131,11 +143,11 @@ def test_signed_records_between_peers(make_identity):
         digest = commit_digest(RUN, 7, a.peer_key, H)
         assert store_record(alice, RUN, 7, "commit", CommitRecord(digest=digest), a, exp)
         got = get_records(bob, RUN, 7, "commit")
-        assert got == {a.public_key_str: CommitRecord(digest=digest)}
+        assert {pid: s.record for pid, s in got.items()} == {a.peer_key: CommitRecord(digest=digest)}
 
         # bob writes under alice's subkey: his validator cannot sign it, every peer refuses
         assert not store_record(bob, RUN, 7, "commit", {"digest": "cd" * 32}, a, exp + 10)
-        assert get_records(alice, RUN, 7, "commit") == {a.public_key_str: CommitRecord(digest=digest)}
+        assert get_records(alice, RUN, 7, "commit")[a.peer_key].record == CommitRecord(digest=digest)
 
         # mallory signs her records but does not check schemas; frank checks nothing at all
         mallory = start_dht(
@@ -149,14 +161,15 @@ def test_signed_records_between_peers(make_identity):
         forged = make_value(RUN, 7, "commit", {"digest": "ef" * 32})
         frank.store(record_key(RUN, 7, "commit"), forged, exp + 20, subkey=a.subkey)
         for reader in (alice, bob):
-            assert get_records(reader, RUN, 7, "commit") == {a.public_key_str: CommitRecord(digest=digest)}
+            assert {pid: s.record for pid, s in get_records(reader, RUN, 7, "commit").items()} == {
+                a.peer_key: CommitRecord(digest=digest)}
 
         # mallory stores a signed but malformed record under her own subkey
         bad = {"kind": "commit", "run": RUN, "cycle": 7, "digest": "not-a-hash"}
         mallory.store(record_key(RUN, 7, "commit"), bad, exp, subkey=m.subkey)
         for reader in (alice, bob):
             got = get_records(reader, RUN, 7, "commit")
-            assert m.public_key_str not in got and got[a.public_key_str].digest == digest
+            assert m.peer_key not in got and got[a.peer_key].record.digest == digest
     finally:
         for dht in reversed(dhts):
             dht.shutdown()

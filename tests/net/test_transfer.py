@@ -12,7 +12,7 @@ import pytest
 from hivemind.p2p import P2P
 
 from swarm.errors import TransferError
-from swarm.transfer import (
+from swarm.net.transfer import (
     CHUNK,
     DATA,
     END,
@@ -151,7 +151,7 @@ def test_fetch_any_falls_back():
 
 def test_over_dht_replicas(make_identity):
     """The way peers use it: servers and clients on replicas of their DHT's p2pd."""
-    from swarm.dhtnode import start_dht, visible_maddrs
+    from swarm.net.dht import start_dht, visible_maddrs
 
     payload = os.urandom(2**20 + 5)
     a = start_dht(make_identity("a"))

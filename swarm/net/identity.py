@@ -6,7 +6,6 @@ import functools
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from hivemind.proto import crypto_pb2
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
 from swarm.errors import SwarmError
+from teft.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,18 @@ def owner_subkey(public_key: bytes | str) -> bytes:
 
 
 def public_key_from_subkey(subkey: object) -> str | None:
-    """The owner public key inside a DHT subkey, or None when the subkey carries none."""
-    if isinstance(subkey, str):
-        subkey = subkey.encode()
+    """The owner public key of a DHT subkey that is exactly `[owner:<normalised key>]`, else None.
+
+    The one owner-marker rule: records.SchemaCheck applies it before storing and get_records on read,
+    so a subkey accepted by one is never dropped by the other.
+    """
     if not isinstance(subkey, bytes):
         return None
     found = RSASignatureValidator._PUBLIC_KEY_RE.fullmatch(subkey)
-    return found.group(1).decode(errors="replace") if found else None
+    if not found:
+        return None
+    key = found.group(1).decode(errors="replace")
+    return key if normalize_public_key(key) == key else None
 
 
 def normalize_public_key(public_key: bytes | str) -> str:
@@ -88,34 +93,6 @@ def peer_key_of(public_key: bytes | str) -> str:
     encoded = crypto_pb2.PublicKey(key_type=crypto_pb2.RSA, data=der).SerializeToString()
     digest = multihash.encode(hashlib.sha256(encoded).digest(), multihash.coerce_code("sha2-256"))
     return base58.b58encode(digest).decode()
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = 0o600, exclusive: bool = False) -> None:
-    """Write via a same-directory temp file and rename so a crash never leaves half a key.
-
-    exclusive=True links instead of renaming, raising FileExistsError if another process won.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            os.link(tmp, path)
-        else:
-            os.replace(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _wrap(key: rsa.RSAPrivateKey) -> RSAPrivateKey:
@@ -152,7 +129,7 @@ def load_or_create(path: str | os.PathLike) -> Identity:
             encryption_algorithm=serialization.NoEncryption(),
         )
         try:
-            _atomic_write(path, pem, exclusive=True)
+            atomic_write(path, pem, mode=0o600, exclusive=True)
         except FileExistsError:  # another process created it first: use theirs
             return load_or_create(path)
         logger.info("created identity %s", path)
@@ -162,7 +139,7 @@ def load_or_create(path: str | os.PathLike) -> Identity:
     p2p_path = path.with_name(path.name + P2P_SUFFIX)
     p2p_bytes = _p2p_identity_bytes(private_key)
     if not p2p_path.exists() or p2p_path.read_bytes() != p2p_bytes:
-        _atomic_write(p2p_path, p2p_bytes)
+        atomic_write(p2p_path, p2p_bytes, mode=0o600)
     return Identity(
         path=path,
         private_key=private_key,

@@ -4,8 +4,9 @@ How values are checked: hivemind hands validators only the *hash* of the key, so
 cannot tell from the key alone which schema applies. Every value therefore carries its own
 envelope {"kind", "run", "cycle", ...fields}; SchemaCheck recomputes the key hash from the
 envelope and rejects the record unless it matches the hashed key it was stored under, the
-fields parse for that kind, the value is at most 4 KB, and the subkey is an owner marker
-(so RSASignatureValidator, which runs first, has verified the owner's signature). A record
+fields parse for that kind, the value is at most 4 KB, and the subkey is exactly one canonical owner
+marker (so RSASignatureValidator, which runs first, has verified the owner's signature, and an owner
+has one record per key). A record
 cannot be replayed under another run, cycle or kind. get_records checks every value again
 on read, because a peer that runs without SchemaCheck may still answer queries.
 """
@@ -16,16 +17,16 @@ import hashlib
 import json
 import logging
 import math
+from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
-from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils.serializer import MSGPackSerializer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from swarm.errors import RecordError
-from swarm.identity import Identity, public_key_from_subkey
+from swarm.errors import RecordError, SwarmError
+from swarm.net.identity import Identity, peer_key_of, public_key_from_subkey
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +97,14 @@ class StateRecord(_Record):
     state_hash: Hex64
 
 
-SCHEMAS: dict[str, tuple[type[_Record], ...]] = {
-    "peers": (PeerRecord,),
-    "commit": (CommitRecord,),
-    "seed-commit": (SeedCommitRecord,),
-    "reveal": (RevealRecord, SeedReveal),
-    "ranking": (RankingRecord,),
-    "state": (StateRecord,),
+SCHEMAS: dict[str, type[_Record]] = {
+    "peers": PeerRecord,
+    "commit": CommitRecord,
+    "seed-commit": SeedCommitRecord,
+    "reveal": RevealRecord,
+    "seed-reveal": SeedReveal,
+    "ranking": RankingRecord,
+    "state": StateRecord,
 }
 KINDS: tuple[str, ...] = tuple(SCHEMAS)
 
@@ -139,14 +141,12 @@ def seed_digest(seed: bytes | str, cycle: int, validator_id: str) -> str:
 
 
 def parse_record(kind: str, fields: dict[str, Any]) -> _Record:
-    """Validate the fields (without envelope) against the kind's schema(s)."""
-    errors = []
-    for model in SCHEMAS[kind]:
-        try:
-            return model.model_validate(fields)
-        except ValidationError as e:
-            errors.append(f"{model.__name__}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}")
-    raise ValueError("; ".join(errors))
+    """Validate the fields (without envelope) against the kind's schema."""
+    model = SCHEMAS[kind]
+    try:
+        return model.model_validate(fields)
+    except ValidationError as e:
+        raise ValueError(f"{model.__name__}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
 
 
 def make_value(run_id: str, cycle: int, kind: str, value: _Record | dict[str, Any]) -> dict[str, Any]:
@@ -217,8 +217,8 @@ class SchemaCheck(RecordValidatorBase):
         if DHTID.generate(source=record_key(run, cycle, kind)).to_bytes() != record.key:
             logger.debug("refusing a %s record stored under a key other than its own", kind)
             return False
-        if not RSASignatureValidator._PUBLIC_KEY_RE.search(record.subkey or b""):
-            logger.debug("refusing an unsigned %s record (no owner key in the subkey)", kind)
+        if owner_of_serialized_subkey(record.subkey) is None:
+            logger.debug("refusing a %s record whose subkey is not exactly one canonical owner marker", kind)
             return False
         return True
 
@@ -226,6 +226,33 @@ class SchemaCheck(RecordValidatorBase):
     def priority(self) -> int:
         """Below RSASignatureValidator's 10, so it sees the value with the signature stripped."""
         return 0
+
+
+def owner_of_serialized_subkey(subkey: bytes | None) -> str | None:
+    """The owner key of a subkey as it travels (msgpack bytes), under the one rule both sides apply.
+
+    The subkey must decode to exactly `[owner:<normalised key>]` and re-encode to the very same bytes:
+    anything else (a suffix that gives one owner unlimited subkeys, a non-canonical msgpack encoding that
+    makes hivemind drop the key's whole value) is refused before it is stored.
+    """
+    if not subkey:
+        return None
+    try:
+        decoded = MSGPackSerializer.loads(subkey)
+    except Exception:  # noqa: BLE001 - any decoding failure means a malformed subkey
+        return None
+    if MSGPackSerializer.dumps(decoded) != subkey:
+        return None
+    return public_key_from_subkey(decoded)
+
+
+@dataclass(frozen=True)
+class SignedRecord:
+    """One record read back from the DHT, with who signed it."""
+
+    owner: str  # the owner's public key, normalised ("ssh-rsa AAAA...")
+    peer_id: str  # the libp2p peer id of that key: where its payloads are served
+    record: _Record
 
 
 def store_record(
@@ -245,8 +272,8 @@ def store_record(
     return bool(dht.store(record_key(run_id, cycle, kind), envelope, expiration, subkey=identity.subkey))
 
 
-def get_records(dht: DHTLike, run_id: str, cycle: int, kind: str, latest: bool = True) -> dict[str, _Record]:
-    """All valid records of one kind and cycle, by owner public key ("ssh-rsa ..."); bad ones are logged and dropped."""
+def get_records(dht: DHTLike, run_id: str, cycle: int, kind: str, latest: bool = True) -> dict[str, SignedRecord]:
+    """All valid records of one kind and cycle, by owner peer id; bad ones are logged and dropped."""
     key = record_key(run_id, cycle, kind)
     found = dht.get(key, latest=latest)
     if found is None:
@@ -255,7 +282,7 @@ def get_records(dht: DHTLike, run_id: str, cycle: int, kind: str, latest: bool =
     if not isinstance(items, dict):
         logger.warning("dropping %s: not a subkeyed record", key)
         return {}
-    records: dict[str, _Record] = {}
+    records: dict[str, SignedRecord] = {}
     for subkey, item in items.items():
         value = item.value if hasattr(item, "value") else item
         owner = public_key_from_subkey(subkey)
@@ -269,5 +296,8 @@ def get_records(dht: DHTLike, run_id: str, cycle: int, kind: str, latest: bool =
         except ValueError as e:
             logger.warning("dropping a malformed %s record from %s: %s", key, owner[:24] + "...", e)
             continue
-        records[owner] = record
+        try:
+            records[peer_key_of(owner)] = SignedRecord(owner, peer_key_of(owner), record)
+        except SwarmError:
+            logger.warning("dropping a %s record whose owner key does not parse", key)
     return records

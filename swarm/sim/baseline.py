@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from swarm.runtime import Runtime, report_batches
+from swarm.protocol.runtime import Runtime, report_batches
 from teft.data import iterate_batches
 from teft.pol import mean_loss
 from teft.train import train_experts, train_loop

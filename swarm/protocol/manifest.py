@@ -12,9 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from swarm.clock import PHASES, Clock
 from swarm.errors import SwarmError
-from swarm.identity import normalize_public_key, parse_public_key
+from swarm.net.identity import normalize_public_key, parse_public_key
+from swarm.protocol.clock import PHASES, Clock
 
 
 class _Strict(BaseModel):
@@ -44,6 +44,19 @@ class ExpertMapSpec(_Strict):
         return self
 
 
+class DataSpec(_Strict):
+    """Where the data comes from and how much of it: every default lives here, once."""
+
+    train: str = Field(min_length=1)  # a shipped corpus name, or a path relative to the manifest
+    validation: str = Field(min_length=1)  # the split validators draw Proof-of-Loss subsets from
+    general_validation: str | None = None  # general text, to report forgetting
+    seq_len: int = Field(default=128, gt=0)  # tokens per block, for training and scoring alike
+    train_tokens: int | None = Field(default=None, gt=0)
+    validation_tokens: int | None = Field(default=None, gt=0)
+    validation_blocks: int = Field(default=32, gt=0)  # blocks in one cycle's Proof-of-Loss subset
+    eval_batch_size: int = Field(default=8, gt=0)
+
+
 class Timings(_Strict):
     """Phase durations in seconds, in protocol order."""
 
@@ -65,7 +78,6 @@ class InnerSpec(_Strict):
     steps: int = Field(gt=0)
     lr: float = Field(gt=0)
     batch_size: int = Field(gt=0)
-    seq_len: int | None = Field(default=None, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float | None = Field(default=None, gt=0)
     warmup_steps: int = Field(default=0, ge=0)
@@ -87,7 +99,7 @@ class Manifest(_Strict):
     name: str = Field(min_length=1, max_length=128)
     base_model: BaseModelSpec
     expert_map: ExpertMapSpec
-    data: dict[str, Any]
+    data: DataSpec
     timings: Timings
     inner: InnerSpec
     outer: OuterSpec = Field(default_factory=OuterSpec)

@@ -30,8 +30,8 @@ from hivemind.utils.multiaddr import Multiaddr
 from hivemind.utils.timed_storage import get_dht_time
 
 from swarm.errors import SwarmError
-from swarm.identity import Identity
-from swarm.records import SchemaCheck
+from swarm.net.identity import Identity
+from swarm.net.records import SchemaCheck
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from swarm.errors import SwarmError
-from swarm.manifest import Manifest
+from swarm.protocol.manifest import Manifest
 from teft.data import load_texts, tokenize_blocks
 from teft.errors import TeftError
 from teft.model import BUILTIN_MODELS, MoELayout, discover_layout, load_model, model_hash
@@ -89,19 +89,15 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
             expert_map = _select_from_spec(manifest, model, tokenizer, layout)
         expert_map.check_model(layout, manifest.base_model.sha256)
         data = manifest.data
-        seq_len = int(data.get("seq_len", manifest.inner.seq_len or 128))
 
-        def blocks(spec: str, split: str, max_tokens) -> torch.Tensor:
-            return tokenize_blocks(tokenizer, load_texts(spec, split), seq_len, max_tokens=max_tokens)
+        def blocks(spec: str, split: str, max_tokens: int | None) -> torch.Tensor:
+            return tokenize_blocks(tokenizer, load_texts(spec, split), data.seq_len, max_tokens=max_tokens)
 
-        train = blocks(data_override or _data_spec(manifest, str(data["train"])), "train", data.get("train_tokens"))
-        val = blocks(_data_spec(manifest, str(data["validation"])), "validation", data.get("validation_tokens"))
+        train = blocks(data_override or _data_spec(manifest, data.train), "train", data.train_tokens)
+        val = blocks(_data_spec(manifest, data.validation), "validation", data.validation_tokens)
         general = None
-        if data.get("general_validation"):
-            general = blocks(_data_spec(manifest, str(data["general_validation"])), "validation",
-                             data.get("validation_tokens"))
-    except KeyError as err:
-        raise SwarmError(f"manifest data section lacks {err}: add data.train and data.validation") from None
+        if data.general_validation:
+            general = blocks(_data_spec(manifest, data.general_validation), "validation", data.validation_tokens)
     except TeftError as err:
         raise SwarmError(str(err)) from None
     dtype = DTYPES[manifest.payload_dtype]
@@ -116,11 +112,11 @@ def _select_from_spec(manifest: Manifest, model, tokenizer, layout) -> ExpertMap
     from teft.selection import select_experts
 
     spec = dict(manifest.expert_map.spec or {})
-    seq_len = int(manifest.data.get("seq_len", 128))
     tokens = int(spec.get("tokens", 100_000))
 
     def profile(name):
-        blocks = tokenize_blocks(tokenizer, load_texts(_data_spec(manifest, name), "train"), seq_len, tokens)
+        blocks = tokenize_blocks(tokenizer, load_texts(_data_spec(manifest, name), "train"), manifest.data.seq_len,
+                                 tokens)
         return routing_profile(model, layout, blocks)
 
     general = profile(spec["general_data"]) if spec.get("method") == "des" else None

@@ -1,0 +1,125 @@
+"""`python -m bootstrap`: a DHT-only entry node that validates records like every peer.
+
+Prints `JOIN <multiaddr>` lines (grep them), then idles until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from swarm import cli
+from swarm.errors import SwarmError
+from swarm.net.dht import start_dht, visible_maddrs
+from swarm.net.identity import load_or_create
+from swarm.protocol.manifest import load, run_id
+
+logger = logging.getLogger("bootstrap")
+
+
+def _maddr_list(values: list[str] | None) -> list[str]:
+    """Accept space- or comma-separated multiaddrs."""
+    return [m for value in values or [] for m in value.split(",") if m.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line of the bootstrap node."""
+    parser = cli.parser(
+        "python -m bootstrap",
+        "Run a DHT-only entry node for a TEFT swarm. It prints the multiaddrs peers join "
+        "with as lines starting with 'JOIN ' and runs until SIGINT or SIGTERM.",
+    )
+    cli.flag(
+        parser,
+        "host-maddrs",
+        nargs="+",
+        default=["/ip4/0.0.0.0/tcp/31337"],
+        help="multiaddrs to listen on (default: /ip4/0.0.0.0/tcp/31337; use tcp/0 for a free port)",
+    )
+    cli.flag(
+        parser,
+        "announce-maddrs",
+        nargs="+",
+        default=None,
+        help="public multiaddrs to announce when behind NAT (explicit ports only)",
+    )
+    cli.flag(
+        parser,
+        "identity",
+        default="bootstrap.key",
+        help="private key file (PEM) giving the node a stable peer id; created if missing (default: bootstrap.key)",
+    )
+    cli.flag(
+        parser,
+        "initial-peers",
+        nargs="*",
+        default=[],
+        help="multiaddrs (with /p2p/<peer id>) of other bootstrap nodes to join",
+    )
+    cli.flag(
+        parser,
+        "config",
+        default=None,
+        help="run manifest YAML; when given, only records of that run are accepted",
+    )
+    cli.flag(
+        parser,
+        "startup-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the node to start and reach an initial peer (default: 30)",
+    )
+    cli.flag(
+        parser,
+        "log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity on stderr (default: INFO)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start, print JOIN lines, idle until a signal, shut down."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("got %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        run = run_id(load(args.config)) if args.config else None
+        identity = load_or_create(args.identity)
+        dht = start_dht(
+            identity,
+            initial_peers=_maddr_list(args.initial_peers),
+            host_maddrs=_maddr_list(args.host_maddrs),
+            announce_maddrs=_maddr_list(args.announce_maddrs) or None,
+            startup_timeout=args.startup_timeout,
+            run_id=run,
+        )
+    except SwarmError as e:
+        return cli.fail(str(e))
+    try:
+        for maddr in visible_maddrs(dht):
+            print(f"JOIN {maddr}", flush=True)
+        logger.info("bootstrap node %s ready%s", identity.peer_key, f" for run {run}" if run else "")
+        while not stop.wait(1.0):
+            if not dht.is_alive():
+                logger.error("the DHT process died; exiting")
+                return 1
+        return 0
+    finally:
+        dht.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Reduce: combine validators' rankings by one rule and apply the outer step, identically on every peer.
+
+The rule: for each (miner, payload hash), the median over the allowlisted validators' scores, where a
+validator that did not score that exact pair counts as zero; at least `quorum` rankings are needed or
+nothing is merged. The top-k pairs with a positive median of at least a fraction of the best median
+are merged, one per miner and per payload, in a fixed order. A minority of validators cannot move a
+median past the honest majority, so a liar can neither push a bad submission in nor a good one out.
+
+The agreed object is the outer checkpoint (teft.outer.checkpoint_bytes): Phi_{c+1} and the Nesterov
+momentum in one canonical file, so a late joiner that fetches it by hash continues like everyone else.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from swarm.net.records import RankingRecord, SignedRecord
+from teft.outer import NesterovOuter, OuterConfig, outer_step
+from teft.state import ExpertState
+
+
+@dataclass(frozen=True)
+class Score:
+    """One submission's Proof-of-Loss result: what a validator computes, publishes and peers merge by."""
+
+    miner: str  # peer id
+    payload_hash: str
+    loss: float
+    score: float
+    reason: str | None = None  # why it scored zero without evaluation; stays local, never published
+
+
+def ranking_record(scores: list[Score]) -> RankingRecord:
+    """The signed record of a validator's scores, best first; losses made finite for the schema."""
+    ordered = sorted(scores, key=lambda s: (-s.score, s.miner, s.payload_hash))
+    return RankingRecord(entries=[(s.miner, s.payload_hash, min(float(s.loss), 1e30), float(s.score))
+                                  for s in ordered])
+
+
+def scores_of(record: RankingRecord) -> list[Score]:
+    """The Scores a ranking record lists."""
+    return [Score(miner, digest, loss, score) for miner, digest, loss, score in record.entries]
+
+
+@dataclass
+class Decision:
+    """What the rankings decided for one cycle."""
+
+    quorum_met: bool
+    validators: list[str]  # public keys of the allowlisted validators whose rankings counted
+    merged: list[Score]  # in merge order; score = the median, loss = NaN (validators' losses differ)
+    medians: dict[tuple[str, str], float] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # validator key -> miner -> score
+
+
+def combine(rankings: dict[str, list[Score]], allowlist: set[str] | list[str], quorum: int, top_k: int,
+            min_relative: float = 0.0) -> Decision:
+    """The merge decision from rankings keyed by validator public key; non-allowlisted ones are ignored.
+
+    A pair is merged only if its median is positive and at least `min_relative` of the best median:
+    a perturbation that lowers the loss by luck (noise) scores a sliver of what training does.
+    """
+    allowed = set(allowlist)
+    valid = {v: scores for v, scores in sorted(rankings.items()) if v in allowed}
+    table = {v: {s.miner: s.score for s in scores} for v, scores in valid.items()}
+    if len(valid) < quorum:
+        return Decision(False, sorted(valid), [], {}, table)
+    pairs = sorted({(s.miner, s.payload_hash) for scores in valid.values() for s in scores})
+    medians = {}
+    for miner, digest in pairs:
+        per_validator = []
+        for scores in valid.values():
+            match = [s.score for s in scores if s.miner == miner and s.payload_hash == digest]
+            value = match[0] if match else 0.0
+            per_validator.append(value if math.isfinite(value) and value > 0 else 0.0)  # NaN, negatives: 0
+        medians[(miner, digest)] = float(statistics.median(per_validator))
+    order = sorted(medians, key=lambda p: (-medians[p], p[0], p[1]))
+    floor = min_relative * medians[order[0]] if order else 0.0
+    merged: list[Score] = []
+    miners, digests = set(), set()
+    for miner, digest in order:
+        if medians[(miner, digest)] <= max(floor, 0.0) or len(merged) >= top_k:
+            break
+        if miner in miners or digest in digests:  # one submission per miner; identical bytes count once
+            continue
+        merged.append(Score(miner, digest, math.nan, medians[(miner, digest)]))
+        miners.add(miner)
+        digests.add(digest)
+    return Decision(True, sorted(valid), merged, medians, table)
+
+
+def decide(rankings: dict[str, SignedRecord], manifest) -> Decision:
+    """`combine` on a cycle's ranking records (by owner peer id) with the run's own allowlist, quorum, top-k
+    and merge floor: the one call every peer and `swarm.status` make, so they cannot differ."""
+    by_owner = {signed.owner: scores_of(signed.record) for signed in rankings.values()
+                if isinstance(signed.record, RankingRecord)}
+    return combine(by_owner, manifest.validators, manifest.quorum, manifest.outer.top_k,
+                   manifest.outer.min_relative_score)
+
+
+def reduce(base: ExpertState, momentum: ExpertState | None, submissions: list[ExpertState],
+           cfg: OuterConfig) -> tuple[ExpertState, ExpertState]:
+    """Phi_{c+1} and the new momentum; with nothing merged both stay as they were."""
+    if not submissions:
+        return base, momentum or OrderedDict()
+    optimizer = NesterovOuter(cfg, momentum or None)
+    new_state = outer_step(base, submissions, optimizer)
+    return new_state, optimizer.buffer

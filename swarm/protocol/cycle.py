@@ -1,0 +1,301 @@
+"""The cycle loop: one peer, cycle after cycle, each phase handed to its role by name.
+
+    for phase in PHASES:                    # sync, train, commit, reveal, evaluate, reduce
+        wait for the phase (skip it if it is already over)
+        role.on_<phase>(cycle)
+
+No peer tells another what phase it is: every peer computes it from the manifest's clock. `Peer` holds
+what all roles share (time, signed records, the agreed state, fetching, the per-cycle log); what a miner
+or a validator does in each phase is in swarm/roles/, top to bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from swarm.errors import SwarmError, TransferError
+from swarm.net import records
+from swarm.net.records import SignedRecord
+from swarm.protocol.clock import PHASES
+from swarm.protocol.manifest import run_id as manifest_run_id
+from swarm.protocol.runtime import Runtime, report_batches
+from swarm.protocol.store import Progress, Store
+from teft.errors import TeftError
+from teft.outer import checkpoint_bytes, from_checkpoint
+from teft.pol import state_loss
+from teft.state import ExpertState, check_state
+
+logger = logging.getLogger("swarm.peer")
+
+
+@dataclass
+class CycleLog:
+    """What one cycle did, written as one JSON line to metrics.jsonl and summarised in the log."""
+
+    cycle: int
+    role: str
+    peer: str
+    variant: str | None = None  # a simulation's misbehaving variant of the role; None for honest peers
+    submitted: str | None = None
+    train_loss: list[float] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    base_loss: float | None = None
+    rankings: dict[str, dict[str, float]] = field(default_factory=dict)  # validator -> miner -> score
+    medians: dict[str, float] = field(default_factory=dict)  # miner -> combined score of its best payload
+    merged: list[str] = field(default_factory=list)
+    quorum_met: bool = False
+    state_hash: str = ""
+    agreed_hash: str = ""
+    target_loss: float | None = None  # of Phi_{c+1}, on fixed blocks (validators)
+    general_loss: float | None = None
+    start_target_loss: float | None = None  # of Phi_c, measured once when a validator starts
+    start_general_loss: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    note: str = ""
+
+
+@dataclass
+class Cycle:
+    """One cycle as a role sees it: its number, whether the peer joined in time to submit, and its log."""
+
+    number: int
+    fresh: bool  # joined in sync or train: may commit a payload or a seed this cycle
+    log: CycleLog
+
+
+class Timekeeper(Protocol):
+    """DHT time and sleeping on it; the unit tests drive whole cycles on a virtual one."""
+
+    def now(self) -> float: ...
+
+    def wait_until(self, t: float, stop: threading.Event) -> bool: ...
+
+
+class DHTTime:
+    """hivemind's DHT time, slept on in short steps so a stop request is seen within a quarter second."""
+
+    def now(self) -> float:
+        from swarm.net.dht import dht_time
+
+        return dht_time()
+
+    def wait_until(self, t: float, stop: threading.Event) -> bool:
+        while not stop.is_set():
+            left = t - self.now()
+            if left <= 0:
+                return True
+            stop.wait(min(left, 0.25))
+        return False
+
+
+class NetworkLike(Protocol):
+    """What the loop needs of the P2P side (swarm.net.network.Network, or the tests' in-memory double)."""
+
+    maddrs: list[str]
+    stats: object
+
+    def fetch(self, peers: list[str], digest: str, size: int, maddrs: dict[str, list[str]],
+              exact: bool) -> bytes: ...
+
+
+class Peer:
+    """One peer's protocol loop; the role, network and model are handed in ready."""
+
+    def __init__(self, make_role: Callable[[Peer], object], rt: Runtime, identity, dht, net: NetworkLike,
+                 store: Store, stop: threading.Event, time: Timekeeper | None = None):
+        self.rt, self.identity, self.dht, self.net, self.store, self.stop = rt, identity, dht, net, store, stop
+        self.time = time or DHTTime()
+        self.manifest = rt.manifest
+        self.run_id = manifest_run_id(self.manifest)
+        self.clock = self.manifest.clock()
+        self.me = identity.peer_key
+        self.cycle = -1  # the cycle whose start state we hold
+        self.state: ExpertState = rt.initial_state
+        self.momentum: ExpertState = {}
+        self.progress = Progress()
+        self.role = make_role(self)
+
+    # -- time -----------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.time.now()
+
+    def wait_until(self, t: float) -> bool:
+        """Sleep until DHT time t; False if the peer is stopping."""
+        return self.time.wait_until(t, self.stop)
+
+    def window(self, cycle: int, phase: str) -> tuple[float, float]:
+        return self.clock.phase_start(cycle, phase), self.clock.phase_end(cycle, phase)
+
+    def enter(self, cycle: int, phase: str) -> bool:
+        """Wait for a phase to begin and log it; False if stopping or the phase is already over."""
+        start, end = self.window(cycle, phase)
+        if not self.wait_until(start) or self.now() >= end:
+            return False
+        self.announce(cycle, phase)
+        return True
+
+    def announce(self, cycle: int, phase: str) -> None:
+        logger.info("run %s cycle %d phase %s role %s", self.run_id, cycle, phase, self.role.kind)
+
+    # -- signed records -------------------------------------------------------------------------
+    def put(self, cycle: int, kind: str, value) -> bool:
+        """Sign and store one record of ours; expires three cycles later."""
+        try:
+            return records.store_record(self.dht, self.run_id, cycle, kind, value, self.identity,
+                                        self.clock.cycle_start(cycle + 3))
+        except SwarmError as err:
+            logger.warning("could not store %s record for cycle %d: %s", kind, cycle, err)
+            return False
+
+    def get(self, cycle: int, kind: str) -> dict[str, SignedRecord]:
+        """Valid records of one kind and cycle, by owner peer id."""
+        try:
+            return records.get_records(self.dht, self.run_id, cycle, kind)
+        except SwarmError as err:
+            logger.warning("could not read %s records for cycle %d: %s", kind, cycle, err)
+            return {}
+
+    def addresses(self, cycle: int) -> dict[str, list[str]]:
+        """peer id -> multiaddrs, from this and the previous cycle's peers records."""
+        found: dict[str, list[str]] = {}
+        for c in (cycle - 1, cycle):
+            if c >= 0:
+                for pid, signed in self.get(c, "peers").items():
+                    found[pid] = list(signed.record.maddrs)
+        return found
+
+    def fetch(self, digest: str, holders: list[str], cycle: int, max_size: int, exact: bool) -> bytes:
+        """The one fetch path: our own store first, then the holders in the order given."""
+        local = self.store.find(digest)
+        if local is not None:
+            return local
+        holders = [h for h in holders if h != self.me]
+        return self.net.fetch(holders, digest, max_size, self.addresses(cycle), exact=exact)
+
+    # -- the agreed state -----------------------------------------------------------------------
+    def adopt(self, cycle: int, data: bytes) -> None:
+        """Hold this outer checkpoint as the start of `cycle`, checked first, and persist it atomically."""
+        state, momentum = from_checkpoint(data)
+        reason = check_state(state, self.rt.layout, self.rt.expert_map)
+        if reason is None and momentum:
+            reason = check_state(momentum, self.rt.layout, self.rt.expert_map)
+        if reason is not None:
+            raise TeftError(f"checkpoint does not fit this run's expert map: {reason}")
+        self.state, self.momentum, self.cycle = state, momentum, cycle
+        digest = self.store.save_checkpoint(cycle, data)
+        self.progress.cycle, self.progress.checkpoint_hash = cycle, digest
+        self.store.save_progress(self.progress)
+        self.store.prune(cycle)
+
+    def resume(self) -> None:
+        """Pick up the stored checkpoint, or start from Phi_0."""
+        progress = self.store.load_progress()
+        if progress is not None:
+            data = self.store.load_checkpoint(progress.cycle, progress.checkpoint_hash)
+            if data is not None:
+                self.progress = progress
+                self.adopt(progress.cycle, data)
+                logger.info("resumed at cycle %d with state %s", self.cycle, progress.checkpoint_hash[:12])
+                return
+            logger.warning("stored checkpoint of cycle %d is missing or corrupted; resyncing", progress.cycle)
+        self.progress = progress or Progress()
+        self.adopt(0, checkpoint_bytes(self.rt.initial_state, None))
+        logger.info("starting from Phi_0 (%s)", self.progress.checkpoint_hash[:12])
+
+    def agreed_hash(self, cycle: int) -> tuple[str | None, list[str]]:
+        """The Phi_{cycle+1} hash most allowlisted validators published (else most peers), and its holders."""
+        recs = self.get(cycle, "state")
+        if not recs:
+            return None, []
+        allowlist = set(self.manifest.validators)
+        voters = {pid: s for pid, s in recs.items() if s.owner in allowlist} or recs
+        counts = Counter(s.record.state_hash for s in voters.values())
+        best = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        holders = sorted(pid for pid, s in recs.items() if s.record.state_hash == best)
+        return best, holders
+
+    def sync_to(self, cycle: int, log: CycleLog | None = None) -> bool:
+        """Hold the agreed Phi_cycle: keep ours if it matches the quorum, else download it by hash."""
+        if cycle == 0:
+            return self.cycle == 0
+        digest, holders = self.agreed_hash(cycle - 1)
+        if digest is None:
+            return self.cycle == cycle
+        if self.cycle == cycle and digest == self.progress.checkpoint_hash:
+            return True
+        why = "behind" if self.cycle != cycle else "disagrees with the quorum"
+        logger.warning("state for cycle %d %s; fetching %s from %d peer(s)", cycle, why, digest[:12], len(holders))
+        try:
+            data = self.fetch(digest, holders, cycle, 4 * self.rt.payload_size + 65536, exact=False)
+            self.adopt(cycle, data)
+        except (TransferError, TeftError) as err:
+            logger.warning("could not adopt the agreed state %s: %s", digest[:12], err)
+            return False
+        if log is not None:
+            log.note += f"fetched agreed state {digest[:12]}; "
+        return True
+
+    def measure(self) -> tuple[float, float | None]:
+        """Target and general validation loss of the held state on fixed blocks (for reports)."""
+        rt = self.rt
+        target = state_loss(rt.model, rt.layout, self.state, report_batches(rt.validation_blocks))
+        general = None
+        if rt.general_blocks is not None:
+            general = state_loss(rt.model, rt.layout, self.state, report_batches(rt.general_blocks))
+        return target, general
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.resume()
+        while not self.stop.is_set():
+            pos = self.clock.where(self.now())
+            if pos.cycle < 0:
+                logger.info("waiting %.0fs for genesis", self.clock.genesis - self.now())
+                self.wait_until(self.clock.genesis)
+                continue
+            if not self.sync_to(pos.cycle):
+                if pos.phase in ("sync", "train") and self.cycle < pos.cycle:
+                    self.wait_until(self.now() + 1.0)  # the agreed hash may not be readable yet
+                    continue
+                logger.info("not in sync for cycle %d; waiting for the next cycle", pos.cycle)
+                self.wait_until(self.clock.cycle_start(pos.cycle + 1))
+                continue
+            self.run_cycle(pos.cycle, joined_in=pos.phase)
+
+    def run_cycle(self, number: int, joined_in: str) -> None:
+        """Every phase of one cycle, in order, handed to the role; a phase already over is skipped."""
+        before = (self.net.stats.bytes_in, self.net.stats.bytes_out)
+        log = CycleLog(number, self.role.kind, self.me, getattr(self.role, "variant", None))
+        cycle = Cycle(number, fresh=joined_in in ("sync", "train"), log=log)
+        self.announce(number, joined_in)
+        for phase in PHASES:
+            if phase == "sync" or self.enter(number, phase) or (phase == "reduce" and self.cycle == number):
+                try:
+                    getattr(self.role, f"on_{phase}")(cycle)
+                except (TeftError, TransferError, SwarmError) as err:  # bad input from the network: one line
+                    logger.warning("cycle %d phase %s: %s", number, phase, err)
+                    log.note += f"{phase}: {err}; "
+        log.bytes_in = self.net.stats.bytes_in - before[0]
+        log.bytes_out = self.net.stats.bytes_out - before[1]
+        self.finish(cycle)
+        self.wait_until(self.clock.cycle_start(number + 1))
+
+    def finish(self, cycle: Cycle) -> None:
+        """Write the cycle's line to metrics.jsonl and its summary to the log."""
+        lo = cycle.log
+        lo.agreed_hash = self.agreed_hash(cycle.number)[0] or ""
+        with open(self.store.root / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(asdict(lo), default=str) + "\n")
+        logger.info("cycle %d summary: role %s%s, submitted %s, scores %s, merged %d (%s), state %s, "
+                    "bytes in %d out %d%s", cycle.number, lo.role, f" ({lo.variant})" if lo.variant else "",
+                    (lo.submitted or "-")[:12], {k[:8]: round(v, 4) for k, v in lo.scores.items()},
+                    len(lo.merged), ",".join(m[:8] for m in lo.merged), lo.state_hash[:12],
+                    lo.bytes_in, lo.bytes_out, f", {lo.note}" if lo.note else "")

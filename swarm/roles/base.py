@@ -1,0 +1,84 @@
+"""What every role does in a cycle: announce itself in sync, and take part in the reduce.
+
+The reduce is the same on every peer, whatever its role: read the signed rankings, decide by the one
+merge rule (swarm.protocol.consensus), fetch the merged payloads (from validators first), apply the
+Nesterov outer step, hold Phi_{c+1}, and publish its hash so the quorum's agreement can be checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from swarm import VERSION
+from swarm.errors import TransferError
+from swarm.net import records
+from swarm.net.identity import peer_key_of
+from swarm.protocol.consensus import decide, reduce
+from swarm.protocol.cycle import Cycle, Peer
+from teft.outer import checkpoint_bytes
+from teft.state import check_state, from_bytes, state_hash
+
+logger = logging.getLogger("swarm.peer")
+
+
+class Role:
+    """The phases a role may act in; the base class announces the peer and reduces."""
+
+    kind = "peer"
+    variant: str | None = None  # set only by swarm.sim's misbehaving subclasses, for their logs
+
+    def __init__(self, peer: Peer):
+        self.peer = peer
+
+    def on_sync(self, cycle: Cycle) -> None:
+        p = self.peer
+        p.put(cycle.number, "peers", records.PeerRecord(role=self.kind, version=VERSION, maddrs=p.net.maddrs[:16]))
+
+    def on_train(self, cycle: Cycle) -> None:
+        pass
+
+    def on_commit(self, cycle: Cycle) -> None:
+        pass
+
+    def on_reveal(self, cycle: Cycle) -> None:
+        pass
+
+    def on_evaluate(self, cycle: Cycle) -> None:
+        pass
+
+    def on_reduce(self, cycle: Cycle) -> None:
+        """Merge what the allowlisted validators' rankings decided; every honest peer computes the same bytes."""
+        p, log, c = self.peer, cycle.log, cycle.number
+        decision = decide(p.get(c, "ranking"), p.manifest)
+        log.quorum_met = decision.quorum_met
+        log.rankings = {peer_key_of(v): s for v, s in decision.scores.items()}
+        for (miner, _), median in decision.medians.items():
+            log.medians[miner] = max(median, log.medians.get(miner, 0.0))
+        validators = [peer_key_of(v) for v in decision.validators]
+        submissions = []
+        for merged in decision.merged:
+            # validators already hold it: ask them first so the miner uploads as little as possible, each
+            # peer in its own order so the load spreads over the validators
+            order = sorted(validators, key=lambda v: hashlib.sha256(f"{p.me}/{v}/{merged.payload_hash}".encode())
+                           .digest())
+            try:
+                state = from_bytes(p.fetch(merged.payload_hash, [*order, merged.miner], c, p.rt.payload_size,
+                                           exact=True))
+            except TransferError as err:
+                logger.warning("cycle %d: cannot fetch merged payload %s: %s; will fetch the agreed state",
+                               c, merged.payload_hash[:12], err)
+                log.note += "missing a merged payload; "
+                return
+            reason = check_state(state, p.rt.layout, p.rt.expert_map)
+            if reason is not None:  # the validators checked it; a peer checks again before it trusts bytes
+                logger.warning("cycle %d: merged payload %s is unusable (%s)", c, merged.payload_hash[:12], reason)
+                log.note += "unusable merged payload; "
+                return
+            submissions.append(state)
+        log.merged = [m.miner for m in decision.merged]
+        new_state, new_momentum = reduce(p.state, p.momentum, submissions, p.rt.outer)
+        data = checkpoint_bytes(new_state, new_momentum)
+        p.adopt(c + 1, data)
+        log.state_hash = state_hash(data)
+        p.put(c, "state", records.StateRecord(state_hash=log.state_hash))

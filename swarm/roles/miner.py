@@ -1,0 +1,98 @@
+"""A miner's cycle, top to bottom: train the selected experts from Phi_c, commit to the bytes, reveal them.
+
+    train   H inner AdamW steps on this miner's own batches -> Phi_i, stored by hash (served from reveal on)
+    commit  publish H(run, cycle, miner id, payload hash): binds the bytes to this miner before anyone
+            knows the evaluation seed
+    reveal  publish the payload hash and size; validators fetch the bytes and check them against the commit
+    reduce  like every peer (roles.base)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from swarm.net import records
+from swarm.protocol.cycle import Cycle
+from swarm.protocol.runtime import Runtime
+from swarm.roles.base import Role
+from teft.data import iterate_batches
+from teft.state import ExpertState, extract_state, load_state, to_bytes
+from teft.train import Interrupted, train_experts
+
+logger = logging.getLogger("swarm.peer")
+
+
+@dataclass
+class Submission:
+    """A miner's trained state Phi_i, the payload bytes it sends, and its inner loss curve's ends."""
+
+    state: ExpertState
+    payload: bytes
+    first_loss: float
+    last_loss: float
+
+
+def train_submission(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, should_stop=None) -> Submission:
+    """H inner steps from `base` on this miner's batches for this cycle; the model is restored afterwards."""
+    cfg = rt.inner
+    cfg.seed = cycle
+    load_state(rt.model, rt.layout, base)
+    try:
+        batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, f"{miner_id}/{cycle}", cfg.steps)
+        result = train_experts(rt.model, rt.layout, rt.expert_map, batches, cfg, should_stop=should_stop)
+        trained = extract_state(rt.model, rt.layout, rt.expert_map, dtype=torch.float32)
+    finally:
+        load_state(rt.model, rt.layout, base)
+    return Submission(trained, to_bytes(trained, rt.payload_dtype), result.losses[0], result.losses[-1])
+
+
+class Miner(Role):
+    kind = "miner"
+
+    def __init__(self, peer):
+        super().__init__(peer)
+        self.payload: tuple[str, bytes] | None = None  # (hash, bytes) of this cycle's submission
+
+    def on_sync(self, cycle: Cycle) -> None:
+        super().on_sync(cycle)
+        self.payload = None
+
+    def on_train(self, cycle: Cycle) -> None:
+        p = self.peer
+        if not cycle.fresh:
+            return  # joined after the train phase began: too late to submit this cycle
+        sub = self.submission(cycle)
+        if sub is None:
+            return
+        if p.now() >= p.clock.phase_end(cycle.number, "commit"):
+            logger.warning("training overran the commit phase of cycle %d; no submission", cycle.number)
+            cycle.log.note += "training overran the commit phase; "
+            return
+        self.payload = (p.store.save_payload(sub.payload), sub.payload)
+        cycle.log.submitted, cycle.log.train_loss = self.payload[0], [sub.first_loss, sub.last_loss]
+
+    def submission(self, cycle: Cycle) -> Submission | None:
+        """This cycle's honest work; None if the peer is stopping."""
+        p = self.peer
+        try:
+            return train_submission(p.rt, p.state, p.me, cycle.number, p.stop.is_set)
+        except Interrupted:
+            return None
+
+    def on_commit(self, cycle: Cycle) -> None:
+        if cycle.fresh and self.payload:
+            self.commit(cycle.number, self.payload[0])
+
+    def commit(self, number: int, digest: str) -> None:
+        p = self.peer
+        p.put(number, "commit", records.CommitRecord(digest=records.commit_digest(p.run_id, number, p.me, digest)))
+
+    def on_reveal(self, cycle: Cycle) -> None:
+        if self.payload:
+            self.reveal(cycle.number, self.payload[0])
+
+    def reveal(self, number: int, digest: str) -> None:
+        self.peer.put(number, "reveal", records.RevealRecord(payload_hash=digest, size=self.peer.rt.payload_size))

@@ -1,0 +1,327 @@
+"""`python -m swarm.simulate`: a whole swarm on localhost, each peer its own real process, then a report.
+
+Starts a bootstrap node and every miner and validator with the same `python -m swarm.peer` a user runs,
+generates their keys and the run manifest (validator allowlist, genesis), shows progress, stops every
+process it started (also on Ctrl-C), and writes report.json, plots and summary.md to --out.
+
+Adversaries misbehave on purpose, one process each: free-rider, noise, poison, nan, oversize, copycat,
+replay, late (miners) and liar (an allowlisted validator that inverts its ranking); `all` adds the nine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from swarm.errors import SwarmError
+from swarm.sim.adversaries import EXTRA, SHOWN, role_kind
+
+KINDS = SHOWN
+
+
+@dataclass
+class PeerProc:
+    name: str
+    role: str
+    adversary: str | None
+    key: Path
+    workdir: Path
+    log: Path
+    peer_id: str = ""
+    allowlisted: bool = False
+    start_cycle: int = 0  # start only when this cycle begins (late joiners)
+    proc: subprocess.Popen | None = None
+    restarts: list[str] = field(default_factory=list)
+
+
+class Swarm:
+    """Processes of one localhost run: start, watch, stop; nothing is left running afterwards."""
+
+    def __init__(self, out: Path, python: str = sys.executable, threads: int = 1):
+        self.out, self.python, self.threads = out, python, threads
+        self.bootstrap: subprocess.Popen | None = None
+        self.join: list[str] = []
+        self.peers: list[PeerProc] = []
+        self.manifest_path = out / "run.yaml"
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        (out / "keys").mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor", "PYTHONUNBUFFERED": "1",
+                    "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+
+    def add(self, name: str, role: str, adversary: str | None = None, allowlisted: bool | None = None,
+            start_cycle: int = 0) -> PeerProc:
+        from swarm.net.identity import load_or_create
+
+        key = self.out / "keys" / f"{name}.key"
+        peer = PeerProc(name, role, adversary, key, self.out / "peers" / name, self.out / "logs" / f"{name}.log",
+                        start_cycle=start_cycle)
+        peer.peer_id = load_or_create(key).peer_key
+        peer.allowlisted = role == "validator" and adversary != "stranger" if allowlisted is None else allowlisted
+        peer.workdir.mkdir(parents=True, exist_ok=True)
+        self.peers.append(peer)
+        return peer
+
+    def write_manifest(self, template: Path, genesis: float, overrides: dict | None) -> None:
+        from swarm.launch import write_manifest
+        from swarm.net.identity import load_or_create
+
+        keys = [load_or_create(p.key).public_key_str for p in self.peers if p.allowlisted]
+        write_manifest(template, self.manifest_path, keys, genesis, overrides)
+
+    def start_bootstrap(self, timeout: float = 60.0) -> None:
+        log = open(self.out / "logs" / "bootstrap.log", "w")
+        self.bootstrap = subprocess.Popen(
+            [self.python, "-m", "bootstrap", "--host-maddrs", "/ip4/127.0.0.1/tcp/0",
+             "--identity", str(self.out / "keys" / "bootstrap.key")],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.bootstrap.stdout.readline()
+            if not line:
+                break
+            if line.startswith("JOIN "):
+                self.join.append(line.split()[1])
+                (self.out / "join.txt").write_text(self.join[0] + "\n")
+                break
+        if not self.join:
+            self.stop()
+            raise SwarmError(f"the bootstrap node did not start; see {self.out / 'logs' / 'bootstrap.log'}")
+
+    def start_peer(self, peer: PeerProc) -> None:
+        entry = ["swarm.sim.rogue", "--adversary", peer.adversary] if peer.adversary else ["swarm.peer"]
+        cmd = [self.python, "-m", *entry, "--role", peer.role, "--config", str(self.manifest_path),
+               "--initial-peers", *self.join, "--identity", str(peer.key), "--workdir", str(peer.workdir),
+               "--threads", str(self.threads)]
+        log = open(peer.log, "a")
+        peer.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+
+    def alive(self) -> int:
+        return sum(1 for p in self.peers if p.proc is not None and p.proc.poll() is None)
+
+    def kill(self, peer: PeerProc) -> None:
+        """SIGKILL, as a crash would: the peer must resume from its work directory."""
+        if peer.proc is not None and peer.proc.poll() is None:
+            peer.proc.send_signal(signal.SIGKILL)
+            peer.proc.wait(10)
+
+    def stop(self, grace: float = 20.0) -> None:
+        procs = [p.proc for p in self.peers if p.proc is not None] + ([self.bootstrap] if self.bootstrap else [])
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def metrics(peer: PeerProc) -> dict[int, dict]:
+    """The peer's per-cycle logs (the last line per cycle wins, e.g. after a restart)."""
+    path = peer.workdir / "metrics.jsonl"
+    out: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            out[int(row["cycle"])] = row
+    return out
+
+
+def build_report(swarm: Swarm, cycles: int, payload_size: int, dense_bytes: int, baseline: dict | None) -> dict:
+    """Everything a person asks of the run, per cycle and per peer."""
+    names = {p.peer_id: p.name for p in swarm.peers}
+    per_peer = {p.name: metrics(p) for p in swarm.peers}
+    honest = [p for p in swarm.peers if p.adversary is None]
+    rows = []
+    ever_merged: dict[str, bool] = {p.name: False for p in swarm.peers if p.role == "miner"}
+    for c in range(cycles):
+        hashes = {p.name: per_peer[p.name].get(c, {}).get("state_hash", "") for p in honest}
+        present = {n: h for n, h in hashes.items() if h}
+        validators = [p for p in honest if p.role == "validator" and c in per_peer[p.name]]
+        ref = per_peer[validators[0].name][c] if validators else {}
+        merged = [names.get(m, m) for m in ref.get("merged", [])]
+        for m in merged:
+            ever_merged[m] = True
+        rows.append({
+            "cycle": c,
+            "merged": merged,
+            "scores": {names.get(v, v[:12]): {names.get(m, m): s for m, s in sc.items()}
+                       for v, sc in ref.get("rankings", {}).items()},
+            "combined": {names.get(m, m): s for m, s in ref.get("medians", {}).items()},
+            "quorum_met": ref.get("quorum_met", False),
+            "honest_peers_reporting": len(present),
+            "honest_agree": len(present) > 0 and len(set(present.values())) == 1,
+            "state_hash": next(iter(present.values()), ""),
+            "target_loss": ref.get("target_loss"),
+            "general_loss": ref.get("general_loss"),
+            "general_perplexity": _exp(ref.get("general_loss")),
+            "target_perplexity": _exp(ref.get("target_loss")),
+            "train_loss": {p.name: per_peer[p.name].get(c, {}).get("train_loss") for p in swarm.peers
+                           if p.role == "miner" and per_peer[p.name].get(c, {}).get("train_loss")},
+            "bytes": {p.name: {"in": per_peer[p.name].get(c, {}).get("bytes_in", 0),
+                               "out": per_peer[p.name].get(c, {}).get("bytes_out", 0)} for p in swarm.peers},
+            "rejected": {names.get(m, m): r for m, r in ref.get("rejected", {}).items()},
+        })
+    start = next((per_peer[p.name][0] for p in honest if p.role == "validator" and 0 in per_peer[p.name]), {})
+    base = {"target_loss": start.get("start_target_loss"), "general_loss": start.get("start_general_loss")}
+    return {
+        "manifest": str(swarm.manifest_path), "cycles": cycles, "payload_bytes": payload_size, "base": base,
+        "dense_model_bytes": dense_bytes,
+        "peers": {p.name: {"role": p.role, "adversary": p.adversary, "peer_id": p.peer_id,
+                           "allowlisted": p.allowlisted, "start_cycle": p.start_cycle, "restarts": p.restarts}
+                  for p in swarm.peers},
+        "per_cycle": rows,
+        "adversaries_ever_merged": {p.name: ever_merged.get(p.name, False) for p in swarm.peers
+                                    if p.adversary and p.role == "miner"},
+        "honest_miners_ever_merged": {p.name: ever_merged.get(p.name, False) for p in honest if p.role == "miner"},
+        "all_cycles_agree": all(r["honest_agree"] for r in rows),
+        "baseline": baseline,
+    }
+
+
+def _exp(loss):
+    import math
+
+    return math.exp(loss) if isinstance(loss, (int, float)) and loss < 50 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    parser = argparse.ArgumentParser(prog="python -m swarm.simulate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/tiny.yaml", help="manifest template (default configs/tiny.yaml)")
+    parser.add_argument("--miners", type=int, default=4, help="honest miners (default 4)")
+    parser.add_argument("--validators", type=int, default=3, help="honest validators (default 3)")
+    parser.add_argument("--cycles", type=int, default=6, help="cycles to run (default 6)")
+    parser.add_argument("--adversary", nargs="*", default=[], metavar="KIND",
+                        help=f"misbehaving peers to add, one process each: {', '.join(KINDS)}, or all")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run full fine-tuning and single-process TEFT with the same token budget")
+    parser.add_argument("--out", required=True, help="output directory (report.json, plots, summary.md, logs)")
+    parser.add_argument("--start-in", "--start_in", type=float, default=None,
+                        help="seconds until genesis, for every process to start (default: 30 + 6 per peer)")
+    parser.add_argument("--timings", default=None,
+                        help="override phase seconds, e.g. sync=3,train=12,commit=3,reveal=4,evaluate=10,reduce=5")
+    parser.add_argument("--steps", type=int, default=None, help="override the manifest's inner steps H")
+    parser.add_argument("--kill-restart", "--kill_restart", default=None, metavar="NAME@CYCLE",
+                        help="SIGKILL a peer in the train phase of CYCLE and restart it (e.g. miner-0@1)")
+    parser.add_argument("--late-miner", "--late_miner", type=int, default=None, metavar="CYCLE",
+                        help="add an honest miner that starts only when CYCLE begins")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per peer (default 1)")
+    args = parser.parse_args(argv)
+    kinds = list(KINDS) if args.adversary == ["all"] else args.adversary
+    unknown = [k for k in kinds if k not in KINDS + EXTRA]
+    if unknown:
+        print(f"error: unknown adversary {', '.join(unknown)}; choose from {', '.join(KINDS)} or all",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        return run(args, kinds, out)
+    except SwarmError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args, kinds: list[str], out: Path) -> int:
+    from tqdm import tqdm
+
+    from swarm.protocol.manifest import load
+
+    if out.exists() and any(out.iterdir()):
+        raise SwarmError(f"--out {out} exists and is not empty: choose a new directory")
+    swarm = Swarm(out, threads=args.threads)
+    for i in range(args.validators):
+        swarm.add(f"validator-{i}", "validator")
+    for i in range(args.miners):
+        swarm.add(f"miner-{i}", "miner")
+    for kind in kinds:
+        role = role_kind(kind)
+        swarm.add(f"{role}-{kind}", role, kind)
+    if args.late_miner is not None:
+        swarm.add("miner-late", "miner", start_cycle=args.late_miner)
+    overrides: dict = {}
+    if args.timings:
+        overrides["timings"] = {k: float(v) for k, v in (item.split("=") for item in args.timings.split(","))}
+    if args.steps:
+        overrides["inner"] = {"steps": args.steps}
+    start_in = args.start_in if args.start_in is not None else 30 + 6 * len(swarm.peers)
+    swarm.write_manifest(Path(args.config), time.time() + start_in, overrides)
+    manifest = load(swarm.manifest_path)
+    clock = manifest.clock()
+    kill_name, kill_cycle = (args.kill_restart.split("@") + ["1"])[:2] if args.kill_restart else (None, None)
+    killed = False
+    interrupted = False
+    print(f"simulating {len(swarm.peers)} peers for {args.cycles} cycles of {clock.cycle_length:.0f}s; "
+          f"logs in {out / 'logs'}", flush=True)
+    try:
+        swarm.start_bootstrap()
+        for peer in swarm.peers:
+            if peer.start_cycle == 0:
+                swarm.start_peer(peer)
+        end = clock.cycle_start(args.cycles) + 3.0
+        tty = sys.stderr.isatty()
+        bar = tqdm(total=args.cycles, unit="cycle", desc="swarm", disable=not tty)
+        done, last_status = 0, ""
+        while time.time() < end:
+            pos = clock.where(time.time())
+            for peer in swarm.peers:
+                if peer.proc is None and pos.cycle >= peer.start_cycle > 0:
+                    swarm.start_peer(peer)
+            if kill_name and not killed and pos.cycle == int(kill_cycle) and pos.phase == "train" \
+                    and pos.seconds_into_phase > 2:
+                victim = next(p for p in swarm.peers if p.name == kill_name)
+                swarm.kill(victim)
+                victim.restarts.append(f"SIGKILL in cycle {pos.cycle} phase {pos.phase}")
+                swarm.start_peer(victim)
+                killed = True
+            finished = max(min(pos.cycle, args.cycles), 0) if pos.cycle >= 0 else 0
+            if finished > done:
+                bar.update(finished - done)
+                done = finished
+            phase = pos.phase if pos.cycle >= 0 else f"genesis in {pos.seconds_left_in_phase:.0f}s"
+            status = f"cycle {max(pos.cycle, 0)} {phase}, {swarm.alive()}/{len(swarm.peers)} peers alive"
+            bar.set_postfix_str(status)
+            if not tty and pos.phase != last_status and pos.cycle >= 0:  # a log, not a bar, when not on a terminal
+                print(status, file=sys.stderr, flush=True)
+                last_status = pos.phase
+            time.sleep(0.5)
+        bar.update(args.cycles - done)
+        bar.close()
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: stopping every peer", file=sys.stderr)
+    finally:
+        swarm.stop()
+    from swarm.protocol.runtime import load_runtime
+    from swarm.sim.report import write_outputs
+
+    rt = load_runtime(manifest)
+    dense_bytes = sum(p.numel() * 4 for p in rt.model.parameters())  # what a dense fp32 exchange would send
+    baseline = None
+    if args.baseline and not interrupted:
+        from swarm.sim.baseline import run_baselines
+
+        baseline = run_baselines(rt, cycles=args.cycles, miners=args.miners)
+    report = build_report(swarm, args.cycles, rt.payload_size, dense_bytes, baseline)
+    write_outputs(report, out)
+    print((out / "summary.md").read_text())
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
