@@ -1,0 +1,193 @@
+"""A whole swarm in one process: real peers, roles, records and models on an in-memory DHT and network.
+
+The doubles keep the parts that decide outcomes real: records are signed and checked by the same
+hivemind validators a DHT node runs (RSASignatureValidator + SchemaCheck), payloads are served from
+the peers' real stores with the same size rules as the transfer layer, and every peer runs the real
+`Peer.run` loop in its own thread. Only time is virtual: it jumps to the next wake-up once every peer
+is waiting, so a cycle of the tiny model takes seconds and its phases never race the machine's load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import CompositeValidator, DHTRecord
+from hivemind.utils.serializer import MSGPackSerializer
+from hivemind.utils.timed_storage import ValueWithExpiration
+
+from swarm.errors import TransferError
+from swarm.net.dht import default_validators
+from swarm.net.identity import load_or_create
+from swarm.protocol.cycle import Peer
+from swarm.protocol.runtime import load_runtime
+from swarm.protocol.store import Store
+
+
+class VirtualTime:
+    """Discrete-event time for peers in threads; reaching `end` sets `stop`."""
+
+    def __init__(self, start: float, end: float, stop: threading.Event):
+        self.t, self.end, self.stop = start, end, stop
+        self.cond = threading.Condition()
+        self.members = 0
+        self.waiting: dict[int, float] = {}
+
+    def now(self) -> float:
+        return self.t
+
+    def join(self) -> None:
+        with self.cond:
+            self.members += 1
+
+    def leave(self) -> None:
+        with self.cond:
+            self.members -= 1
+            self._advance()
+
+    def wait_until(self, t: float, stop: threading.Event) -> bool:
+        with self.cond:
+            me = threading.get_ident()
+            while not stop.is_set() and self.t < t:
+                self.waiting[me] = t
+                self._advance()
+                if self.t < t and not stop.is_set():
+                    self.cond.wait(1.0)
+            self.waiting.pop(me, None)
+            return not stop.is_set()
+
+    def _advance(self) -> None:
+        if self.members and len(self.waiting) >= self.members:
+            self.t = max(self.t, min(self.waiting.values()))
+            if self.t >= self.end:
+                self.stop.set()
+            self.cond.notify_all()
+
+
+class MemoryDHT:
+    """One peer's view of a shared record table, validated like a hivemind node validates."""
+
+    def __init__(self, table: dict, identity, run_id: str, validators=None):
+        self.table = table
+        self.validator = CompositeValidator(default_validators(identity, run_id) if validators is None else validators)
+        self.lock = threading.Lock()
+
+    def store(self, key, value, expiration_time, subkey=None, **_):
+        record = DHTRecord(DHTID.generate(source=key).to_bytes(), MSGPackSerializer.dumps(subkey),
+                           MSGPackSerializer.dumps(value), expiration_time)
+        record = dataclasses.replace(record, value=self.validator.sign_value(record))
+        if not self.validator.validate(record):
+            return False
+        with self.lock:
+            slot = self.table.setdefault(key, {})
+            old = slot.get(record.subkey)
+            if old is not None and old[1] >= expiration_time:
+                return False
+            slot[record.subkey] = (record.value, expiration_time)
+        return True
+
+    def get(self, key, latest=True, **_):
+        with self.lock:
+            slot = dict(self.table.get(key, {}))
+        items = {}
+        for subkey, (value, expiration) in slot.items():
+            record = DHTRecord(DHTID.generate(source=key).to_bytes(), subkey, value, expiration)
+            if self.validator.validate(record):
+                items[MSGPackSerializer.loads(subkey)] = ValueWithExpiration(
+                    MSGPackSerializer.loads(self.validator.strip_value(record)), expiration)
+        return ValueWithExpiration(items, max((v.expiration_time for v in items.values()), default=0)) \
+            if items else None
+
+
+@dataclasses.dataclass
+class Stats:
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class MemoryNetwork:
+    """Fetch by hash from other peers' stores, refusing what the transfer layer refuses."""
+
+    def __init__(self, store: Store, me: str, everyone: dict[str, MemoryNetwork]):
+        self.store, self.me, self.everyone = store, me, everyone
+        self.maddrs = [f"/memory/{me}"]
+        self.stats = Stats()
+        everyone[me] = self
+
+    def fetch(self, peers, digest, size, maddrs, exact):
+        for pid in peers:
+            other = self.everyone.get(pid)
+            data = other.store.find(digest) if other is not None else None
+            if data is None:
+                continue
+            if len(data) > size or (exact and len(data) != size):
+                raise TransferError(f"peer {pid[:8]} sent {len(data)} bytes, more than the {size} asked for")
+            self.stats.bytes_in += len(data)
+            other.stats.bytes_out += len(data)
+            return data
+        raise TransferError(f"no peer of {len(peers)} served {digest[:12]}")
+
+
+class Swarm:
+    """Peers of one run in threads; `run(cycles)` drives them all through whole cycles."""
+
+    def __init__(self, manifest, root: Path):
+        self.manifest, self.root = manifest, root
+        self.stop = threading.Event()
+        self.table: dict = {}
+        self.nets: dict[str, MemoryNetwork] = {}
+        self.peers: dict[str, Peer] = {}
+        self.runtimes: list = []
+        self.time: VirtualTime | None = None
+
+    def add(self, name: str, make_role, identity=None, dht_validators=None) -> Peer:
+        from swarm.protocol.manifest import run_id
+
+        identity = identity or load_or_create(self.root / f"{name}.key")
+        store = Store(self.root / name)
+        rt = self.runtime()
+        net = MemoryNetwork(store, identity.peer_key, self.nets)
+        dht = MemoryDHT(self.table, identity, run_id(self.manifest), dht_validators)
+        self.peers[name] = Peer(make_role, rt, identity, dht, net, store, self.stop)
+        return self.peers[name]
+
+    def runtime(self):
+        """One model per peer (training mutates it); loaded once and copied, the tiny model is small."""
+        import copy
+
+        if not self.runtimes:
+            self.runtimes.append(load_runtime(self.manifest))
+        rt = copy.copy(self.runtimes[0])
+        rt.model = copy.deepcopy(self.runtimes[0].model)
+        return rt
+
+    def run(self, cycles: int, timeout: float = 600) -> None:
+        clock = self.manifest.clock()
+        self.time = VirtualTime(clock.genesis - 1.0, clock.cycle_start(cycles) + 0.5, self.stop)
+        errors: list[BaseException] = []
+
+        def body(peer: Peer) -> None:
+            try:
+                peer.run()
+            except BaseException as err:  # noqa: BLE001 - reported by the test
+                errors.append(err)
+                self.stop.set()
+            finally:
+                self.time.leave()
+
+        threads = []
+        for peer in self.peers.values():
+            peer.time = self.time
+            self.time.join()
+            threads.append(threading.Thread(target=body, args=(peer,), daemon=True))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+        self.stop.set()
+        if any(t.is_alive() for t in threads):
+            raise TimeoutError("a peer thread did not finish")
+        if errors:
+            raise errors[0]

@@ -1,0 +1,95 @@
+"""Whole cycles in one process: miners, validators, adversaries and the reduce on the real roles.
+
+The same promises the end-to-end swarm checks (honest peers agree byte for byte, honest miners are
+merged, no adversary is, malformed submissions score zero with a reason, a liar is outvoted, a late
+commit never counts), in seconds, on the in-memory DHT and network of tests/swarm_double.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from swarm_double import Swarm
+
+from swarm.launch import write_manifest
+from swarm.net.identity import load_or_create
+from swarm.protocol.manifest import load
+from swarm.roles import Miner, Validator
+from swarm.sim.adversaries import role_for
+
+GENESIS = 1_900_000_000.0
+CYCLES = 2
+MINER_ADVERSARIES = ("free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late",
+                     "wrong-shape", "extra-keys")
+
+
+def metrics(swarm: Swarm, name: str) -> dict[int, dict]:
+    """The peer's log lines of the cycles the run finished (it stops early in the next one)."""
+    path = swarm.peers[name].store.root / "metrics.jsonl"
+    rows = {row["cycle"]: row for row in map(json.loads, path.read_text().splitlines())}
+    return {c: rows[c] for c in range(CYCLES)}
+
+
+@pytest.fixture(scope="module")
+def adversarial(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cycle")
+    validators = ["validator-0", "validator-1", "validator-liar"]
+    keys = [load_or_create(root / f"{v}.key").public_key_str for v in validators]
+    path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", keys, GENESIS,
+                          {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
+    swarm = Swarm(load(path), root)
+    for v in validators[:2]:
+        swarm.add(v, Validator)
+    swarm.add("validator-liar", role_for("liar"))
+    swarm.add("validator-stranger", role_for("stranger"))  # not on the allowlist
+    for i in range(3):
+        swarm.add(f"miner-{i}", Miner)
+    for kind in MINER_ADVERSARIES:
+        swarm.add(f"miner-{kind}", role_for(kind))
+    swarm.run(cycles=CYCLES)
+    return swarm
+
+
+def test_honest_peers_agree_byte_for_byte_every_cycle(adversarial):
+    honest = [n for n in adversarial.peers if n in ("validator-0", "validator-1") or n[-1].isdigit()]
+    for cycle in range(CYCLES):
+        hashes = {metrics(adversarial, n)[cycle]["state_hash"] for n in honest}
+        assert len(hashes) == 1 and "" not in hashes, (cycle, hashes)
+
+
+def test_honest_miners_are_merged_and_no_adversary_ever(adversarial):
+    honest = {adversarial.peers[f"miner-{i}"].me for i in range(3)}
+    for cycle, row in metrics(adversarial, "validator-0").items():
+        assert row["quorum_met"] and row["merged"], (cycle, row)
+        assert set(row["merged"]) <= honest, (cycle, row["merged"])
+
+
+def test_the_state_learns(adversarial):
+    rows = metrics(adversarial, "validator-0")
+    assert rows[CYCLES - 1]["target_loss"] < rows[0]["start_target_loss"] - 0.01
+
+
+def test_every_malformed_submission_scores_zero_with_its_reason(adversarial):
+    ids = {name: peer.me for name, peer in adversarial.peers.items()}
+    reasons = {}
+    for row in metrics(adversarial, "validator-0").values():
+        for pid, why in row["rejected"].items():
+            reasons.setdefault(pid, why)
+        for kind in ("nan", "wrong-shape", "extra-keys", "oversize", "poison", "free-rider"):
+            assert row["medians"].get(ids[f"miner-{kind}"], 0.0) == 0.0, kind
+    assert "non-finite" in reasons[ids["miner-nan"]]
+    assert "shape" in reasons[ids["miner-wrong-shape"]]
+    assert "key set" in reasons[ids["miner-extra-keys"]]
+    assert "more than" in reasons[ids["miner-oversize"]]
+    assert reasons[ids["miner-copycat"]] in ("reveal does not match its commit", "committed but did not reveal")
+    assert any("replayed payload" in r["rejected"].get(ids["miner-replay"], "")
+               for r in metrics(adversarial, "validator-0").values())
+
+
+def test_late_commits_and_unlisted_validators_do_not_count(adversarial):
+    late, stranger = adversarial.peers["miner-late"].me, adversarial.peers["validator-stranger"].me
+    liar = adversarial.peers["validator-liar"].me
+    for row in metrics(adversarial, "validator-0").values():
+        assert late not in row["scores"] and late not in row["medians"]
+        assert stranger not in row["rankings"] and liar in row["rankings"]
