@@ -1,10 +1,80 @@
-"""Write a simulation's report: report.json, four plots a person reads at a glance, and summary.md."""
+"""A simulation's report: gathered from every peer's metrics.jsonl, written as report.json, plots and summary.md."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+
+def metrics(peer) -> dict[int, dict]:
+    """The peer's per-cycle logs (the last line per cycle wins, e.g. after a restart)."""
+    path = peer.workdir / "metrics.jsonl"
+    out: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            out[int(row["cycle"])] = row
+    return out
+
+
+def build_report(swarm, cycles: int, payload_size: int, dense_bytes: int, baseline: dict | None) -> dict:
+    """Everything a person asks of the run, per cycle and per peer."""
+    names = {p.peer_id: p.name for p in swarm.peers}
+    per_peer = {p.name: metrics(p) for p in swarm.peers}
+    honest = [p for p in swarm.peers if p.adversary is None]
+    rows = []
+    ever_merged: dict[str, bool] = {p.name: False for p in swarm.peers if p.role == "miner"}
+    for c in range(cycles):
+        hashes = {p.name: per_peer[p.name].get(c, {}).get("state_hash", "") for p in honest}
+        present = {n: h for n, h in hashes.items() if h}
+        validators = [p for p in honest if p.role == "validator" and c in per_peer[p.name]]
+        ref = per_peer[validators[0].name][c] if validators else {}
+        merged = [names.get(m, m) for m in ref.get("merged", [])]
+        for m in merged:
+            ever_merged[m] = True
+        rows.append({
+            "cycle": c,
+            "merged": merged,
+            "scores": {names.get(v, v[:12]): {names.get(m, m): s for m, s in sc.items()}
+                       for v, sc in ref.get("rankings", {}).items()},
+            "combined": {names.get(m, m): s for m, s in ref.get("medians", {}).items()},
+            "quorum_met": ref.get("quorum_met", False),
+            "honest_peers_reporting": len(present),
+            "honest_agree": len(present) > 0 and len(set(present.values())) == 1,
+            "state_hash": next(iter(present.values()), ""),
+            "target_loss": ref.get("target_loss"),
+            "general_loss": ref.get("general_loss"),
+            "general_perplexity": _exp(ref.get("general_loss")),
+            "target_perplexity": _exp(ref.get("target_loss")),
+            "train_loss": {p.name: per_peer[p.name].get(c, {}).get("train_loss") for p in swarm.peers
+                           if p.role == "miner" and per_peer[p.name].get(c, {}).get("train_loss")},
+            "bytes": {p.name: {"in": per_peer[p.name].get(c, {}).get("bytes_in", 0),
+                               "out": per_peer[p.name].get(c, {}).get("bytes_out", 0)} for p in swarm.peers},
+            "rejected": {names.get(m, m): r for m, r in ref.get("rejected", {}).items()},
+        })
+    start = next((per_peer[p.name][0] for p in honest if p.role == "validator" and 0 in per_peer[p.name]), {})
+    base = {"target_loss": start.get("start_target_loss"), "general_loss": start.get("start_general_loss")}
+    return {
+        "manifest": str(swarm.manifest_path), "cycles": cycles, "payload_bytes": payload_size, "base": base,
+        "dense_model_bytes": dense_bytes,
+        "peers": {p.name: {"role": p.role, "adversary": p.adversary, "peer_id": p.peer_id,
+                           "allowlisted": p.allowlisted, "start_cycle": p.start_cycle, "restarts": p.restarts}
+                  for p in swarm.peers},
+        "per_cycle": rows,
+        "adversaries_ever_merged": {p.name: ever_merged.get(p.name, False) for p in swarm.peers
+                                    if p.adversary and p.role == "miner"},
+        "honest_miners_ever_merged": {p.name: ever_merged.get(p.name, False) for p in honest if p.role == "miner"},
+        "all_cycles_agree": all(r["honest_agree"] for r in rows),
+        "baseline": baseline,
+    }
+
+
+def _exp(loss):
+    return math.exp(loss) if isinstance(loss, (int, float)) and loss < 50 else None
 
 
 def write_outputs(report: dict, out: Path) -> None:
