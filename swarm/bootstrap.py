@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        run = run_id(load(args.config)) if args.config else None
+        manifest = load(args.config) if args.config else None
+        run = run_id(manifest) if manifest else None
         identity = load_or_create(args.identity)
         dht = start_dht(
             identity,
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             announce_maddrs=_maddr_list(args.announce_maddrs) or None,
             startup_timeout=args.startup_timeout,
             run_id=run,
+            horizon=manifest.horizon() if manifest else None,
         )
     except SwarmError as e:
         return cli.fail(str(e))

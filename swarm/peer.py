@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         store = Store(args.workdir)
         started = time.monotonic()  # join first: an unreachable bootstrap should fail before the model loads
         dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
-                        startup_timeout=args.startup_timeout, run_id=rid)
+                        startup_timeout=args.startup_timeout, run_id=rid, horizon=manifest.horizon())
         net = Network(dht, rid, store.find, args.fetch_timeout)
         rt = load_runtime(manifest, args.data, args.device)
         logger.info("run %s: %s", rid, describe(rt))

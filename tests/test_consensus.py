@@ -71,8 +71,19 @@ def test_lucky_noise_below_the_relative_floor_is_not_merged():
 
 def test_score_survives_the_ranking_record():
     """One Score type from the validator's verdict through the signed record to the merge decision."""
-    scores = [Score("m2", "b" * 64, 1.1, 0.1), Score("m1", "a" * 64, float("inf"), 0.0, "nan values")]
+    scores = [Score("m2", "b" * 64, 1.1, 0.1), Score("m1", "a" * 64, float("inf"), 0.0, "nan values"),
+              Score("m3", "c" * 64, 1.0, 0.2)]
     back = scores_of(ranking_record(scores))
-    assert [s.miner for s in back] == ["m2", "m1"]  # best first
-    assert back[1].loss == 1e30 and back[1].reason is None  # finite on the wire; reasons stay local
-    assert combine({"v": back}, ["v"], 1, 4).merged[0].payload_hash == "b" * 64
+    assert [s.miner for s in back] == ["m3", "m2"]  # best first; zeros are not listed
+    assert back[0].reason is None  # reasons stay local
+    assert combine({"v": back}, ["v"], 1, 4).merged[0].payload_hash == "c" * 64
+
+
+def test_ranking_size_does_not_grow_with_the_swarm():
+    """A flood of submissions cannot push a ranking over the record cap: it lists at most MAX_RANKED."""
+    from swarm.net.records import MAX_RANKED, make_value
+
+    flood = [Score(f"Qm{i:044d}", f"{i:064x}", 1.0, 1.0 / (i + 1)) for i in range(500)]
+    record = ranking_record(flood)
+    assert len(record.entries) == MAX_RANKED and record.entries[0][0] == flood[0].miner
+    make_value("r" * 16, 123456, "ranking", record)  # raises if over the 4 KB cap

@@ -31,7 +31,7 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from swarm.errors import SwarmError
 from swarm.net.identity import Identity
-from swarm.net.records import SchemaCheck
+from swarm.net.records import CycleHorizon, SchemaCheck
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +204,10 @@ class SwarmDHT(DHT):
                 self._call_lock.release()
 
 
-def default_validators(identity: Identity, run_id: str | None = None) -> list[RecordValidatorBase]:
+def default_validators(identity: Identity, run_id: str | None = None,
+                       horizon: CycleHorizon | None = None) -> list[RecordValidatorBase]:
     """Signature check with this peer's key (signs our records) + swarm schema check."""
-    return [RSASignatureValidator(identity.private_key), SchemaCheck(run_id=run_id)]
+    return [RSASignatureValidator(identity.private_key), SchemaCheck(run_id=run_id, horizon=horizon)]
 
 
 def _check_maddrs(maddrs: Sequence[str], what: str, need_peer_id: bool) -> list[str]:
@@ -241,18 +242,22 @@ def start_dht(
     startup_timeout: float = 30.0,
     *,
     run_id: str | None = None,
+    horizon: CycleHorizon | None = None,
     client_mode: bool = False,
     check_identity_free: bool = True,
     **dht_kwargs: Any,
 ) -> SwarmDHT:
     """Start a DHT node under the identity's stable peer id, or raise a one-line SwarmError.
 
-    record_validators=None means default_validators(identity, run_id).
+    record_validators=None means default_validators(identity, run_id, horizon).
     """
     initial = _check_maddrs(initial_peers, "initial peer", need_peer_id=True)
     hosts = _check_maddrs(host_maddrs, "host address", need_peer_id=False)
     announce = _check_maddrs(announce_maddrs, "announce address", need_peer_id=False) if announce_maddrs else None
-    validators = default_validators(identity, run_id) if record_validators is None else list(record_validators)
+    if record_validators is None:
+        validators = default_validators(identity, run_id, horizon)
+    else:
+        validators = list(record_validators)
     dht = SwarmDHT(
         initial_peers=initial or None,
         start=False,

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 MAX_VALUE_BYTES = 4096  # hivemind hangs on values near 15 KB; records hold hashes, never payloads
 ENVELOPE = ("kind", "run", "cycle")
+MAX_RANKED = 24  # entries in one ranking: about 130 bytes each, so a full ranking stays under the value cap
 
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ShortStr = Annotated[str, Field(min_length=1, max_length=64)]
@@ -79,7 +80,7 @@ class SeedReveal(_Record):
 class RankingRecord(_Record):
     """A validator's scores: entries of (miner peer key, payload hash, loss, score)."""
 
-    entries: list[tuple[ShortStr, Hex64, float, float]] = Field(max_length=256)
+    entries: list[tuple[ShortStr, Hex64, float, float]] = Field(max_length=MAX_RANKED)
 
     @field_validator("entries")
     @classmethod
@@ -187,6 +188,23 @@ def check_value(value: Any, run_id: str | None = None) -> tuple[str, str, int, _
     return kind, run, cycle, parse_record(kind, fields)
 
 
+@dataclass(frozen=True)
+class CycleHorizon:
+    """The latest cycle a record may be for right now: the current one plus one (a clock a little ahead).
+
+    Records stored ahead for future cycles (to outvote or pre-empt honest ones) are refused; a plain
+    dataclass so the DHT child process can take it along.
+    """
+
+    genesis: float
+    cycle_length: float
+
+    def __call__(self) -> int:
+        from hivemind.utils.timed_storage import get_dht_time
+
+        return int((get_dht_time() - self.genesis) // self.cycle_length) + 1
+
+
 class SchemaCheck(RecordValidatorBase):
     """Rejects records that are not well-formed, owner-signed swarm records of this run.
 
@@ -194,9 +212,10 @@ class SchemaCheck(RecordValidatorBase):
     else, and an unrecognisable value is exactly what a forger would store.
     """
 
-    def __init__(self, run_id: str | None = None, strict: bool = True):
+    def __init__(self, run_id: str | None = None, strict: bool = True, horizon: CycleHorizon | None = None):
         self.run_id = run_id
         self.strict = strict
+        self.horizon = horizon
 
     def validate(self, record: DHTRecord) -> bool:
         """Called by hivemind for every record stored on or fetched by this peer."""
@@ -213,6 +232,9 @@ class SchemaCheck(RecordValidatorBase):
             kind, run, cycle, _ = check_value(value, self.run_id)
         except ValueError as e:
             logger.debug("refusing a record: %s", e)
+            return False
+        if self.horizon is not None and cycle > self.horizon():
+            logger.debug("refusing a %s record for cycle %d, ahead of the clock", kind, cycle)
             return False
         if DHTID.generate(source=record_key(run, cycle, kind)).to_bytes() != record.key:
             logger.debug("refusing a %s record stored under a key other than its own", kind)

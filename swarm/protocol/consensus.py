@@ -17,7 +17,7 @@ import statistics
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from swarm.net.records import RankingRecord, SignedRecord
+from swarm.net.records import MAX_RANKED, RankingRecord, SignedRecord
 from teft.outer import NesterovOuter, OuterConfig, outer_step
 from teft.state import ExpertState
 
@@ -34,8 +34,13 @@ class Score:
 
 
 def ranking_record(scores: list[Score]) -> RankingRecord:
-    """The signed record of a validator's scores, best first; losses made finite for the schema."""
-    ordered = sorted(scores, key=lambda s: (-s.score, s.miner, s.payload_hash))
+    """The signed record of a validator's positive scores, best first, at most MAX_RANKED of them.
+
+    Zeros are left out (an unlisted pair counts as zero in the median anyway), so the record's size never
+    depends on how many peers committed: a flood of throwaway submissions cannot push it over the cap.
+    """
+    ordered = sorted((s for s in scores if math.isfinite(s.score) and s.score > 0),
+                     key=lambda s: (-s.score, s.miner, s.payload_hash))[:MAX_RANKED]
     return RankingRecord(entries=[(s.miner, s.payload_hash, min(float(s.loss), 1e30), float(s.score))
                                   for s in ordered])
 

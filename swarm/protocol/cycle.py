@@ -211,12 +211,17 @@ class Peer:
         logger.info("starting from Phi_0 (%s)", self.progress.checkpoint_hash[:12])
 
     def agreed_hash(self, cycle: int) -> tuple[str | None, list[str]]:
-        """The Phi_{cycle+1} hash most allowlisted validators published (else most peers), and its holders."""
+        """The Phi_{cycle+1} hash most allowlisted validators published, and every peer that holds it.
+
+        Only the allowlist votes: any number of throwaway keys can publish a state hash, so counting them
+        would let a Sybil flood choose what honest peers download. Holders may be anyone: bytes are
+        checked against the hash, and the checkpoint against the expert map, before use.
+        """
         recs = self.get(cycle, "state")
-        if not recs:
-            return None, []
         allowlist = set(self.manifest.validators)
-        voters = {pid: s for pid, s in recs.items() if s.owner in allowlist} or recs
+        voters = {pid: s for pid, s in recs.items() if s.owner in allowlist}
+        if not voters:
+            return None, []
         counts = Counter(s.record.state_hash for s in voters.values())
         best = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
         holders = sorted(pid for pid, s in recs.items() if s.record.state_hash == best)

@@ -108,6 +108,7 @@ class Manifest(_Strict):
     validators: list[str]
     genesis: float
     quorum: int = Field(default=1, ge=1)
+    max_submissions: int = Field(default=16, gt=0)  # submissions a validator evaluates per cycle, at most
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -161,6 +162,22 @@ class Manifest(_Strict):
                 f"quorum {self.quorum} exceeds the {len(self.validators)} listed validators: lower it or add keys"
             )
         return self
+
+    @model_validator(mode="after")
+    def _top_k(self) -> Manifest:
+        """A ranking lists at most MAX_RANKED entries; merging more than that could never happen."""
+        from swarm.net.records import MAX_RANKED
+
+        if self.outer.top_k > MAX_RANKED:
+            raise ValueError(f"outer.top_k {self.outer.top_k} exceeds the {MAX_RANKED} entries a ranking holds: "
+                             "lower it")
+        return self
+
+    def horizon(self):
+        """The records-ahead-of-time bound every peer's DHT node enforces for this run."""
+        from swarm.net.records import CycleHorizon
+
+        return CycleHorizon(self.genesis, self.clock().cycle_length)
 
     @property
     def source(self) -> Path | None:

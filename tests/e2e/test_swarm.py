@@ -1,7 +1,9 @@
 """End to end: whole swarms of real peer processes on 127.0.0.1, driven by `python -m swarm.simulate`.
 
-Two runs share the work: one with every kind of misbehaving peer, one with crashes and a late joiner.
-Each run's report is checked for the protocol's promises in a form that can fail.
+Two runs share the work: one with misbehaving peers, one with crashes and a late joiner. Each run's report
+is checked for the protocol's promises in a form that can fail. Every adversary kind is also driven
+through whole cycles in one process by tests/test_cycle.py; here they meet real processes, real p2pd
+daemons and real transfers.
 """
 
 import json
@@ -55,8 +57,7 @@ def no_p2pd_left():
 @pytest.fixture(scope="module")
 def adversarial(tmp_path_factory):
     out = tmp_path_factory.mktemp("adversarial") / "run"
-    kinds = ["free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late", "liar",
-             "wrong-shape", "extra-keys", "stranger"]
+    kinds = ["poison", "oversize", "copycat", "late", "liar"]
     return out, simulate(out, "--miners", "3", "--validators", "2", "--cycles", "3", "--baseline",
                          "--adversary", *kinds)
 
@@ -99,27 +100,20 @@ def test_malformed_submissions_score_zero_with_a_reason(adversarial):
     _, report = adversarial
     reasons = {}
     for row in report["per_cycle"]:
-        best = max(row["combined"].get(f"miner-{i}", 0.0) for i in range(3))
         assert row["combined"].get("miner-poison", 0.0) == 0.0  # the flipped update raises the loss
-        assert row["combined"].get("miner-noise", 0.0) < 0.25 * best  # noise may help by luck, a sliver
         for miner, why in row["rejected"].items():
             reasons.setdefault(miner, why)
-        for miner in ("miner-nan", "miner-wrong-shape", "miner-extra-keys", "miner-oversize"):
-            assert row["combined"].get(miner, 0.0) == 0.0
-    assert "non-finite" in reasons["miner-nan"]
-    assert "shape" in reasons["miner-wrong-shape"]
-    assert "key set" in reasons["miner-extra-keys"]
+        assert row["combined"].get("miner-oversize", 0.0) == 0.0
+    # the real transfer layer refuses the extra bytes before reading them
     assert "over the asked maximum" in reasons["miner-oversize"] or "more than" in reasons["miner-oversize"]
     # the copycat either finds another payload to claim, which does not match its commit, or finds none
     assert reasons["miner-copycat"] in ("reveal does not match its commit", "committed but did not reveal")
-    assert any("replayed payload" in r["rejected"].get("miner-replay", "") for r in report["per_cycle"][1:])
 
 
-def test_late_commits_and_unlisted_validators_are_ignored(adversarial):
+def test_late_commits_are_ignored_and_the_liar_outvoted(adversarial):
     _, report = adversarial
     for row in report["per_cycle"]:
         assert "miner-late" not in row["combined"]  # never even ranked: its commit came after the commit phase
-        assert "validator-stranger" not in row["scores"]  # its (inverted) ranking is not counted
         assert "validator-liar" in row["scores"]  # the allowlisted liar is counted, and outvoted
         liar = row["scores"]["validator-liar"]
         if liar:
