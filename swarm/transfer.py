@@ -511,7 +511,7 @@ async def fetch_any(
             )
         except TransferError as e:
             logger.info("%s; trying the next peer", e)
-            reasons.append(str(e).split(": ", 1)[-1])
+            reasons.append(str(e).split(" from ", 1)[-1])  # "<peer>: <reason>"
     if not reasons:
         raise TransferError(f"fetch {payload_hash[:12]}: no peer holds it")
     raise TransferError(f"fetch {payload_hash[:12]} from {len(reasons)} peer(s) failed: " + " | ".join(reasons))
