@@ -289,6 +289,7 @@ class PayloadServer:
         self.ack_timeout, self.slot_timeout = ack_timeout, slot_timeout
         self._slots = asyncio.Semaphore(max_concurrent)
         self._per_peer: dict[str, int] = {}
+        self._quiet: set[str] = set()
         self._open = 0
         self._started = False
 
@@ -316,7 +317,12 @@ class PayloadServer:
         if held >= self.max_per_peer or self._open >= self.max_open:
             self.stats.refused += 1
             why = "too many streams from this peer" if held >= self.max_per_peer else "server busy"
-            logger.info("refused a stream from %s: %s", peer, why)
+            if key in self._quiet:  # one line per burst, not one per stream of a flood
+                logger.debug("refused a stream from %s: %s", peer, why)
+            else:
+                logger.info("refused a stream from %s: %s (more while it holds %d: debug level)", peer, why, held)
+                if held:
+                    self._quiet.add(key)  # dropped with the peer's last stream
             with suppress(Exception):
                 await _send(writer, ERR, why.encode(), timeout=1.0)
             writer.close()
@@ -330,6 +336,8 @@ class PayloadServer:
             left = self._per_peer.pop(key) - 1
             if left:
                 self._per_peer[key] = left
+            else:
+                self._quiet.discard(key)
             writer.close()
 
     async def _handle_counted(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -584,7 +592,8 @@ async def fetch_many(
     _, late = await asyncio.wait(workers, timeout=max(deadline - loop.time(), 0.0))
     for task in late:
         task.cancel()
-    await asyncio.gather(*late, return_exceptions=True)
+    if late:
+        await asyncio.wait(late, timeout=5.0)  # cancelled fetches close their streams; never wait long on that
     for result in results:
         if result.data is None and result.error is None:
             if result.started:

@@ -248,7 +248,7 @@ async def _settled(count, quiet: float = 1.0, timeout: float = 10.0) -> int:
 
 
 @pytest.mark.parametrize("per_peer_cap", [True, False], ids=["per-peer-cap", "header-deadline-only"])
-def test_idle_streams_do_not_starve_an_honest_fetch(per_peer_cap):
+def test_idle_streams_do_not_starve_an_honest_fetch(per_peer_cap, caplog):
     """200 streams that send nothing; an honest fetch still completes at once (it took 30 s when the
     server took a slot before reading the request). Without the per-peer cap, the header deadline alone
     keeps the idle streams off the slots, then closes them."""
@@ -283,8 +283,12 @@ def test_idle_streams_do_not_starve_an_honest_fetch(per_peer_cap):
             finally:
                 for _, _, writer in streams:
                     writer.close()
+            lines = [r for r in caplog.records if r.name == "swarm.transfer" and r.levelno >= logging.INFO]
+            # the capped flood costs one line plus one per stream it held, not one per stream
+            assert len(lines) == (1 + srv.max_per_peer if per_peer_cap else arrived), len(lines)
 
-    asyncio.run(main())
+    with caplog.at_level(logging.INFO, logger="swarm.transfer"):
+        asyncio.run(main())
 
 
 def test_no_ack_and_bad_requests_cost_one_line_each(caplog):
