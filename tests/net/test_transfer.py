@@ -258,7 +258,7 @@ def test_idle_streams_do_not_starve_an_honest_fetch(per_peer_cap, caplog):
     async def main():
         async with peers(1) as ([server], client), dialer_of(server) as attacker:
             limits = {} if per_peer_cap else {"max_per_peer": 1000}
-            srv = await PayloadServer(server, store_of(payload), RUN, header_timeout=4.0, **limits).start()
+            srv = await PayloadServer(server, store_of(payload), RUN, header_timeout=5.0, **limits).start()
             streams = await _idle_streams(attacker, server.peer_id, 200)
             try:
                 # p2pd hands streams to this process over a unix socket with a 100-connection backlog, so
