@@ -1,10 +1,12 @@
-"""Payload transfer: by hash, size-capped, hash-checked, with fallback to another holder."""
+"""Payload transfer: by hash, size-capped, hash-checked, with fallback to another holder; idle and slow peers."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
+import time
 from contextlib import asynccontextmanager
 
 import msgpack
@@ -16,13 +18,20 @@ from swarm.net.transfer import (
     CHUNK,
     DATA,
     END,
+    ERR,
     HDR,
+    REQ,
+    BackgroundLoop,
+    FetchRequest,
     PayloadServer,
     TransferStats,
     _read_head,
     _send,
+    encode_request,
     fetch,
     fetch_any,
+    fetch_many,
+    fetch_many_blocking,
     payload_hash,
     protocol_name,
 )
@@ -197,3 +206,208 @@ def test_fetch_dials_addresses_from_a_peers_record():
             await client.shutdown()
 
     asyncio.run(main())
+
+
+@asynccontextmanager
+async def dialer_of(server: P2P):
+    """A second client connected straight to server (not through a relay); shut down after."""
+    p2p = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=await server.get_visible_maddrs())
+    try:
+        yield p2p
+    finally:
+        await p2p.shutdown()
+
+
+async def _idle_streams(p2p: P2P, peer_id, n: int) -> list:
+    """n streams to a payload server that never send a byte (the slowloris)."""
+    opened = await asyncio.gather(
+        *(p2p.call_binary_stream_handler(peer_id, protocol_name(RUN)) for _ in range(n)), return_exceptions=True
+    )
+    streams = [o for o in opened if not isinstance(o, BaseException)]
+    assert len(streams) == n, [o for o in opened if isinstance(o, BaseException)][:1]
+    return streams
+
+
+async def _until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _settled(count, quiet: float = 1.0, timeout: float = 10.0) -> int:
+    """count() once it has stopped changing for `quiet` seconds (bounded by timeout)."""
+    deadline, last, since = time.monotonic() + timeout, count(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        await asyncio.sleep(0.05)
+        if count() != last:
+            last, since = count(), time.monotonic()
+    return last
+
+
+@pytest.mark.parametrize("per_peer_cap", [True, False], ids=["per-peer-cap", "header-deadline-only"])
+def test_idle_streams_do_not_starve_an_honest_fetch(per_peer_cap, caplog):
+    """200 streams that send nothing; an honest fetch still completes at once (it took 30 s when the
+    server took a slot before reading the request). Without the per-peer cap, the header deadline alone
+    keeps the idle streams off the slots, then closes them."""
+    payload = os.urandom(2**20)
+    h = payload_hash(payload)
+
+    async def main():
+        async with peers(1) as ([server], client), dialer_of(server) as attacker:
+            limits = {} if per_peer_cap else {"max_per_peer": 1000}
+            srv = await PayloadServer(server, store_of(payload), RUN, header_timeout=5.0, **limits).start()
+            streams = await _idle_streams(attacker, server.peer_id, 200)
+            try:
+                # p2pd hands streams to this process over a unix socket with a 100-connection backlog, so
+                # part of a burst of 200 can be dropped before the handler: count what arrived
+                arrived = await _settled(lambda: srv.stats.refused + srv.streams_of(attacker.peer_id))
+                held = srv.streams_of(attacker.peer_id)
+                assert arrived >= 50, arrived
+                if per_peer_cap:  # the extra streams were answered ERR and closed at once, not left waiting
+                    assert held == srv.max_per_peer and srv.stats.refused == arrived - held
+                    kind, _ = await asyncio.wait_for(_read_head(streams[-1][1]), 5)
+                    assert kind == ERR
+                else:  # every arrived stream is still open and idle: far more than the 8 slots
+                    assert held == arrived
+                start = time.perf_counter()
+                got = await fetch(client, server.peer_id, h, len(payload), 30, run_id=RUN)
+                elapsed = time.perf_counter() - start
+                assert got == payload and elapsed < 5.0, elapsed
+                # every idle stream is gone after the header deadline, and the server still serves
+                assert await _until(lambda: srv.streams_of(attacker.peer_id) == 0, 10)
+                assert srv.stats.refused == arrived and srv.stats.serve_failed == 0
+                assert await fetch(client, server.peer_id, h, len(payload), 10, run_id=RUN) == payload
+            finally:
+                for _, _, writer in streams:
+                    writer.close()
+            lines = [r for r in caplog.records if r.name == "swarm.transfer" and r.levelno >= logging.INFO]
+            # the capped flood costs one line plus one per stream it held, not one per stream
+            assert len(lines) == (1 + srv.max_per_peer if per_peer_cap else arrived), len(lines)
+
+    with caplog.at_level(logging.INFO, logger="swarm.transfer"):
+        asyncio.run(main())
+
+
+def test_no_ack_and_bad_requests_cost_one_line_each(caplog):
+    """A client that never ACKs loses its slot after the ACK deadline; malformed requests are refused."""
+    payload = os.urandom(300_000)
+    h = payload_hash(payload)
+
+    async def main():
+        async with peers(1) as ([server], client):
+            srv = await PayloadServer(server, store_of(payload), RUN, max_concurrent=1, ack_timeout=0.5).start()
+            _, reader, writer = await client.call_binary_stream_handler(server.peer_id, protocol_name(RUN))
+            try:
+                await _send(writer, REQ, encode_request(h, len(payload)))
+                while (await _read_head(reader))[0] != END:
+                    pass  # skims frame heads only: reading stops mid-stream, no ACK ever comes
+                # the only slot comes back once the ACK deadline passes
+                assert await _until(lambda: srv.stats.serve_failed == 1, 5)
+                assert srv.streams_of(client.peer_id) == 0
+            finally:
+                writer.close()
+            assert await fetch(client, server.peer_id, h, len(payload), 10, run_id=RUN) == payload
+            bad = [
+                REQ + (5000).to_bytes(4, "big"),  # oversize request frame
+                HDR + (2).to_bytes(4, "big") + b"{}",  # wrong frame kind
+                REQ + (3).to_bytes(4, "big") + b"\xc1\xc1\xc1",  # not msgpack
+                REQ + (4).to_bytes(4, "big") + msgpack.packb([1, 2, 3]),  # not a map
+                REQ + (0).to_bytes(4, "big"),  # empty body
+            ]
+            bad.append(REQ + len(body := msgpack.packb({"hash": "../" * 20, "max": 5})).to_bytes(4, "big") + body)
+            caplog.clear()
+            refused = srv.stats.refused
+            for frame in bad:
+                _, reader, writer = await client.call_binary_stream_handler(server.peer_id, protocol_name(RUN))
+                writer.write(frame)
+                await writer.drain()
+                assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing served
+                writer.close()
+            assert await _until(lambda: srv.stats.refused == refused + len(bad), 5)
+            lines = [r.getMessage() for r in caplog.records if r.name == "swarm.transfer"]
+            assert len(lines) == len(bad) and all("refused a stream" in line for line in lines), lines
+            assert await fetch(client, server.peer_id, h, len(payload), 10, run_id=RUN) == payload
+
+    with caplog.at_level(logging.INFO, logger="swarm.transfer"):
+        asyncio.run(main())
+
+
+async def _stalling_handler(info, reader, writer):
+    """A slow-serving miner: reads the request, then never sends a byte (bounded so the test ends)."""
+    try:
+        await reader.readexactly(5)
+        await asyncio.sleep(20)
+    except (Exception, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+def test_fetch_many_is_bounded_by_its_budget():
+    """One peer that accepts and never sends costs its own try, not the others' payloads or the budget."""
+    good = [os.urandom(2**20 + i) for i in range(2)]
+    slow_payload = os.urandom(2**20)
+
+    async def main():
+        async with peers(3) as ([slow, honest_a, honest_b], client):
+            await slow.add_binary_stream_handler(protocol_name(RUN), _stalling_handler)
+            await PayloadServer(honest_a, store_of(good[0]), RUN).start()
+            await PayloadServer(honest_b, store_of(good[1]), RUN).start()
+            slow_req = FetchRequest(payload_hash(slow_payload), len(slow_payload), [slow.peer_id.to_base58()])
+            reqs = [slow_req] + [
+                FetchRequest(payload_hash(p), len(p), [s.peer_id.to_base58()])
+                for p, s in zip(good, [honest_a, honest_b], strict=True)
+            ]
+            # the per-peer timeout exceeds the budget: the budget alone ends the slow fetch
+            stats = TransferStats()
+            start = time.perf_counter()
+            results = await fetch_many(client, reqs, 3.0, 2, timeout=30, run_id=RUN, stats=stats)
+            elapsed = time.perf_counter() - start
+            assert 2.5 < elapsed < 4.0, elapsed
+            assert [r.data for r in results[1:]] == good and all(r.error is None for r in results[1:])
+            assert results[0].data is None and "budget of 3s spent" in results[0].error
+            assert (stats.fetched, stats.fetch_failed) == (2, 1)
+            # a per-peer timeout inside the budget ends the slow fetch first
+            start = time.perf_counter()
+            results = await fetch_many(client, reqs, 10.0, 3, timeout=1.0, run_id=RUN)
+            assert time.perf_counter() - start < 3.0
+            assert "timed out after 1s" in results[0].error and [r.data for r in results[1:]] == good
+            # one at a time with the slow peer first: the budget ends the round and the rest are not started
+            results = await fetch_many(client, reqs, 1.5, 1, timeout=30, run_id=RUN)
+            assert all(r.data is None for r in results) and all("not started" in r.error for r in results[1:])
+            # a broken request (bad peer id) is one error line, never an exception
+            bad = FetchRequest(payload_hash(good[0]), len(good[0]), ["not-a-peer-id"])
+            results = await fetch_many(client, [bad, reqs[1]], 5.0, 2, timeout=5, run_id=RUN)
+            assert results[0].data is None and "not-a-peer-id" in results[0].error and results[1].data == good[0]
+
+    asyncio.run(main())
+
+
+def test_fetch_many_blocking_from_a_background_loop():
+    """The synchronous form a peer's Network calls, with p2p owned by a BackgroundLoop."""
+    payload = os.urandom(500_000)
+    loop = BackgroundLoop()
+    try:
+
+        async def make():
+            server = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+            client = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+            await PayloadServer(server, store_of(payload), RUN).start()
+            return server, client, [str(m) for m in await server.get_visible_maddrs()]
+
+        server, client, maddrs = loop.run(make(), timeout=30)
+        try:
+            pid = server.peer_id.to_base58()
+            req = FetchRequest(payload_hash(payload), len(payload), [pid], maddrs={pid: maddrs})
+            missing = FetchRequest("ab" * 32, 10, [pid], maddrs={pid: maddrs})
+            results = fetch_many_blocking(loop, client, [missing, req], 10.0, 2, timeout=5, run_id=RUN)
+            assert results[1].data == payload and results[1].seconds > 0
+            assert results[0].data is None and "not found" in results[0].error
+        finally:
+            for p in (client, server):
+                loop.run(p.shutdown(), timeout=10)
+    finally:
+        loop.close()
