@@ -1,6 +1,6 @@
 """Network micro-benchmarks on loopback: peer start, signed DHT store/get, payload throughput.
 
-Compares swarm.transfer.fetch (framed, size-capped, hash-checked, END+ACK) with hivemind's
+Compares swarm.net.transfer.fetch (framed, size-capped, hash-checked, END+ACK) with hivemind's
 bare raw binary stream and its protobuf stream, all over replicas of two DHT nodes' p2pd,
 which is how peers move payloads.
 """

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hivemind.p2p import P2P  # noqa: E402
 
 import swarm  # noqa: E402,F401 - sets the torch sharing strategy before hivemind loads
-from swarm.transfer import FetchRequest, PayloadServer, fetch, fetch_many, payload_hash, protocol_name  # noqa: E402
+from swarm.net.transfer import FetchRequest, PayloadServer, fetch, fetch_many, payload_hash, protocol_name  # noqa: E402
 
 RUN = "bench00000000000"
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from swarm.protocol.consensus import reduce
-from swarm.net.identity import load_or_create
 from swarm.launch import write_manifest
+from swarm.net.identity import load_or_create
+from swarm.protocol.consensus import reduce
 from swarm.protocol.manifest import load
-from swarm.roles.miner import train_submission
 from swarm.protocol.runtime import load_runtime, report_batches
+from swarm.roles.miner import train_submission
 from teft.pol import state_loss
 from teft.state import from_bytes
 

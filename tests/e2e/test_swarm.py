@@ -189,8 +189,8 @@ def _one_error_line(proc):
 
 
 def _manifest(tmp_path):
-    from swarm.net.identity import load_or_create
     from swarm.launch import write_manifest
+    from swarm.net.identity import load_or_create
 
     key = load_or_create(tmp_path / "v.key").public_key_str
     return write_manifest(REPO / "configs" / "tiny.yaml", tmp_path / "run" / "run.yaml", [key], time.time() + 60,

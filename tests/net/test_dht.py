@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from netutil import alive, children, comm, wait_dead
 
-from swarm.net.dht import start_dht, visible_maddrs
 from swarm.errors import SwarmError
+from swarm.net.dht import start_dht, visible_maddrs
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)

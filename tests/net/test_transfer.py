@@ -283,11 +283,11 @@ def test_idle_streams_do_not_starve_an_honest_fetch(per_peer_cap, caplog):
             finally:
                 for _, _, writer in streams:
                     writer.close()
-            lines = [r for r in caplog.records if r.name == "swarm.transfer" and r.levelno >= logging.INFO]
+            lines = [r for r in caplog.records if r.name == "swarm.net.transfer" and r.levelno >= logging.INFO]
             # the capped flood costs one line plus one per stream it held, not one per stream
             assert len(lines) == (1 + srv.max_per_peer if per_peer_cap else arrived), len(lines)
 
-    with caplog.at_level(logging.INFO, logger="swarm.transfer"):
+    with caplog.at_level(logging.INFO, logger="swarm.net.transfer"):
         asyncio.run(main())
 
 
@@ -327,11 +327,11 @@ def test_no_ack_and_bad_requests_cost_one_line_each(caplog):
                 assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing served
                 writer.close()
             assert await _until(lambda: srv.stats.refused == refused + len(bad), 5)
-            lines = [r.getMessage() for r in caplog.records if r.name == "swarm.transfer"]
+            lines = [r.getMessage() for r in caplog.records if r.name == "swarm.net.transfer"]
             assert len(lines) == len(bad) and all("refused a stream" in line for line in lines), lines
             assert await fetch(client, server.peer_id, h, len(payload), 10, run_id=RUN) == payload
 
-    with caplog.at_level(logging.INFO, logger="swarm.transfer"):
+    with caplog.at_level(logging.INFO, logger="swarm.net.transfer"):
         asyncio.run(main())
 
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swarm.errors import TransferError
-from swarm.transfer import (
+from swarm.net.transfer import (
     _MAX_CONTROL,
     CHUNK,
     DATA,
@@ -248,7 +248,7 @@ def net():
     loop = BackgroundLoop("fuzz-loop")
     errors: list = []
     lines = LogLines()
-    transfer_log = logging.getLogger("swarm.transfer")
+    transfer_log = logging.getLogger("swarm.net.transfer")
     old_level = transfer_log.level
     transfer_log.setLevel(logging.INFO)
     transfer_log.addHandler(lines)
