@@ -92,24 +92,24 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- checks before any work
 
 
-def _check_model(args, tokenizer: bool = False) -> Path:
-    """The model directory exists, holds a config (and a tokenizer when data is read), and fits --block-size."""
+def _check_model(args, data: bool = False) -> Path:
+    """The model directory exists with a config; when data is read, it has a tokenizer and fits --block-size."""
     from teft.model import resolve_model_path
 
     path = resolve_model_path(args.model)
-    if tokenizer and not any((path / name).exists() for name in TOKENIZER_FILES):
+    if not data:
+        return path
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
         raise TeftError(f"the model directory '{path}' has no tokenizer files; save one next to the model "
                         "(tokenizer.save_pretrained(DIR))")
-    block = getattr(args, "block_size", None)
-    if block is not None:
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError) as err:
-            raise TeftError(f"cannot read '{path / 'config.json'}' ({err}); pass a transformers checkpoint") from err
-        limit = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
-        if isinstance(limit, int) and block > limit:
-            raise TeftError(f"--block-size {block} is longer than the model's {limit} positions; "
-                            f"use --block-size {limit} or less")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise TeftError(f"cannot read '{path / 'config.json'}' ({err}); pass a transformers checkpoint") from err
+    limit = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    if isinstance(limit, int) and args.block_size > limit:
+        raise TeftError(f"--block-size {args.block_size} is longer than the model's {limit} positions; "
+                        f"use --block-size {limit} or less")
     return path
 
 
@@ -263,7 +263,7 @@ def _out_file(p: argparse.ArgumentParser, what: str) -> None:
 def cmd_inspect(args) -> Outcome:
     from teft.model import describe, layout_dict
 
-    _check_model(args, tokenizer=bool(args.data))
+    _check_model(args, data=bool(args.data))
     _check_data(args.data, args.split)
     _check_tokens(args)
     model, tokenizer, layout = _load(args)
@@ -300,7 +300,7 @@ def cmd_select(args) -> Outcome:
         raise TeftError("--method des needs --general-data (the text whose dominant experts are excluded)")
     if args.general_data and args.method != "des":
         raise TeftError("--general-data is used only by --method des; drop it or use --method des")
-    _check_model(args, tokenizer=True)
+    _check_model(args, data=True)
     _check_data([args.data, *([args.general_data] if args.general_data else [])])
     _check_tokens(args)
     out = _check_out_file(args.out, args.force, "map.json")
@@ -336,7 +336,7 @@ def cmd_train(args) -> Outcome:
     from teft.state import check_state_layout, extract_state, load_state, save_state
     from teft.train import TrainConfig, train_experts
 
-    _check_model(args, tokenizer=True)
+    _check_model(args, data=True)
     _check_data([args.data])
     _check_tokens(args)
     out = _check_out_file(args.out, args.force, "state.safetensors")
@@ -370,7 +370,7 @@ def cmd_eval(args) -> Outcome:
     from teft.data import subset
     from teft.state import check_state_layout, load_state
 
-    _check_model(args, tokenizer=True)
+    _check_model(args, data=True)
     _check_data(args.data, args.split)
     _check_tokens(args)
     state = _read_state(args.state) if args.state else None
@@ -416,7 +416,7 @@ def cmd_anneal(args) -> Outcome:
     from teft.integrate import anneal_routers, save_checkpoint
     from teft.train import TrainConfig
 
-    _check_model(args, tokenizer=True)
+    _check_model(args, data=True)
     _check_data(args.data)
     _check_tokens(args)
     out = _check_out_dir(args.out)
