@@ -184,9 +184,17 @@ def _load(args):
 
 
 def _blocks(tokenizer, spec: str, args, split: str = "train"):
+    """Token blocks of a spec; with --tokens, only as much text is read as those tokens need."""
     from teft.data import load_texts, tokenize_blocks
 
-    blocks = tokenize_blocks(tokenizer, load_texts(spec, split=split), args.block_size, max_tokens=args.tokens or None)
+    limit = args.tokens * 8 if args.tokens else None  # bytes; grown below if the text packs more than 8 per token
+    while True:
+        texts = load_texts(spec, split=split, limit_bytes=limit)
+        blocks = tokenize_blocks(tokenizer, texts, args.block_size, max_tokens=args.tokens or None)
+        exhausted = limit is None or sum(len(t.encode("utf-8")) for t in texts) < limit - 4
+        if exhausted or len(blocks) == args.tokens // args.block_size:
+            break
+        limit *= 4
     if len(blocks) == 0:
         raise TeftError(f"data '{spec}' gives fewer than {args.block_size} tokens; use more text or a "
                         "smaller --block-size")

@@ -255,3 +255,17 @@ def test_version(capsys):
     assert main(["--version"]) == 0
     out = capsys.readouterr().out.strip()
     assert out == f"python -m teft {version()}" and version()[0].isdigit()
+
+
+def test_token_cap_reads_only_what_it_needs_and_gives_the_same_blocks(ckpt):
+    """--tokens cuts the reading short; the blocks are the first tokens of the full text all the same."""
+    from argparse import Namespace
+
+    from teft.__main__ import _blocks
+    from teft.data import load_texts, tokenize_blocks
+
+    tokenizer = make_byte_tokenizer()
+    args = Namespace(tokens=4000, block_size=32)
+    full = tokenize_blocks(tokenizer, load_texts("math"), 32, max_tokens=4000)
+    assert torch.equal(_blocks(tokenizer, "math", args), full) and full.shape == (125, 32)
+    assert sum(len(t) for t in load_texts("math", limit_bytes=8 * 4000)) < sum(len(t) for t in load_texts("math"))
