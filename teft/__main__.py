@@ -255,7 +255,7 @@ def _data_options(p: argparse.ArgumentParser, tokens: int = 0, seed: bool = True
     default = f"{tokens:,d}" if tokens else "all"
     why = ", the sample size ESFT scores experts on" if tokens == ESFT_TOKENS else ""
     p.add_argument("--tokens", type=COUNT, default=tokens,
-                   help=f"use the first this many tokens of each dataset (default {default}{why}; 0: all)")
+                   metavar="N", help=f"use only the first N tokens of each dataset (default {default}{why}; 0: all)")
     if seed:
         p.add_argument("--seed", type=int, default=0, help="seed for shuffling and subsets (default 0)")
 
