@@ -329,6 +329,11 @@ def load_texts(spec: str, split: str = "train", text_field: str = "text", limit_
     return texts
 
 
+def check_data(spec: str, split: str = "train") -> None:
+    """Raise DataError now if a spec names nothing readable, without reading its documents."""
+    _resolve(spec, split)
+
+
 def data_digest(spec: str, split: str = "train") -> str:
     """sha256 of the bytes a spec reads, so an expert map or a run records which data it came from."""
     source = _resolve(spec, split)

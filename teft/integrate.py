@@ -65,14 +65,18 @@ def save_checkpoint(model: nn.Module, tokenizer, out: str | os.PathLike, info: d
         raise TeftError(f"output directory '{out}' exists and is not empty; choose a new --out")
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if info is not None:
-        (tmp / "teft_integration.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if info is not None:
+            (tmp / "teft_integration.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 

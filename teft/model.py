@@ -248,9 +248,14 @@ def describe(layout: MoELayout) -> str:
     return "\n".join(lines)
 
 
-def layout_json(layout: MoELayout) -> str:
-    return json.dumps({
+def layout_dict(layout: MoELayout) -> dict:
+    """The layout as plain JSON-ready values, for `teft inspect --json`."""
+    return {
         "model_type": layout.model_type, "top_k": layout.top_k, "num_experts": layout.num_experts,
         "layers": [m.layer for m in layout.layers], "fused": layout.layers[0].fused,
         "params": {n: list(s) for n, s in layout.layers[0].params}, "param_counts": layout.param_counts,
-    }, indent=2)
+    }
+
+
+def layout_json(layout: MoELayout) -> str:
+    return json.dumps(layout_dict(layout), indent=2)

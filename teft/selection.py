@@ -84,6 +84,12 @@ class ExpertMap:
         if not set(self.layers) <= moe_layers:
             raise TeftError(f"the expert map names layers {sorted(set(self.layers) - moe_layers)} that are "
                             "not MoE layers of this model; re-run `teft select` on this model")
+        for layer, experts in sorted(self.layers.items()):
+            count = layout.layer(layer).num_experts
+            bad = [e for e in experts if not 0 <= e < count]
+            if bad:
+                raise TeftError(f"the expert map selects experts {bad} in layer {layer}, but this model's experts "
+                                f"are 0..{count - 1}; re-run `teft select` on this model")
 
 
 def _budget_pick(scores: torch.Tensor, top_k: int | None, top_p: float | None) -> list[int]:

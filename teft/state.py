@@ -92,6 +92,27 @@ def load_state(model: nn.Module, layout: MoELayout, state: dict[str, torch.Tenso
         target.copy_(value.to(device=target.device, dtype=target.dtype))
 
 
+def check_state_layout(state: dict[str, torch.Tensor], layout: MoELayout) -> None:
+    """Refuse a state this model cannot take (unknown layer, expert or tensor, other shape, non-finite), before use."""
+    if not state:
+        raise TeftError("the state holds no expert tensors; pass a state written by `teft train --out`")
+    for key, tensor in state.items():
+        layer, expert, param = parse_key(key)
+        moe = layout.layer(layer)
+        if not 0 <= expert < moe.num_experts:
+            raise TeftError(f"state tensor {key} names expert {expert}, but this model's experts are "
+                            f"0..{moe.num_experts - 1}: the state is for another model")
+        shapes = dict(moe.params)
+        if param not in shapes:
+            raise TeftError(f"state tensor {key}: this model's experts have no tensor '{param}' (they have "
+                            f"{', '.join(shapes)}): the state is for another model")
+        if tuple(tensor.shape) != tuple(shapes[param]):
+            raise TeftError(f"state tensor {key} has shape {list(tensor.shape)}, this model's is "
+                            f"{list(shapes[param])}: the state is for another model")
+        if not torch.isfinite(tensor).all():
+            raise TeftError(f"state tensor {key} has non-finite values; the state is damaged, train it again")
+
+
 def to_bytes(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> bytes:
     return st_save(dict(canonical(state, dtype)), metadata=_METADATA)
 

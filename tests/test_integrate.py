@@ -56,3 +56,15 @@ def test_router_annealing_touches_only_routers():
     routers = {m.router + ".weight" for m in layout.layers}
     for k, v in model.state_dict().items():
         assert torch.equal(before[k], v) != (k in routers), k
+
+
+def test_failed_save_leaves_no_temp_folder(tmp_path):
+    model = build("qwen3_moe")
+
+    class Broken:
+        def save_pretrained(self, path):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(model, Broken(), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -93,6 +93,8 @@ def test_map_round_trip_and_checks(tmp_path):
         ExpertMap({0: [1]}, 16).check_model(layout)
     with pytest.raises(TeftError, match="not MoE layers"):
         ExpertMap({5: [1]}, 8).check_model(layout)
+    with pytest.raises(TeftError, match=r"selects experts \[8, 40\] in layer 1, but this model's experts are 0..7"):
+        ExpertMap({0: [1], 1: [2, 8, 40]}, 8).check_model(layout)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(TeftError, match="not a valid expert map"):
         ExpertMap.load(tmp_path / "bad.json")

@@ -8,13 +8,16 @@ from teft.errors import TeftError
 from teft.model import discover_layout
 from teft.selection import ExpertMap
 from teft.state import (
+    atomic_write,
     check_state,
+    check_state_layout,
     expected_shapes,
     expected_size,
     extract_state,
     from_bytes,
     load_state,
     load_state_file,
+    parse_key,
     save_state,
     state_hash,
     to_bytes,
@@ -130,3 +133,31 @@ def test_load_state_in_place_and_checks():
         load_state(model, layout, {key: torch.zeros(3)})
     with pytest.raises(TeftError, match="not a valid safetensors"):
         from_bytes(b"garbage")
+
+
+@pytest.mark.parametrize("name", ["olmoe", "per_expert"])
+def test_check_state_layout_refuses_what_the_model_cannot_take(name):
+    model = build(name)
+    layout = discover_layout(model)
+    state = extract_state(model, layout, _map(layout))
+    check_state_layout(state, layout)
+    key = next(iter(state))
+    layer, _, param = parse_key(key)
+    bad = {
+        "has shape": {key: torch.zeros(3, 3)},
+        "non-finite": {key: state[key] * float("nan")},
+        "names expert 99": {f"layers.{layer}.experts.99.{param}": state[key]},
+        "no tensor 'nope'": {f"layers.{layer}.experts.0.nope": state[key]},
+        "not an MoE layer": {f"layers.77.experts.0.{param}": state[key]},
+        "no expert tensors": {},
+    }
+    for message, wrong in bad.items():
+        with pytest.raises(TeftError, match=message):
+            check_state_layout(wrong, layout)
+
+
+def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "out", b"data")  # renaming a file over a folder fails
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
