@@ -13,4 +13,6 @@ import os
 # first, so setting the variable here wins as long as nothing imported hivemind earlier.
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
-VERSION = "0.2.0"  # the one version string: peers announce it, every CLI prints it with --version
+from teft import version  # noqa: E402 - after the sharing-strategy default; teft imports no hivemind
+
+VERSION = version()  # the one version string (pyproject.toml): peers announce it, every CLI prints it

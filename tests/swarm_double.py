@@ -129,6 +129,18 @@ class MemoryNetwork:
             return data
         raise TransferError(f"no peer of {len(peers)} served {digest[:12]}")
 
+    def fetch_many(self, requests, budget_s, max_parallel=4):
+        """The same per-request outcome as the transfer layer's fetch_many (time costs nothing here)."""
+        from swarm.net.transfer import FetchResult
+
+        results = []
+        for r in requests:
+            try:
+                results.append(FetchResult(r, self.fetch(list(r.peers), r.payload_hash, r.expected_size, {}, r.exact)))
+            except TransferError as err:
+                results.append(FetchResult(r, None, str(err)))
+        return results
+
 
 class Swarm:
     """Peers of one run in threads; `run(cycles)` drives them all through whole cycles."""

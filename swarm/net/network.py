@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from swarm.net.dht import visible_maddrs
-from swarm.net.transfer import BackgroundLoop, PayloadServer, TransferStats, fetch_any
+from swarm.net.transfer import (
+    BackgroundLoop,
+    FetchRequest,
+    FetchResult,
+    PayloadServer,
+    TransferStats,
+    fetch_any,
+    fetch_many_blocking,
+)
 
 
 class Network:
@@ -24,6 +32,11 @@ class Network:
         return self.loop.run(fetch_any(self.p2p, peers, digest, size, self.timeout, run_id=self.run_id,
                                        stats=self.stats, maddrs=maddrs, exact=exact),
                              timeout=self.timeout * max(len(peers), 1) + 5)
+
+    def fetch_many(self, requests: list[FetchRequest], budget_s: float, max_parallel: int = 4) -> list[FetchResult]:
+        """Several payloads at once under one wall-clock budget; a slow or silent peer costs its own slot only."""
+        return fetch_many_blocking(self.loop, self.p2p, requests, budget_s, max_parallel, timeout=self.timeout,
+                                   run_id=self.run_id, stats=self.stats)
 
     def close(self) -> None:
         for step in (self.server.stop, self.p2p.shutdown):

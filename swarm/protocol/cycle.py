@@ -105,6 +105,8 @@ class NetworkLike(Protocol):
     def fetch(self, peers: list[str], digest: str, size: int, maddrs: dict[str, list[str]],
               exact: bool) -> bytes: ...
 
+    def fetch_many(self, requests: list, budget_s: float, max_parallel: int = 4) -> list: ...
+
 
 class Peer:
     """One peer's protocol loop; the role, network and model are handed in ready."""
@@ -179,6 +181,19 @@ class Peer:
             return local
         holders = [h for h in holders if h != self.me]
         return self.net.fetch(holders, digest, max_size, self.addresses(cycle), exact=exact)
+
+    def fetch_each(self, wanted: list[tuple[str, str]], cycle: int, size: int, budget_s: float
+                   ) -> list[tuple[bytes | None, str | None]]:
+        """(bytes, None) or (None, why) for each (hash, holder), fetched in parallel within `budget_s`."""
+        from swarm.net.transfer import FetchRequest
+
+        maddrs = self.addresses(cycle)
+        local = {digest: self.store.find(digest) for digest, _ in wanted}
+        requests = [FetchRequest(digest, size, [holder], exact=True, maddrs=maddrs)
+                    for digest, holder in wanted if local[digest] is None]
+        fetched = {r.request.payload_hash: (r.data, r.error) for r in self.net.fetch_many(requests, budget_s)} \
+            if requests else {}
+        return [(local[digest], None) if local[digest] is not None else fetched[digest] for digest, _ in wanted]
 
     # -- the agreed state -----------------------------------------------------------------------
     def adopt(self, cycle: int, data: bytes) -> None:

@@ -5,8 +5,10 @@
               just after the commit phase ends: a commit first seen later never counts
     reveal    publish the seed
     evaluate  combine the allowlisted validators' revealed seeds into the evaluation seed, draw the
-              validation subset from it, fetch each committed payload, check it (commit, replay, keys,
-              shapes, dtype, finiteness, delta norm) and score it by Proof-of-Loss; publish the ranking
+              validation subset from it, take at most max_submissions of the commits that revealed in
+              time (last cycle's merged miners first, then in the seed's order), fetch them in parallel
+              under a budget, check each (keys, shapes, dtype, finiteness, delta norm) and score it by
+              Proof-of-Loss; publish the ranking of the positive scores
     reduce    like every peer (roles.base), then measure Phi_{c+1} for the report
 
 The subset comes from seeds revealed only after miners committed, so nobody could train on it.
@@ -20,10 +22,9 @@ import secrets
 
 import torch
 
-from swarm.errors import TransferError
 from swarm.net import records
 from swarm.net.records import SignedRecord
-from swarm.protocol.consensus import Score, ranking_record
+from swarm.protocol.consensus import Score, decide, ranking_record
 from swarm.protocol.cycle import Cycle
 from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
@@ -118,22 +119,25 @@ class Validator(Role):
         if not self.seen:
             return
         p, log, c = self.peer, cycle.log, cycle.number
-        batches = validation_batches(p.rt, self.evaluation_seed(c))
-        base_loss = state_loss(p.rt.model, p.rt.layout, p.state, batches)
-        log.base_loss = base_loss
-        reveals = p.get(c, "reveal")
+        seed = self.evaluation_seed(c)
+        batches = validation_batches(p.rt, seed)
+        log.base_loss = base_loss = state_loss(p.rt.model, p.rt.layout, p.state, batches)
+        candidates = self.candidates(cycle)
+        chosen = self.sample(c, seed, candidates)
+        if len(chosen) < len(candidates):
+            log.note += f"{len(candidates) - len(chosen)} submissions over the cap of {len(chosen)} not evaluated; "
         deadline = p.clock.phase_end(c, "evaluate") - 1.0
+        fetched = p.fetch_each([(digest, pid) for pid, digest in chosen], c, p.rt.payload_size,
+                               budget_s=max(deadline - p.now(), 0.0) / 2)
         scores = []
-        for pid, commit in sorted(self.seen["commit"].items()):
-            reveal = reveals.get(pid)
-            if reveal is None:  # not ranked at all: there are no bytes to name
-                log.rejected[pid] = "committed but did not reveal"
-                continue
-            digest = reveal.record.payload_hash
-            if records.commit_digest(p.run_id, c, pid, digest) != commit.record.digest:
-                log.rejected[pid] = "reveal does not match its commit"
-                continue
-            result = self.evaluate_one(c, pid, digest, base_loss, batches, deadline)
+        for (pid, digest), (data, error) in zip(chosen, fetched, strict=True):
+            if data is None:
+                result = rejected(pid, digest, error or "payload not received")
+            elif p.now() >= deadline:
+                result = rejected(pid, digest, "no time left in the evaluate phase")
+            else:
+                p.store.save_payload(data)
+                result = judge(p.rt, p.state, base_loss, pid, digest, data, batches)
             if result.reason:
                 log.rejected[pid] = result.reason
                 logger.warning("cycle %d: %s scores 0: %s", c, pid[:12], result.reason)
@@ -143,6 +147,39 @@ class Validator(Role):
         seen = p.progress.seen_payloads
         for digest in [d for d, first in seen.items() if first < c - 10]:
             del seen[digest]
+
+    def candidates(self, cycle: Cycle) -> list[tuple[str, str]]:
+        """(miner, payload hash) of every commit seen in time whose reveal matches it and is not a replay."""
+        p, log, c = self.peer, cycle.log, cycle.number
+        reveals = p.get(c, "reveal")
+        found = []
+        for pid, commit in sorted(self.seen["commit"].items()):
+            reveal = reveals.get(pid)
+            if reveal is None:
+                log.rejected[pid] = "committed but did not reveal"
+                continue
+            digest = reveal.record.payload_hash
+            if records.commit_digest(p.run_id, c, pid, digest) != commit.record.digest:
+                log.rejected[pid] = "reveal does not match its commit"
+                continue
+            first = p.progress.seen_payloads.setdefault(digest, c)
+            if first < c:
+                log.rejected[pid] = f"replayed payload from cycle {first}"
+                continue
+            found.append((pid, digest))
+        return found
+
+    def sample(self, number: int, seed: bytes, candidates: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """At most `max_submissions`, in an order no miner chooses: the miners the swarm merged last cycle
+        first (a flood of fresh keys cannot crowd out proven ones), then by the combined seed. Every
+        validator computes the same order, so the medians compare the same submissions."""
+        p = self.peer
+        proven = set()
+        if number > 0:
+            proven = {m.miner for m in decide(p.get(number - 1, "ranking"), p.manifest).merged}
+        order = sorted(candidates, key=lambda pc: (pc[0] not in proven, hashlib.sha256(seed + pc[0].encode())
+                                                   .digest()))
+        return order[:p.manifest.max_submissions]
 
     def evaluation_seed(self, number: int) -> bytes:
         """The combined seed of the allowlisted validators whose reveal matches the commit seen in time."""
@@ -156,22 +193,6 @@ class Validator(Role):
                     and records.seed_digest(got.record.seed, number, pid) == commit.record.digest:
                 seeds[pid] = got.record.seed
         return combined_seed(seeds)
-
-    def evaluate_one(self, number: int, pid: str, digest: str, base_loss: float, batches: list[torch.Tensor],
-                     deadline: float) -> Score:
-        """One revealed submission's Score: replay check, fetch within the phase, then judge."""
-        p = self.peer
-        first = p.progress.seen_payloads.setdefault(digest, number)
-        if first < number:
-            return rejected(pid, digest, f"replayed payload from cycle {first}")
-        if p.now() >= deadline:
-            return rejected(pid, digest, "no time left in the evaluate phase")
-        try:
-            data = p.fetch(digest, [pid], number, p.rt.payload_size, exact=True)
-        except TransferError as err:
-            return rejected(pid, digest, str(err))
-        p.store.save_payload(data)
-        return judge(p.rt, p.state, base_loss, pid, digest, data, batches)
 
     def ranking(self, scores: list[Score]) -> list[Score]:
         """What this validator publishes: its scores as computed."""
