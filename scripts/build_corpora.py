@@ -1252,6 +1252,16 @@ def build_math(seed: int) -> tuple[dict[str, Docs], dict]:
     return splits, info
 
 
+def heldout_math(seed: str, budget: int = MATH_HELDOUT_BYTES) -> Docs:
+    """Fresh problems from a seed nobody else knows: a validator's private held-out data for Proof-of-Loss."""
+    r = random.Random(f"heldout:{seed}")
+    docs, size = [], 0
+    while size < budget:
+        docs.append(math_problem(r))
+        size += len(docs[-1].encode("utf-8")) + 1
+    return docs
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -1283,7 +1293,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for every random choice")
+    parser.add_argument("--heldout-math", type=Path, default=None, metavar="FILE",
+                        help="only write FILE (.jsonl.gz): fresh math problems from a secret random seed, as a "
+                        "validator's private held-out data (python -m swarm.peer --validation-data FILE)")
     args = parser.parse_args(argv)
+    if args.heldout_math is not None:
+        import secrets
+
+        docs = heldout_math(secrets.token_hex(16))
+        args.heldout_math.parent.mkdir(parents=True, exist_ok=True)
+        args.heldout_math.write_bytes(gzip_jsonl(docs))
+        print(f"wrote {len(docs)} fresh math problems ({nbytes(docs):,} bytes) to {args.heldout_math}")
+        return 0
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 

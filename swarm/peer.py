@@ -40,6 +40,9 @@ def build_parser(prog: str = "python -m swarm.peer") -> argparse.ArgumentParser:
     cli.flag(p, "announce-maddrs", nargs="*", default=None,
              help="public addresses to advertise, when they differ from the listening ones (NAT)")
     p.add_argument("--data", default=None, help="train on this data instead of the manifest's data.train")
+    cli.flag(p, "validation-data", default=None, metavar="PATH",
+             help="validators: private held-out data of the target domain to score Proof-of-Loss on (never "
+             "published, so no miner can train on it); required when the manifest sets data.private_validation")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: torch's choice; use 1 when many peers share a machine)")
@@ -86,6 +89,11 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
 
         manifest = load(args.config)
         rid = run_id(manifest)
+        if args.role == "validator" and manifest.data.private_validation and not args.validation_data:
+            raise SwarmError("this run scores on private held-out data: pass --validation-data PATH (e.g. made by "
+                             "python scripts/build_corpora.py --heldout-math PATH)")
+        if args.validation_data and args.role != "validator":
+            raise SwarmError("--validation-data is for validators: drop it for a miner")
         identity_path = Path(args.identity)
         if not identity_path.parent.exists():
             raise SwarmError(f"the directory of --identity {identity_path} does not exist: create it first")
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
                         startup_timeout=args.startup_timeout, run_id=rid, horizon=manifest.horizon())
         net = Network(dht, rid, store.find, args.fetch_timeout)
-        rt = load_runtime(manifest, args.data, args.device)
+        rt = load_runtime(manifest, args.data, args.device, args.validation_data)
         logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
         Peer(make_role or ROLES[args.role], rt, identity, dht, net, store, stop).run()

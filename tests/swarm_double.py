@@ -142,6 +142,20 @@ class MemoryNetwork:
         return results
 
 
+def heldout_math_blocks(path: Path, seq_len: int):
+    """A validator's private held-out data, as `swarm.simulate` makes it: fresh math from a secret seed."""
+    import subprocess
+    import sys
+
+    from teft.data import load_texts, tokenize_blocks
+    from teft.model import load_model
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_corpora.py"
+    subprocess.run([sys.executable, str(script), "--heldout-math", str(path)], check=True, capture_output=True)
+    _, tokenizer = load_model("tiny")
+    return tokenize_blocks(tokenizer, load_texts(str(path), "validation"), seq_len)
+
+
 class Swarm:
     """Peers of one run in threads; `run(cycles)` drives them all through whole cycles."""
 
@@ -154,12 +168,13 @@ class Swarm:
         self.runtimes: list = []
         self.time: VirtualTime | None = None
 
-    def add(self, name: str, make_role, identity=None, dht_validators=None) -> Peer:
+    def add(self, name: str, make_role, identity=None, dht_validators=None, private_blocks=None) -> Peer:
         from swarm.protocol.manifest import run_id
 
         identity = identity or load_or_create(self.root / f"{name}.key")
         store = Store(self.root / name)
         rt = self.runtime()
+        rt.private_blocks = private_blocks
         net = MemoryNetwork(store, identity.peer_key, self.nets)
         dht = MemoryDHT(self.table, identity, run_id(self.manifest), dht_validators)
         self.peers[name] = Peer(make_role, rt, identity, dht, net, store, self.stop)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from swarm_double import Swarm
+from swarm_double import Swarm, heldout_math_blocks
 
 from swarm.launch import write_manifest
 from swarm.net.identity import load_or_create
@@ -38,11 +38,13 @@ def adversarial(tmp_path_factory):
     keys = [load_or_create(root / f"{v}.key").public_key_str for v in validators]
     path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", keys, GENESIS,
                           {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
-    swarm = Swarm(load(path), root)
+    manifest = load(path)
+    swarm = Swarm(manifest, root)
+    private = heldout_math_blocks(root / "heldout.jsonl.gz", manifest.data.seq_len)  # the manifest asks for it
     for v in validators[:2]:
-        swarm.add(v, Validator)
-    swarm.add("validator-liar", role_for("liar"))
-    swarm.add("validator-stranger", role_for("stranger"))  # not on the allowlist
+        swarm.add(v, Validator, private_blocks=private)
+    swarm.add("validator-liar", role_for("liar"), private_blocks=private)
+    swarm.add("validator-stranger", role_for("stranger"), private_blocks=private)  # not on the allowlist
     for i in range(3):
         swarm.add(f"miner-{i}", Miner)
     for kind in MINER_ADVERSARIES:

@@ -54,6 +54,8 @@ class DataSpec(_Strict):
     train_tokens: int | None = Field(default=None, gt=0)
     validation_tokens: int | None = Field(default=None, gt=0)
     validation_blocks: int = Field(default=32, gt=0)  # blocks in one cycle's Proof-of-Loss subset
+    private_validation: bool = False  # validators must score on held-out data of their own (--validation-data)
+    overfit_ratio: float = Field(default=2.0, gt=1)  # public-split gain over private gain that flags an update
     eval_batch_size: int = Field(default=8, gt=0)
 
 

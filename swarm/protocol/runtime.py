@@ -39,6 +39,7 @@ class Runtime:
     train_blocks: torch.Tensor
     validation_blocks: torch.Tensor
     general_blocks: torch.Tensor | None
+    private_blocks: torch.Tensor | None = None  # a validator's own held-out data: what it scores on
 
     @property
     def inner(self) -> TrainConfig:
@@ -72,8 +73,20 @@ def _model_path(manifest: Manifest) -> str:
     return path if path in BUILTIN_MODELS else str(manifest.resolve(path))
 
 
-def load_runtime(manifest: Manifest, data_override: str | None = None, device: str = "cpu") -> Runtime:
-    """Load the model, check its hash, build the expert map and the data blocks; one-line errors."""
+def load_runtime(manifest: Manifest, data_override: str | None = None, device: str = "cpu",
+                 validation_data: str | None = None) -> Runtime:
+    """Load the model, check its hash, build the expert map and the data blocks; one-line errors.
+
+    validation_data: a validator's private held-out data; Proof-of-Loss subsets are drawn from it, so
+    no miner can have trained on what it is scored on.
+    """
+    if validation_data is not None:
+        from teft.data import check_data
+
+        try:
+            check_data(validation_data, "validation")
+        except TeftError as err:
+            raise SwarmError(f"--validation-data: {err}") from None
     try:
         path = _model_path(manifest)
         if manifest.base_model.sha256:
@@ -98,12 +111,16 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
         general = None
         if data.general_validation:
             general = blocks(_data_spec(manifest, data.general_validation), "validation", data.validation_tokens)
+        private = blocks(validation_data, "validation", data.validation_tokens) if validation_data else None
     except TeftError as err:
         raise SwarmError(str(err)) from None
     dtype = DTYPES[manifest.payload_dtype]
     initial = extract_state(model, layout, expert_map)
+    if private is not None and len(private) < data.validation_blocks:
+        raise SwarmError(f"--validation-data {validation_data} gives {len(private)} blocks of {data.seq_len} tokens, "
+                         f"fewer than the {data.validation_blocks} a Proof-of-Loss subset takes: bring more text")
     return Runtime(manifest, model, tokenizer, layout, expert_map, initial, dtype,
-                   expected_size(layout, expert_map, dtype), train, val, general)
+                   expected_size(layout, expert_map, dtype), train, val, general, private)
 
 
 def _select_from_spec(manifest: Manifest, model, tokenizer, layout) -> ExpertMap:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from dataclasses import dataclass
 
 import torch
 
@@ -44,16 +45,42 @@ def combined_seed(revealed: dict[str, str]) -> bytes:
     return digest.digest()
 
 
-def validation_batches(rt: Runtime, seed: bytes) -> list[torch.Tensor]:
-    """This cycle's Proof-of-Loss subset, drawn from the combined seed, in batches."""
+OVERFIT_SLACK = 0.01  # nats: gains this close together are never called overfit, whatever their ratio
+
+
+def validation_batches(rt: Runtime, seed: bytes, blocks: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """This cycle's Proof-of-Loss subset of `blocks` (default: the public validation split), in batches."""
     spec = rt.manifest.data
-    blocks = subset(rt.validation_blocks, seed, spec.validation_blocks)
-    return [blocks[i:i + spec.eval_batch_size] for i in range(0, len(blocks), spec.eval_batch_size)]
+    chosen = subset(rt.validation_blocks if blocks is None else blocks, seed, spec.validation_blocks)
+    return [chosen[i:i + spec.eval_batch_size] for i in range(0, len(chosen), spec.eval_batch_size)]
 
 
-def judge(rt: Runtime, base: ExpertState, base_loss: float, miner: str, payload_hash: str, data: bytes,
-          batches: list[torch.Tensor]) -> Score:
-    """Check a submission's bytes and score it by Proof-of-Loss; anything malformed scores zero with a reason."""
+@dataclass
+class Yardstick:
+    """What a cycle's submissions are measured on: the scoring subset (private held-out data when the
+    validator has some) and, beside it, the public split's subset that flags updates fitted to public data."""
+
+    batches: list[torch.Tensor]
+    base_loss: float
+    public: list[torch.Tensor] | None = None
+    public_base_loss: float | None = None
+
+
+def yardstick(rt: Runtime, state: ExpertState, seed: bytes) -> Yardstick:
+    batches = validation_batches(rt, seed, rt.private_blocks)
+    stick = Yardstick(batches, state_loss(rt.model, rt.layout, state, batches))
+    if rt.private_blocks is not None:
+        stick.public = validation_batches(rt, seed)
+        stick.public_base_loss = state_loss(rt.model, rt.layout, state, stick.public)
+    return stick
+
+
+def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_hash: str, data: bytes) -> Score:
+    """Check a submission's bytes and score it by Proof-of-Loss; anything malformed scores zero with a reason.
+
+    With private held-out data, a submission whose gain on the public validation split is far above its gain
+    on the held-out data was fitted to public data (the only data a miner could have aimed at): it scores zero.
+    """
     try:
         state = from_bytes(data)
     except TeftError as err:
@@ -62,8 +89,14 @@ def judge(rt: Runtime, base: ExpertState, base_loss: float, miner: str, payload_
                          max_norm=rt.manifest.max_delta_norm, reference=base)
     if reason:
         return Score(miner, payload_hash, float("inf"), 0.0, reason)
-    loss = state_loss(rt.model, rt.layout, state, batches)
-    return Score(miner, payload_hash, loss, score(base_loss, loss))
+    loss = state_loss(rt.model, rt.layout, state, stick.batches)
+    gain = score(stick.base_loss, loss)
+    if stick.public is not None:
+        public_gain = score(stick.public_base_loss, state_loss(rt.model, rt.layout, state, stick.public))
+        if public_gain > rt.manifest.data.overfit_ratio * gain + OVERFIT_SLACK:
+            return Score(miner, payload_hash, loss, 0.0, f"gains {public_gain:.4f} on the public validation split "
+                         f"but {gain:.4f} on held-out data: fitted to public data")
+    return Score(miner, payload_hash, loss, gain)
 
 
 def rejected(miner: str, payload_hash: str, reason: str) -> Score:
@@ -120,8 +153,8 @@ class Validator(Role):
             return
         p, log, c = self.peer, cycle.log, cycle.number
         seed = self.evaluation_seed(c)
-        batches = validation_batches(p.rt, seed)
-        log.base_loss = base_loss = state_loss(p.rt.model, p.rt.layout, p.state, batches)
+        stick = yardstick(p.rt, p.state, seed)
+        log.base_loss = stick.base_loss
         candidates = self.candidates(cycle)
         chosen = self.sample(c, seed, candidates)
         if len(chosen) < len(candidates):
@@ -137,7 +170,7 @@ class Validator(Role):
                 result = rejected(pid, digest, "no time left in the evaluate phase")
             else:
                 p.store.save_payload(data)
-                result = judge(p.rt, p.state, base_loss, pid, digest, data, batches)
+                result = judge(p.rt, p.state, stick, pid, digest, data)
             if result.reason:
                 log.rejected[pid] = result.reason
                 logger.warning("cycle %d: %s scores 0: %s", c, pid[:12], result.reason)

@@ -36,6 +36,7 @@ class PeerProc:
     peer_id: str = ""
     allowlisted: bool = False
     start_cycle: int = 0  # start only when this cycle begins (late joiners)
+    validation_data: Path | None = None  # a validator's private held-out data
     proc: subprocess.Popen | None = None
     restarts: list[str] = field(default_factory=list)
 
@@ -98,6 +99,8 @@ class Swarm:
         cmd = [self.python, "-m", *entry, "--role", peer.role, "--config", str(self.manifest_path),
                "--initial-peers", *self.join, "--identity", str(peer.key), "--workdir", str(peer.workdir),
                "--threads", str(self.threads)]
+        if peer.validation_data:
+            cmd += ["--validation-data", str(peer.validation_data)]
         log = open(peer.log, "a")
         peer.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
@@ -122,6 +125,24 @@ class Swarm:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def give_private_data(swarm: Swarm, manifest, shared: str | None) -> None:
+    """Each validator's own held-out data: fresh math problems from a secret seed (the shipped math domain),
+    or the file given with --validation-data (held by every validator, never by a miner)."""
+    if shared is None and manifest.data.train != "math":
+        raise SwarmError("the manifest scores on private held-out data and its domain is not the shipped math: "
+                         "pass --validation-data PATH for the validators")
+    builder = Path(__file__).resolve().parents[2] / "scripts" / "build_corpora.py"
+    for peer in swarm.peers:
+        if peer.role != "validator":
+            continue
+        if shared is not None:
+            peer.validation_data = Path(shared)
+            continue
+        peer.validation_data = swarm.out / "private" / f"{peer.name}.jsonl.gz"
+        subprocess.run([swarm.python, str(builder), "--heldout-math", str(peer.validation_data)], check=True,
+                       capture_output=True, env=swarm.env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--late-miner", "--late_miner", type=int, default=None, metavar="CYCLE",
                         help="add an honest miner that starts only when CYCLE begins")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per peer (default 1)")
+    parser.add_argument("--validation-data", "--validation_data", default=None, metavar="PATH",
+                        help="held-out data for every validator when the manifest scores on private data (default "
+                        "for the shipped math domain: fresh problems per validator from a secret seed)")
     args = parser.parse_args(argv)
     kinds = list(KINDS) if args.adversary == ["all"] else args.adversary
     unknown = [k for k in kinds if k not in KINDS + EXTRA]
@@ -189,6 +213,8 @@ def run(args, kinds: list[str], out: Path) -> int:
     start_in = args.start_in if args.start_in is not None else 30 + 6 * len(swarm.peers)
     swarm.write_manifest(Path(args.config), time.time() + start_in, overrides)
     manifest = load(swarm.manifest_path)
+    if manifest.data.private_validation:
+        give_private_data(swarm, manifest, args.validation_data)
     clock = manifest.clock()
     kill_name, kill_cycle = (args.kill_restart.split("@") + ["1"])[:2] if args.kill_restart else (None, None)
     killed = False
