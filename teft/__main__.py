@@ -39,8 +39,19 @@ def _blocks(tokenizer, spec: str, args, split: str = "train"):
 def _load(args):
     from teft.model import discover_layout, load_model
 
-    model, tokenizer = load_model(args.model, device=_device(args.device))
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=_device(args.device))
     return model, tokenizer, discover_layout(model)
+
+
+def _scale_flags(p, train: bool = False) -> None:
+    """--dtype on every subcommand; --gradient-checkpointing where it trains."""
+    from teft.model import DTYPE_CHOICES
+
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="weights' dtype: auto keeps the checkpoint's own (bf16 for real MoEs; default auto)")
+    if train:
+        p.add_argument("--gradient-checkpointing", "--gradient_checkpointing", action="store_true",
+                       help="recompute activations in backward: less memory, about a third more time")
 
 
 def cmd_inspect(args) -> None:
@@ -114,22 +125,24 @@ def _map_for(args, layout):
 
 def cmd_train(args) -> None:
     from teft.data import iterate_batches
-    from teft.state import extract_state, save_state
+    from teft.state import save_state
     from teft.train import TrainConfig, train_experts
 
     model, tokenizer, layout = _load(args)
     emap = _map_for(args, layout)
+    init = None
     if args.state:
         from teft.state import load_state, load_state_file
 
-        load_state(model, layout, load_state_file(args.state))
+        init = load_state_file(args.state)
+        load_state(model, layout, init)
     blocks = _blocks(tokenizer, args.data, args)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
-                      grad_clip=args.grad_clip, seed=args.seed)
+                      grad_clip=args.grad_clip, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
     start = time.time()
     result = train_experts(model, layout, emap, iterate_batches(blocks, args.batch_size, args.seed, args.steps),
-                           cfg, progress=True)
-    digest = save_state(extract_state(model, layout, emap), args.out)
+                           cfg, progress=True, init=init)
+    digest = save_state(result.state, args.out)  # the fp32 masters: on a bf16 model finer than its weights
     print(f"trained {result.trainable_params:,d} expert parameters for {args.steps} steps in "
           f"{time.time() - start:.1f}s: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; "
           f"state {args.out} sha256 {digest[:16]}")
@@ -195,13 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m teft", description=__doc__, epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p, data: bool = True):
+    def common(p, data: bool = True, train: bool = False):
         p.add_argument("--model", required=True, help="local transformers MoE checkpoint directory, or 'tiny'")
         p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default auto)")
         p.add_argument("--block-size", "--block_size", type=int, default=128,
                        help="tokens per training/evaluation sequence (default 128)")
         p.add_argument("--batch-size", "--batch_size", type=int, default=8, help="sequences per batch (default 8)")
         p.add_argument("--seed", type=int, default=0, help="seed for shuffling and subsets (default 0)")
+        _scale_flags(p, train)
         if data:
             p.add_argument("--tokens", type=int, default=None,
                            help="use at most this many tokens of each dataset (default: all)")
@@ -234,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train only the mapped experts and write the target-expert state",
                        epilog=EPILOG)
-    common(p)
+    common(p, train=True)
     p.add_argument("--expert-map", "--expert_map", required=True, help="expert map JSON from `teft select`")
     p.add_argument("--data", required=True, help="training data (file, folder or corpus name)")
     p.add_argument("--state", help="start from this target-expert state instead of the model's own experts")

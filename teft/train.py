@@ -22,12 +22,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from teft.errors import TeftError
-from teft.model import MoELayout, expert_tensor, get_module
+from teft.model import MoELayout, decoder_and_head, expert_tensor, get_module
 from teft.selection import ExpertMap
 from teft.state import ExpertState, canonical, state_key
 
 _LOSS_CHUNK_ELEMENTS = 1 << 26  # fp32 logits alive at once in lm_loss: 256 MiB
-_NO_PLAIN_HEAD = ("logits_scaling", "logit_scale", "final_logit_softcapping", "output_multiplier_scale")
 
 
 @contextlib.contextmanager
@@ -216,20 +215,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _plain_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
-    """(decoder, lm_head) when the logits are exactly lm_head(decoder's last hidden state), else None."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    decoder = getattr(model, getattr(model, "base_model_prefix", "") or "", None)
-    if not isinstance(head, nn.Linear) or not isinstance(decoder, nn.Module) or decoder is model:
-        return None
-    if type(decoder).forward is nn.Module.forward:
-        return None
-    configs = [c for c in (getattr(model, "config", None), getattr(model.config, "text_config", None)) if c is not None]
-    if any(getattr(c, key, None) not in (None, 1, 1.0) for c in configs for key in _NO_PLAIN_HEAD):
-        return None  # the model scales or caps its logits: let it compute its own loss
-    return decoder, head
-
-
 def _token_losses_sum(head: nn.Linear, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(head(hidden).float(), labels, ignore_index=-100, reduction="sum")
 
@@ -258,7 +243,7 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
         labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
     device = input_ids.device
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        parts = _plain_head(model)
+        parts = decoder_and_head(model)
         if parts is None:
             full = torch.cat([labels[:, :1], labels], dim=1)  # position 0 is never a target
             out = model(input_ids=input_ids, attention_mask=attention_mask, labels=full, use_cache=False)
