@@ -263,13 +263,17 @@ def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[N
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise TeftError(f"{type(model).__name__} does not support gradient checkpointing; "
                         "train without --gradient-checkpointing")
-    was = getattr(model, "is_gradient_checkpointing", False)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    new_api = hasattr(model, "activation_checkpointing_enable")  # transformers >= 5.x renamed it
+    was = model.is_activation_checkpointing if new_api else model.is_gradient_checkpointing
+    if new_api:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     try:
         yield
     finally:
         if not was:
-            model.gradient_checkpointing_disable()
+            (model.activation_checkpointing_disable if new_api else model.gradient_checkpointing_disable)()
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
