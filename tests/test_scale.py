@@ -1,5 +1,10 @@
 """Real scale on CPU: no fused-size allocation per step, bf16 models, fp32 masters, chunked loss, checkpointing."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
@@ -200,3 +205,18 @@ def test_cli_trains_a_bf16_model_with_checkpointing(tmp_path, capsys):
     assert main(["eval", *common, "--dtype", "bfloat16", "--data", "math", "--max-blocks", "4",
                  "--state", str(tmp_path / "s.safetensors")]) == 0
     assert "perplexity" in capsys.readouterr().out
+
+
+def test_bench_gpu_runs_on_cpu_with_the_tiny_shape(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.py"
+    proc = subprocess.run([sys.executable, str(script), "--shape", "tiny", "--quick", "--device", "cpu",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "tiny.json").read_text())
+    for batch in ("1", "2"):
+        assert report["teft"][batch]["time_s"] > 0 and report["teft"][batch]["time_vs_floor"] > 0
+        assert report["floor"][batch]["tokens_per_s"] > 0
+    assert report["routing"]["tokens_per_s"] > 0 and report["pol"]["time_s"] > 0
+    assert 0 < report["payload_bytes"]["bfloat16"] < report["load"]["bytes"]
+    assert "time_s" in report["full_finetune_batch1"]
+    assert "| train step, batch 2 x 64 |" in (tmp_path / "tiny.md").read_text()
