@@ -87,7 +87,7 @@ class _FusedSelection:
         with _swapped(self.experts, slices, num_experts=len(self.index)):
             picked = self.call(self.experts, hidden_states[rows], local[rows, slots].unsqueeze(1),
                                top_k_weights[rows, slots].unsqueeze(1), *args, **kwargs)
-        return out.index_add(0, rows, picked.to(out.dtype))
+        return out.index_add_(0, rows, picked.to(out.dtype))  # in place: autograd refuses it if out was saved
 
     @torch.no_grad()
     def write_back(self) -> None:
