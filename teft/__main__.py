@@ -179,7 +179,7 @@ class Outcome:
 def _load(args):
     from teft.model import discover_layout, load_model
 
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     return model, tokenizer, discover_layout(model)
 
 
@@ -199,6 +199,17 @@ def _blocks(tokenizer, spec: str, args, split: str = "train"):
         raise TeftError(f"data '{spec}' gives fewer than {args.block_size} tokens; use more text or a "
                         "smaller --block-size")
     return blocks
+
+
+def _scale_flags(p, train: bool = False) -> None:
+    """--dtype on every subcommand; --gradient-checkpointing where it trains."""
+    from teft.model import DTYPE_CHOICES
+
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="weights' dtype: auto keeps the checkpoint's own (bf16 for real MoEs; default auto)")
+    if train:
+        p.add_argument("--gradient-checkpointing", "--gradient_checkpointing", action="store_true",
+                       help="recompute activations in backward: less memory, about a third more time")
 
 
 def _batches(blocks, batch_size: int) -> list:
@@ -234,7 +245,7 @@ def _hold_out(blocks, n: int, seed: int):
     return blocks[order[n:]], blocks[order[:n]]
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, train: bool = False) -> None:
     """Options every subcommand takes, with the same meaning and default everywhere."""
     p.add_argument("--model", required=True, help="local transformers MoE checkpoint directory, or 'tiny'")
     p.add_argument("--device", type=_device_name, default="auto",
@@ -244,6 +255,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "use 1 per process when several share the machine")
     p.add_argument("--json", action="store_true",
                    help="print one JSON document on stdout (progress and logs go to stderr)")
+    _scale_flags(p, train)
 
 
 def _data_options(p: argparse.ArgumentParser, tokens: int = 0, seed: bool = True) -> None:
@@ -341,7 +353,7 @@ def cmd_train(args) -> Outcome:
     from teft.data import iterate_batches
     from teft.model import model_hash
     from teft.selection import ExpertMap
-    from teft.state import check_state_layout, extract_state, load_state, save_state
+    from teft.state import check_state_layout, load_state, save_state
     from teft.train import TrainConfig, train_experts
 
     _check_model(args, data=True)
@@ -360,12 +372,12 @@ def cmd_train(args) -> Outcome:
         load_state(model, layout, state)
     blocks = _blocks(tokenizer, args.data, args)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
-                      grad_clip=args.grad_clip, seed=args.seed)
+                      grad_clip=args.grad_clip, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
     start = time.time()
     result = train_experts(model, layout, emap, iterate_batches(blocks, args.batch_size, args.seed, args.steps),
-                           cfg, progress=True)
+                           cfg, progress=True, init=state)
     seconds = time.time() - start
-    digest = save_state(extract_state(model, layout, emap), out)
+    digest = save_state(result.state, out)  # the fp32 masters: on a bf16 model finer than its weights
     trend = _trend(result.losses)
     data = {"out": str(out), "sha256": digest, "steps": args.steps, "seconds": round(seconds, 3),
             "trainable_params": result.trainable_params, "loss": trend, "losses": result.losses}
@@ -492,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train only the mapped experts and write the target-expert state",
                        epilog=EPILOG)
-    _common(p)
+    _common(p, train=True)
     _data_options(p)
     p.add_argument("--expert-map", "--expert_map", required=True, help="expert map JSON from `teft select`")
     p.add_argument("--data", required=True, help="training data (file, folder or corpus name)")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from teft.model import MoELayout
-from teft.routing import RoutingProfile, RoutingRecorder
+from teft.routing import RoutingProfile, RoutingRecorder, route_forward
 from teft.selection import select_experts
 
 
@@ -23,7 +23,7 @@ def token_routes(model: nn.Module, layout: MoELayout, blocks: torch.Tensor, batc
     with RoutingRecorder(model, layout, keep_tokens=True) as rec:
         for start in tqdm(range(0, len(blocks), batch_size), disable=not progress, desc="routing", unit="batch"):
             batch = blocks[start:start + batch_size].to(device)
-            model(input_ids=batch, use_cache=False)
+            route_forward(model, batch)
             rec.tokens += batch.numel()
     per_layer = [torch.cat(chunks) for chunks in rec.per_token]
     return rec.profile(), torch.stack(per_layer, dim=1)

@@ -90,21 +90,59 @@ def resolve_model_path(spec: str | os.PathLike) -> Path:
     return path
 
 
-def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Load a causal-LM MoE from local files only (never the hub) and return (model, tokenizer or None)."""
+DTYPE_CHOICES = ("auto", "bfloat16", "float32")
+_NO_PLAIN_HEAD = ("logits_scaling", "logit_scale", "final_logit_softcapping", "output_multiplier_scale")
+
+
+def parse_dtype(name: str | torch.dtype) -> str | torch.dtype:
+    """'auto' (the checkpoint's own dtype), a dtype name, or a torch dtype -> what load_model takes."""
+    if isinstance(name, torch.dtype) or name == "auto":
+        return name
+    dtype = getattr(torch, str(name), None)
+    if str(name) not in DTYPE_CHOICES or not isinstance(dtype, torch.dtype):
+        raise TeftError(f"unknown dtype '{name}'; use one of {', '.join(DTYPE_CHOICES)}")
+    return dtype
+
+
+def checkpoint_dtype(path: Path) -> torch.dtype:
+    """The floating dtype a checkpoint's config declares (float32 when it declares none)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise TeftError(f"cannot read {path / 'config.json'}: {err}") from err
+    for cfg in (config, config.get("text_config") or {}):
+        name = cfg.get("dtype") or cfg.get("torch_dtype")
+        dtype = getattr(torch, str(name), None) if name else None
+        if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+            return dtype
+    return torch.float32
+
+
+def load_model(spec: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str = "cpu"):
+    """Load a causal-LM MoE from local files only (never the hub) and return (model, tokenizer or None).
+
+    dtype "auto" keeps the checkpoint's own dtype (bf16 for real MoEs, fp32 for the embedded tiny model), so
+    the frozen model is never upcast; weights go straight to `device`.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec)
+    dtype = parse_dtype(dtype)
+    if dtype == "auto":
+        dtype = checkpoint_dtype(path)
+    kwargs = {"dtype": dtype, "local_files_only": True}
+    if str(device) != "cpu":
+        kwargs["device_map"] = str(device)
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except ValueError as err:
             if "Unrecognized configuration class" not in str(err):
                 raise
             # vision-language MoEs (Qwen3-VL-MoE): TEFT trains the text tower's experts
             from transformers import AutoModelForImageTextToText
 
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
+            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TeftError(f"could not load a causal LM from '{path}': {first}") from err
@@ -114,6 +152,23 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
     if any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tokenizer
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """(decoder, lm_head) when the logits are exactly lm_head(decoder's last hidden state), else None.
+
+    Callers that need no logits (routing) or only a loss (chunked over the vocabulary) run the decoder alone.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    decoder = getattr(model, getattr(model, "base_model_prefix", "") or "", None)
+    if not isinstance(head, nn.Linear) or not isinstance(decoder, nn.Module) or decoder is model:
+        return None
+    if type(decoder).forward is nn.Module.forward:
+        return None
+    configs = [c for c in (getattr(model, "config", None), getattr(model.config, "text_config", None)) if c is not None]
+    if any(getattr(c, key, None) not in (None, 1, 1.0) for c in configs for key in _NO_PLAIN_HEAD):
+        return None  # the model scales or caps its logits: let it compute them itself
+    return decoder, head
 
 
 def model_hash(spec: str | os.PathLike) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from teft.model import MoELayout, get_module
+from teft.model import MoELayout, decoder_and_head, get_module
 
 
 @dataclass
@@ -57,15 +57,17 @@ class RoutingRecorder:
     def _hook(self, row: int):
         def hook(_module, _inputs, output):
             indices, weights = _route_from_output(output, self.layout.top_k)
-            indices = indices.detach().cpu()
-            weights = weights.detach().cpu().double()
+            indices = indices.detach()
+            if self.counts.device != indices.device:  # count where the model runs: no sync per layer
+                self.counts, self.gate = self.counts.to(indices.device), self.gate.to(indices.device)
+            weights = weights.detach().double()
             weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
             valid = indices < self.layout.num_experts  # some models pad with an out-of-range index
             flat = indices[valid]
             self.counts[row].index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
             self.gate[row].index_add_(0, flat, weights[valid])
             if self.keep_tokens:
-                self.per_token[row].append(indices)
+                self.per_token[row].append(indices.cpu())
         return hook
 
     def __enter__(self) -> RoutingRecorder:
@@ -80,8 +82,16 @@ class RoutingRecorder:
         self._handles.clear()
 
     def profile(self) -> RoutingProfile:
-        return RoutingProfile([m.layer for m in self.layout.layers], self.counts.clone(),
-                              self.gate.clone(), self.tokens)
+        return RoutingProfile([m.layer for m in self.layout.layers], self.counts.cpu().clone(),
+                              self.gate.cpu().clone(), self.tokens)
+
+
+def route_forward(model: nn.Module, input_ids: torch.Tensor) -> None:
+    """The forward routing needs: the decoder alone (no logits), in bf16 autocast on CUDA."""
+    parts = decoder_and_head(model)
+    device = input_ids.device
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        (parts[0] if parts else model)(input_ids=input_ids, use_cache=False)
 
 
 @torch.no_grad()
@@ -96,7 +106,7 @@ def routing_profile(model: nn.Module, layout: MoELayout, blocks: torch.Tensor, b
     with RoutingRecorder(model, layout) as rec:
         for start in tqdm(range(0, len(blocks), batch_size), desc=desc, disable=not progress, unit="batch"):
             batch = blocks[start:start + batch_size].to(device)
-            model(input_ids=batch, use_cache=False)
+            route_forward(model, batch)
             rec.tokens += batch.numel()
     model.train(was_training)
     return rec.profile()

@@ -1,10 +1,13 @@
-"""Sparse inner loop: AdamW on the selected expert slices only.
+"""Sparse inner loop: AdamW on fp32 master copies of the selected expert slices only.
 
 transformers 5 keeps a layer's experts in one fused [E, ...] tensor, so `requires_grad` cannot pick
-experts. Each fused tensor gets a parametrization that returns `frozen.index_copy(0, ids, rows)` with
-`rows` (the selected experts) the only trainable parameter: optimizer state exists only for them, and
-the router, hub and non-selected experts stay bit-identical. Per-expert modules simply get
-`requires_grad` on the selected ones.
+experts, and any trick that rebuilds the fused tensor (a parametrization, an index_copy) allocates a
+full copy per forward. Instead the experts module's forward is split per (token, expert) pair: pairs
+routed to an unselected expert run through the frozen fused weights with no weight gradient, and pairs
+routed to a selected expert run through the same experts code with a small [k, ...] slice cast from the
+fp32 master. Optimizer state exists only for the masters; on exit they are written back (cast to the
+model's dtype) and everything but the selected slices is bit-identical. Per-expert modules get the same
+treatment: their forward runs with the master tensors swapped in.
 """
 
 from __future__ import annotations
@@ -16,36 +19,135 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+from torch.utils.checkpoint import checkpoint
 
 from teft.errors import TeftError
-from teft.model import MoELayout, get_module
+from teft.model import MoELayout, decoder_and_head, expert_tensor, get_module
 from teft.selection import ExpertMap
+from teft.state import ExpertState, canonical, state_key
 
-
-class _SelectedRows(nn.Module):
-    """Parametrization: the frozen fused tensor with the selected expert rows replaced by trainable ones."""
-
-    def __init__(self, ids: torch.Tensor, rows: torch.Tensor):
-        super().__init__()
-        self.register_buffer("ids", ids, persistent=False)
-        self.rows = nn.Parameter(rows)
-
-    def forward(self, frozen: torch.Tensor) -> torch.Tensor:
-        return frozen.index_copy(0, self.ids, self.rows.to(frozen.dtype))
+_LOSS_CHUNK_ELEMENTS = 1 << 26  # fp32 logits alive at once in lm_loss: 256 MiB
 
 
 @contextlib.contextmanager
-def trainable_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap) -> Iterator[list[nn.Parameter]]:
-    """Freeze the whole model except the selected experts; yield their parameters; undo on exit.
+def _swapped(module: nn.Module, tensors: dict[str, torch.Tensor], **attrs) -> Iterator[None]:
+    """Run with some parameters (dotted names) replaced by other tensors and some attributes changed."""
+    saved, saved_attrs = {}, {}
+    try:
+        for name, tensor in tensors.items():
+            owner_path, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_path) if owner_path else module
+            saved[name] = (owner, leaf, owner._parameters[leaf])
+            owner._parameters[leaf] = tensor
+        for key, value in attrs.items():
+            saved_attrs[key] = getattr(module, key)
+            setattr(module, key, value)
+        yield
+    finally:
+        for owner, leaf, original in saved.values():
+            owner._parameters[leaf] = original
+        for key, value in saved_attrs.items():
+            setattr(module, key, value)
 
-    On exit the trained values stay in the model and every parameter is frozen again.
+
+class _FusedSelection:
+    """The selected experts of one fused experts module: fp32 masters and the split forward."""
+
+    def __init__(self, experts: nn.Module, ids: list[int], params: list[str], init: dict[str, torch.Tensor]):
+        self.experts, self.params = experts, params
+        first = getattr(experts, params[0])
+        self.num_experts, device = first.shape[0], first.device
+        self.index = torch.tensor(ids, dtype=torch.long, device=device)
+        self.local = torch.full((self.num_experts,), -1, dtype=torch.long, device=device)
+        self.local[self.index] = torch.arange(len(ids), device=device)
+        self.masters = {p: nn.Parameter(init[p].to(device=device, dtype=torch.float32).contiguous()) for p in params}
+        self.call = type(experts).forward
+        config = getattr(experts, "config", None)
+        # transformers' grouped_mm experts skip an out-of-range expert id (its expert-parallel sentinel), so
+        # the frozen pass need not compute the selected pairs at all; other implementations get weight 0
+        self.sentinel = (getattr(config, "_experts_implementation", None) == "grouped_mm"
+                         and hasattr(experts, "_is_expert_parallel"))
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
+                *args, **kwargs) -> torch.Tensor:
+        local = self.local[top_k_index.clamp(0, self.num_experts - 1)]
+        chosen = (local >= 0) & (top_k_index < self.num_experts)
+        frozen_weights = top_k_weights.masked_fill(chosen, 0.0)
+        if self.sentinel:
+            with _swapped(self.experts, {}, _is_expert_parallel=True):
+                out = self.call(self.experts, hidden_states, top_k_index.masked_fill(chosen, self.num_experts),
+                                frozen_weights, *args, **kwargs)
+        else:
+            out = self.call(self.experts, hidden_states, top_k_index, frozen_weights, *args, **kwargs)
+        rows, slots = chosen.nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return out
+        dtype = getattr(self.experts, self.params[0]).dtype
+        slices = {p: m.to(dtype) for p, m in self.masters.items()}
+        with _swapped(self.experts, slices, num_experts=len(self.index)):
+            picked = self.call(self.experts, hidden_states[rows], local[rows, slots].unsqueeze(1),
+                               top_k_weights[rows, slots].unsqueeze(1), *args, **kwargs)
+        return out.index_add_(0, rows, picked.to(out.dtype))  # in place: autograd refuses it if out was saved
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        for p, master in self.masters.items():
+            full = getattr(self.experts, p)
+            full.index_copy_(0, self.index, master.detach().to(full.dtype))
+
+
+class _ModuleSelection:
+    """One selected expert that is its own module: its forward runs with the fp32 masters swapped in."""
+
+    def __init__(self, expert: nn.Module, init: dict[str, torch.Tensor]):
+        self.expert = expert
+        self.call = type(expert).forward
+        self.masters = {n: nn.Parameter(init[n].to(device=p.device, dtype=torch.float32).contiguous())
+                        for n, p in expert.named_parameters()}
+
+    def forward(self, *args, **kwargs):
+        tensors = {n: m.to(self.expert.get_parameter(n).dtype) for n, m in self.masters.items()}
+        with _swapped(self.expert, tensors):
+            return self.call(self.expert, *args, **kwargs)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        for n, master in self.masters.items():
+            target = self.expert.get_parameter(n)
+            target.copy_(master.detach().to(target.dtype))
+
+
+class TrainableSlices(list):
+    """The fp32 master parameters being trained (a list, for the optimizer) and the state they form."""
+
+    def __init__(self):
+        super().__init__()
+        self.keys: list[tuple[str, nn.Parameter, int | None]] = []  # (state key, master, row or None)
+
+    def state(self) -> ExpertState:
+        """The masters as an fp32 ExpertState (canonical order), without rounding to the model's dtype."""
+        return canonical({key: (master[row] if row is not None else master)
+                          for key, master, row in self.keys}, torch.float32)
+
+
+@contextlib.contextmanager
+def trainable_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap,
+                      init: dict[str, torch.Tensor] | None = None) -> Iterator[TrainableSlices]:
+    """Freeze the whole model and yield fp32 masters of the selected experts; write them back on exit.
+
+    `init` (an ExpertState) seeds the masters at full precision, e.g. the agreed fp32 state of a cycle on a
+    bf16 model; by default they start from the model's own values. On exit, even on error, the trained
+    values are in the model (cast to its dtype) and every parameter's requires_grad is as it was.
     """
     previous = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
-    trainable: list[nn.Parameter] = []
-    registered: list[tuple[nn.Module, str]] = []
+    slices = TrainableSlices()
+    selections: list[_FusedSelection | _ModuleSelection] = []
+
+    def start(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        return init[key] if init is not None and key in init else tensor.detach()
+
     try:
         for layer in sorted(expert_map.layers):
             ids = sorted(expert_map.layers[layer])
@@ -53,24 +155,30 @@ def trainable_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap
                 continue
             moe = layout.layer(layer)
             experts = get_module(model, moe.experts)
+            names = [n for n, _ in moe.params]
             if moe.fused:
-                for param, _ in moe.params:
-                    full = getattr(experts, param)
-                    index = torch.tensor(ids, dtype=torch.long, device=full.device)
-                    rows = full.detach()[index].clone()
-                    parametrize.register_parametrization(experts, param, _SelectedRows(index, rows), unsafe=True)
-                    registered.append((experts, param))
-                    trainable.append(experts.parametrizations[param][0].rows)
+                values = {n: torch.stack([start(state_key(layer, e, n), expert_tensor(model, moe, e, n)).float()
+                                          .to(getattr(experts, n).device) for e in ids]) for n in names}
+                selection = _FusedSelection(experts, ids, names, values)
+                for n in names:
+                    slices.append(selection.masters[n])
+                    slices.keys += [(state_key(layer, e, n), selection.masters[n], row) for row, e in enumerate(ids)]
+                experts.forward = selection.forward
+                selections.append(selection)
             else:
                 for e in ids:
-                    for p in experts[e].parameters():
-                        p.requires_grad_(True)
-                        trainable.append(p)
-        yield trainable
+                    values = {n: start(state_key(layer, e, n), expert_tensor(model, moe, e, n)) for n in names}
+                    selection = _ModuleSelection(experts[e], values)
+                    for n in names:
+                        slices.append(selection.masters[n])
+                        slices.keys.append((state_key(layer, e, n), selection.masters[n], None))
+                    experts[e].forward = selection.forward
+                    selections.append(selection)
+        yield slices
     finally:
-        with torch.no_grad():
-            for module, param in registered:
-                parametrize.remove_parametrizations(module, param, leave_parametrized=True)
+        for selection in selections:
+            del (selection.experts if isinstance(selection, _FusedSelection) else selection.expert).forward
+            selection.write_back()
         for name, p in model.named_parameters():
             p.requires_grad_(previous.get(name, False))
 
@@ -87,6 +195,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
+    gradient_checkpointing: bool = False  # recompute activations in backward: pilot-size models at batch 8
 
 
 @dataclass
@@ -94,6 +203,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     optimizer_state_bytes: int = 0
     trainable_params: int = 0
+    state: ExpertState | None = None  # train_experts: the fp32 master slices after training
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -105,15 +215,65 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _token_losses_sum(head: nn.Linear, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(head(hidden).float(), labels, ignore_index=-100, reduction="sum")
+
+
+def chunked_cross_entropy(head: nn.Linear, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss from hidden states [N, H] without holding fp32 logits for all N rows at once.
+
+    Each chunk's logits are recomputed in backward (activation checkpointing), so the peak is one chunk of
+    `_LOSS_CHUNK_ELEMENTS` fp32 logits whatever the batch, sequence and vocabulary.
+    """
+    rows = max(1, _LOSS_CHUNK_ELEMENTS // head.out_features)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], rows):
+        h, y = hidden[start:start + rows], labels[start:start + rows]
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + checkpoint(_token_losses_sum, head, h, y, use_reentrant=False)
+        else:
+            total = total + _token_losses_sum(head, h, y)
+    return total / (labels != -100).sum().clamp_min(1)
+
+
 def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Next-token loss that ignores padding positions."""
-    labels = input_ids.clone()
+    """Next-token loss that ignores padding positions; bf16 autocast on CUDA, chunked over the vocabulary."""
+    labels = input_ids[:, 1:]
     if attention_mask is not None:
-        labels[attention_mask == 0] = -100
+        labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
     device = input_ids.device
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
-    return out.loss.float()
+        parts = decoder_and_head(model)
+        if parts is None:
+            full = torch.cat([labels[:, :1], labels], dim=1)  # position 0 is never a target
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=full, use_cache=False)
+            return out.loss.float()
+        decoder, head = parts
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        return chunked_cross_entropy(head, hidden, labels.reshape(-1))
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Recompute each decoder layer's activations in backward (memory for time) while inside."""
+    if not enabled:
+        yield
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise TeftError(f"{type(model).__name__} does not support gradient checkpointing; "
+                        "train without --gradient-checkpointing")
+    new_api = hasattr(model, "activation_checkpointing_enable")  # transformers >= 5.x renamed it
+    was = model.is_activation_checkpointing if new_api else model.is_gradient_checkpointing
+    if new_api:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        if not was:
+            (model.activation_checkpointing_disable if new_api else model.gradient_checkpointing_disable)()
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -164,10 +324,17 @@ def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, 
 
 
 def train_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap, batches: Iterable,
-                  cfg: TrainConfig, progress: bool = False, should_stop: Callable[[], bool] | None = None
-                  ) -> TrainResult:
-    """Train only the selected experts in place; everything else stays bit-identical."""
-    with trainable_experts(model, layout, expert_map) as params:
+                  cfg: TrainConfig, progress: bool = False, should_stop: Callable[[], bool] | None = None,
+                  init: dict[str, torch.Tensor] | None = None) -> TrainResult:
+    """Train only the selected experts in place; everything else stays bit-identical.
+
+    The result's `state` holds the fp32 masters (start them from `init` to keep an fp32 state's precision on
+    a bf16 model); the model holds the same values cast to its dtype.
+    """
+    with trainable_experts(model, layout, expert_map, init=init) as params:
         if not params:
             raise TeftError("the expert map selects no experts: nothing to train; use a larger budget")
-        return train_loop(model, params, batches, cfg, progress=progress, should_stop=should_stop)
+        with gradient_checkpointing(model, cfg.gradient_checkpointing):
+            result = train_loop(model, params, batches, cfg, progress=progress, should_stop=should_stop)
+        result.state = params.state()
+    return result
