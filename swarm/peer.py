@@ -44,6 +44,8 @@ def build_parser(prog: str = "python -m swarm.peer") -> argparse.ArgumentParser:
              help="validators: private held-out data of the target domain to score Proof-of-Loss on (never "
              "published, so no miner can train on it); required when the manifest sets data.private_validation")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default=None,
+                   help="weights' dtype, overriding the manifest's base_model.dtype (auto: the checkpoint's own)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: torch's choice; use 1 when many peers share a machine)")
     cli.flag(p, "fetch-timeout", type=float, default=30.0,
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
                         startup_timeout=args.startup_timeout, run_id=rid, horizon=manifest.horizon())
         net = Network(dht, rid, store.find, args.fetch_timeout)
-        rt = load_runtime(manifest, args.data, args.device, args.validation_data)
+        rt = load_runtime(manifest, args.data, args.device, args.validation_data, args.dtype)
         logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
         Peer(make_role or ROLES[args.role], rt, identity, dht, net, store, stop).run()

@@ -28,6 +28,7 @@ class BaseModelSpec(_Strict):
 
     path: str = Field(min_length=1)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: the checkpoint's own (bf16 for real MoEs)
 
 
 class ExpertMapSpec(_Strict):
@@ -83,6 +84,7 @@ class InnerSpec(_Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float | None = Field(default=None, gt=0)
     warmup_steps: int = Field(default=0, ge=0)
+    gradient_checkpointing: bool = False  # recompute activations: pilot-size MoEs fit one GPU at batch 8 x 1024
 
 
 class OuterSpec(_Strict):

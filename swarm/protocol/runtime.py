@@ -45,7 +45,8 @@ class Runtime:
     def inner(self) -> TrainConfig:
         spec = self.manifest.inner
         return TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay,
-                           warmup_steps=spec.warmup_steps, grad_clip=spec.grad_clip or 0.0)
+                           warmup_steps=spec.warmup_steps, grad_clip=spec.grad_clip or 0.0,
+                           gradient_checkpointing=spec.gradient_checkpointing)
 
     @property
     def outer(self) -> OuterConfig:
@@ -74,7 +75,7 @@ def _model_path(manifest: Manifest) -> str:
 
 
 def load_runtime(manifest: Manifest, data_override: str | None = None, device: str = "cpu",
-                 validation_data: str | None = None) -> Runtime:
+                 validation_data: str | None = None, dtype: str | None = None) -> Runtime:
     """Load the model, check its hash, build the expert map and the data blocks; one-line errors.
 
     validation_data: a validator's private held-out data; Proof-of-Loss subsets are drawn from it, so
@@ -94,7 +95,7 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
             if found != manifest.base_model.sha256:
                 raise SwarmError(f"base model {path} hashes to {found[:12]}, the manifest pins "
                                  f"{manifest.base_model.sha256[:12]}: use the exact checkpoint of this run")
-        model, tokenizer = load_model(path, device=device)
+        model, tokenizer = load_model(path, dtype=dtype or manifest.base_model.dtype, device=device)
         layout = discover_layout(model)
         if manifest.expert_map.path:
             expert_map = ExpertMap.load(manifest.resolve(manifest.expert_map.path))

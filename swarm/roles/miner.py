@@ -12,14 +12,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-
 from swarm.net import records
 from swarm.protocol.cycle import Cycle
 from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
 from teft.data import iterate_batches
-from teft.state import ExpertState, extract_state, load_state, to_bytes
+from teft.state import ExpertState, load_state, to_bytes
 from teft.train import Interrupted, train_experts
 
 logger = logging.getLogger("swarm.peer")
@@ -42,8 +40,8 @@ def train_submission(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, 
     load_state(rt.model, rt.layout, base)
     try:
         batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, f"{miner_id}/{cycle}", cfg.steps)
-        result = train_experts(rt.model, rt.layout, rt.expert_map, batches, cfg, should_stop=should_stop)
-        trained = extract_state(rt.model, rt.layout, rt.expert_map, dtype=torch.float32)
+        result = train_experts(rt.model, rt.layout, rt.expert_map, batches, cfg, should_stop=should_stop, init=base)
+        trained = result.state  # fp32 masters: on a bf16 model, finer than the weights it holds
     finally:
         load_state(rt.model, rt.layout, base)
     return Submission(trained, to_bytes(trained, rt.payload_dtype), result.losses[0], result.losses[-1])
