@@ -12,7 +12,7 @@ from swarm.net.transfer import (
     PayloadServer,
     TransferStats,
     fetch_any,
-    fetch_many_blocking,
+    fetch_many,
 )
 
 
@@ -35,8 +35,8 @@ class Network:
 
     def fetch_many(self, requests: list[FetchRequest], budget_s: float, max_parallel: int = 4) -> list[FetchResult]:
         """Several payloads at once under one wall-clock budget; a slow or silent peer costs its own slot only."""
-        return fetch_many_blocking(self.loop, self.p2p, requests, budget_s, max_parallel, timeout=self.timeout,
-                                   run_id=self.run_id, stats=self.stats)
+        return self.loop.run(fetch_many(self.p2p, requests, budget_s, max_parallel, timeout=self.timeout,
+                                        run_id=self.run_id, stats=self.stats), timeout=budget_s + 10.0)
 
     def close(self) -> None:
         for step in (self.server.stop, self.p2p.shutdown):

@@ -603,22 +603,6 @@ async def fetch_many(
     return results
 
 
-def fetch_many_blocking(
-    loop: BackgroundLoop,
-    p2p: P2P,
-    requests: Sequence[FetchRequest],
-    budget_s: float,
-    max_parallel: int,
-    *,
-    timeout: float,
-    run_id: str,
-    stats: TransferStats | None = None,
-) -> list[FetchResult]:
-    """fetch_many for synchronous callers, on the BackgroundLoop that owns p2p; returns within about budget_s."""
-    coro = fetch_many(p2p, requests, budget_s, max_parallel, timeout=timeout, run_id=run_id, stats=stats)
-    return loop.run(coro, timeout=budget_s + 10.0)
-
-
 class BackgroundLoop:
     """An event loop in a daemon thread, for synchronous peers that need P2P coroutines."""
 

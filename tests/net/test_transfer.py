@@ -31,7 +31,6 @@ from swarm.net.transfer import (
     fetch,
     fetch_any,
     fetch_many,
-    fetch_many_blocking,
     payload_hash,
     protocol_name,
 )
@@ -386,7 +385,7 @@ def test_fetch_many_is_bounded_by_its_budget():
     asyncio.run(main())
 
 
-def test_fetch_many_blocking_from_a_background_loop():
+def test_fetch_many_from_a_background_loop():
     """The synchronous form a peer's Network calls, with p2p owned by a BackgroundLoop."""
     payload = os.urandom(500_000)
     loop = BackgroundLoop()
@@ -403,7 +402,7 @@ def test_fetch_many_blocking_from_a_background_loop():
             pid = server.peer_id.to_base58()
             req = FetchRequest(payload_hash(payload), len(payload), [pid], maddrs={pid: maddrs})
             missing = FetchRequest("ab" * 32, 10, [pid], maddrs={pid: maddrs})
-            results = fetch_many_blocking(loop, client, [missing, req], 10.0, 2, timeout=5, run_id=RUN)
+            results = loop.run(fetch_many(client, [missing, req], 10.0, 2, timeout=5, run_id=RUN), timeout=20)
             assert results[1].data == payload and results[1].seconds > 0
             assert results[0].data is None and "not found" in results[0].error
         finally:
