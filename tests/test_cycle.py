@@ -95,3 +95,19 @@ def test_late_commits_and_unlisted_validators_do_not_count(adversarial):
     for row in metrics(adversarial, "validator-0").values():
         assert late not in row["scores"] and late not in row["medians"]
         assert stranger not in row["rankings"] and liar in row["rankings"]
+
+
+def test_operators_can_admit_listed_miners_only(tmp_path):
+    keys = {n: load_or_create(tmp_path / f"{n}.key") for n in ("validator", "listed", "unlisted")}
+    path = write_manifest("configs/tiny.yaml", tmp_path / "run" / "run.yaml", [keys["validator"].public_key_str],
+                          GENESIS, {"inner": {"steps": 2}, "quorum": 1, "miners": [keys["listed"].public_key_str],
+                                    "data": {"validation_blocks": 8, "private_validation": False}})
+    swarm = Swarm(load(path), tmp_path)
+    swarm.add("validator", Validator, identity=keys["validator"])
+    swarm.add("listed", Miner, identity=keys["listed"])
+    swarm.add("unlisted", Miner, identity=keys["unlisted"])
+    swarm.run(cycles=1)
+    row = {r["cycle"]: r for r in map(json.loads, (swarm.peers["validator"].store.root / "metrics.jsonl")
+                                      .read_text().splitlines())}[0]
+    assert row["merged"] == [keys["listed"].peer_key]
+    assert keys["unlisted"].peer_key not in row["scores"] and keys["unlisted"].peer_key not in row["rejected"]

@@ -113,14 +113,17 @@ class Manifest(_Strict):
     genesis: float
     quorum: int = Field(default=1, ge=1)
     max_submissions: int = Field(default=16, gt=0)  # submissions a validator evaluates per cycle, at most
+    miners: list[str] | None = None  # admission: when set, only these miners' commits are evaluated (off: open)
 
     _source: Path | None = PrivateAttr(default=None)
 
-    @field_validator("validators")
+    @field_validator("validators", "miners")
     @classmethod
-    def _keys(cls, keys: list[str]) -> list[str]:
+    def _keys(cls, keys: list[str] | None, info) -> list[str] | None:
         """Store keys in one normal form so allowlist checks are plain string compares."""
-        if not keys:
+        if keys is None:
+            return None
+        if not keys and info.field_name == "validators":
             raise ValueError("no validators listed: add the public keys printed by python -m swarm.keygen")
         out = []
         for i, key in enumerate(keys):
@@ -132,7 +135,7 @@ class Manifest(_Strict):
                 ) from None
             out.append(normalize_public_key(key))
         if len(set(out)) != len(out):
-            raise ValueError("a validator key is listed twice: remove the duplicate")
+            raise ValueError("a key is listed twice: remove the duplicate")
         return out
 
     @field_validator("genesis", mode="before")

@@ -185,8 +185,11 @@ class Validator(Role):
         """(miner, payload hash) of every commit seen in time whose reveal matches it and is not a replay."""
         p, log, c = self.peer, cycle.log, cycle.number
         reveals = p.get(c, "reveal")
+        admitted = None if p.manifest.miners is None else set(p.manifest.miners)
         found = []
         for pid, commit in sorted(self.seen["commit"].items()):
+            if admitted is not None and commit.owner not in admitted:
+                continue  # the operators admit only listed miners: others are not even logged
             reveal = reveals.get(pid)
             if reveal is None:
                 log.rejected[pid] = "committed but did not reveal"
