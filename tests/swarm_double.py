@@ -190,9 +190,11 @@ class Swarm:
         rt.model = copy.deepcopy(self.runtimes[0].model)
         return rt
 
-    def run(self, cycles: int, timeout: float = 600) -> None:
+    def run(self, cycles: int, timeout: float = 600, start_cycle: int = 0) -> None:
+        """Every peer from `start_cycle` (joining then, as if started late) until cycle `cycles` begins."""
         clock = self.manifest.clock()
-        self.time = VirtualTime(clock.genesis - 1.0, clock.cycle_start(cycles) + 0.5, self.stop)
+        start = clock.genesis - 1.0 if start_cycle == 0 else clock.cycle_start(start_cycle)
+        self.time = VirtualTime(start, clock.cycle_start(cycles) + 0.5, self.stop)
         errors: list[BaseException] = []
 
         def body(peer: Peer) -> None:

@@ -111,3 +111,19 @@ def test_operators_can_admit_listed_miners_only(tmp_path):
                                       .read_text().splitlines())}[0]
     assert row["merged"] == [keys["listed"].peer_key]
     assert keys["unlisted"].peer_key not in row["scores"] and keys["unlisted"].peer_key not in row["rejected"]
+
+
+def test_a_swarm_that_missed_a_cycle_carries_the_state_forward(tmp_path):
+    """Every peer started during cycle 1: nobody reduced cycle 0, so Phi_0 carries forward and cycle 1 runs."""
+    key = load_or_create(tmp_path / "validator.key")
+    path = write_manifest("configs/tiny.yaml", tmp_path / "run" / "run.yaml", [key.public_key_str], GENESIS,
+                          {"inner": {"steps": 2}, "quorum": 1,
+                           "data": {"validation_blocks": 8, "private_validation": False}})
+    swarm = Swarm(load(path), tmp_path)
+    swarm.add("validator", Validator, identity=key)
+    swarm.add("miner", Miner)
+    swarm.run(cycles=2, start_cycle=1)
+    rows = [json.loads(line) for line in (swarm.peers["validator"].store.root / "metrics.jsonl").read_text()
+            .splitlines()]
+    first = next(r for r in rows if r["cycle"] == 1)
+    assert first["merged"] == [swarm.peers["miner"].me] and first["state_hash"]

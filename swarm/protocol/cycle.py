@@ -22,7 +22,7 @@ from typing import Protocol
 from swarm.errors import SwarmError, TransferError
 from swarm.net import records
 from swarm.net.records import SignedRecord
-from swarm.protocol.clock import PHASES
+from swarm.protocol.clock import PHASES, DHTTime, Timekeeper
 from swarm.protocol.manifest import run_id as manifest_run_id
 from swarm.protocol.runtime import Runtime, report_batches
 from swarm.protocol.store import Progress, Store
@@ -69,31 +69,6 @@ class Cycle:
     number: int
     fresh: bool  # joined in sync or train: may commit a payload or a seed this cycle
     log: CycleLog
-
-
-class Timekeeper(Protocol):
-    """DHT time and sleeping on it; the unit tests drive whole cycles on a virtual one."""
-
-    def now(self) -> float: ...
-
-    def wait_until(self, t: float, stop: threading.Event) -> bool: ...
-
-
-class DHTTime:
-    """hivemind's DHT time, slept on in short steps so a stop request is seen within a quarter second."""
-
-    def now(self) -> float:
-        from swarm.net.dht import dht_time
-
-        return dht_time()
-
-    def wait_until(self, t: float, stop: threading.Event) -> bool:
-        while not stop.is_set():
-            left = t - self.now()
-            if left <= 0:
-                return True
-            stop.wait(min(left, 0.25))
-        return False
 
 
 class NetworkLike(Protocol):
@@ -242,12 +217,22 @@ class Peer:
         holders = sorted(pid for pid, s in recs.items() if s.record.state_hash == best)
         return best, holders
 
-    def sync_to(self, cycle: int, log: CycleLog | None = None) -> bool:
-        """Hold the agreed Phi_cycle: keep ours if it matches the quorum, else download it by hash."""
+    def sync_to(self, cycle: int) -> bool:
+        """Hold the agreed Phi_cycle: keep ours if it matches the quorum, else download it by hash.
+
+        When no allowlisted validator published a state for the previous cycle by the end of this cycle's
+        sync phase, nothing was merged anywhere: Phi carries forward unchanged (what an empty reduce
+        computes), so a swarm whose peers all missed a cycle goes on instead of waiting forever.
+        """
         if cycle == 0:
             return self.cycle == 0
         digest, holders = self.agreed_hash(cycle - 1)
         if digest is None:
+            if self.cycle < cycle and self.now() >= self.clock.phase_end(cycle, "sync"):
+                data = self.store.load_checkpoint(self.cycle, self.progress.checkpoint_hash)
+                if data is not None:
+                    logger.info("no agreed state for cycle %d; carrying cycle %d's forward", cycle, self.cycle)
+                    self.adopt(cycle, data)
             return self.cycle == cycle
         if self.cycle == cycle and digest == self.progress.checkpoint_hash:
             return True
@@ -259,8 +244,6 @@ class Peer:
         except (TransferError, TeftError) as err:
             logger.warning("could not adopt the agreed state %s: %s", digest[:12], err)
             return False
-        if log is not None:
-            log.note += f"fetched agreed state {digest[:12]}; "
         return True
 
     def measure(self) -> tuple[float, float | None]:
@@ -282,9 +265,9 @@ class Peer:
                 self.wait_until(self.clock.genesis)
                 continue
             if not self.sync_to(pos.cycle):
-                if pos.phase in ("sync", "train") and self.cycle < pos.cycle:
-                    self.wait_until(self.now() + 1.0)  # the agreed hash may not be readable yet
-                    continue
+                if pos.phase == "sync" and self.cycle < pos.cycle:
+                    self.wait_until(min(self.now() + 1.0, self.clock.phase_end(pos.cycle, "sync")))
+                    continue  # the agreed hash may not be readable yet
                 logger.info("not in sync for cycle %d; waiting for the next cycle", pos.cycle)
                 self.wait_until(self.clock.cycle_start(pos.cycle + 1))
                 continue
