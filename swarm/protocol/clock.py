@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import threading
+from typing import NamedTuple, Protocol
 
 PHASES: tuple[str, ...] = ("sync", "train", "commit", "reveal", "evaluate", "reduce")
 GENESIS = "genesis"
@@ -74,3 +75,28 @@ class Clock:
     def cycle_start(self, cycle: int) -> float:
         """Absolute time a cycle begins."""
         return self.phase_start(cycle, PHASES[0])
+
+
+class Timekeeper(Protocol):
+    """DHT time and sleeping on it; the unit tests drive whole cycles on a virtual one."""
+
+    def now(self) -> float: ...
+
+    def wait_until(self, t: float, stop: threading.Event) -> bool: ...
+
+
+class DHTTime:
+    """hivemind's DHT time, slept on in short steps so a stop request is seen within a quarter second."""
+
+    def now(self) -> float:
+        from swarm.net.dht import dht_time
+
+        return dht_time()
+
+    def wait_until(self, t: float, stop: threading.Event) -> bool:
+        while not stop.is_set():
+            left = t - self.now()
+            if left <= 0:
+                return True
+            stop.wait(min(left, 0.25))
+        return False
