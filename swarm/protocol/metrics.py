@@ -85,15 +85,18 @@ class Metrics:
             self.phase.labels(name).set(1 if name == phase else 0)
         self.phase_index.set(PHASES.index(phase) if phase in PHASES else -1)
 
+    def set_peers(self, peers_by_role: dict[str, int]) -> None:
+        self.peers_seen.clear()
+        for role, n in peers_by_role.items():
+            self.peers_seen.labels(role).set(n)
+
     def observe_dht(self, op: str, seconds: float) -> None:
         self.dht.labels(op).observe(seconds)
 
     def record_cycle(self, log, peers_by_role: dict[str, int], evaluate_length: float) -> None:
         """Everything one finished cycle's log says (Peer.finish)."""
         self.cycles.inc()
-        self.peers_seen.clear()
-        for role, n in peers_by_role.items():
-            self.peers_seen.labels(role).set(n)
+        self.set_peers(peers_by_role)
         if log.submitted:
             self.submissions.labels("committed").inc()
         evaluated = set(log.scores) | set(log.rejected)
@@ -152,8 +155,5 @@ class Metrics:
 
 def metric_names() -> set[str]:
     """Every series name this module defines, as Prometheus exposes them (for the dashboard check)."""
-    names = set()
-    for collector in Metrics().registry.collect():
-        names.update(sample.name for sample in collector.samples)
-        names.add(collector.name)
-    return names
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {family.name + end for family in Metrics().registry.collect() for end in suffixes.get(family.type, ("",))}
