@@ -9,6 +9,7 @@ line (JSON Lines), and nothing else goes to stdout.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -123,7 +124,7 @@ def follow(get_status: Callable[[], dict], count: int | None, emit: Callable[[di
     return shown
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("python -m swarm.status", __doc__)
     parser.add_argument("--config", required=True, help="the run manifest")
     cli.flag(parser, "initial-peers", nargs="+", required=True,
@@ -134,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=cli.positive_int, default=None,
                         help="with --watch: stop after this many refreshes (default: until Ctrl-C)")
     cli.startup_timeout_flag(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.count is not None and not args.watch:
         return cli.fail("--count only applies with --watch: add --watch or drop --count")
     dht = None
