@@ -73,3 +73,23 @@ def _manifest(tmp_path: Path):
 
     key = load_or_create(tmp_path / "v.key").public_key_str
     return load(write_manifest("configs/tiny.yaml", tmp_path / "run.yaml", [key], 0.0, {"quorum": 1}))
+
+
+def test_simulate_gives_each_peer_an_endpoint_and_scrapes_it(tmp_path):
+    from swarm.sim.simulate import Swarm
+
+    swarm = Swarm(tmp_path, metrics=True)
+    peer = swarm.add("miner-0", "miner")
+    cmd = swarm.command(peer)
+    port = int(cmd[cmd.index("--metrics-port") + 1])
+    assert port == peer.metrics_port and port != swarm.bootstrap_metrics_port
+    served = Metrics("miner", "run", peer.peer_id)
+    served.set_phase(3, "commit")
+    server = served.serve(port)
+    try:
+        scraped = swarm.scrape()
+    finally:
+        server.shutdown()
+    assert scraped["miner-0"]["teft_cycle"] == 3 and scraped["miner-0"]['teft_phase{phase="commit"}'] == 1
+    assert scraped["bootstrap"] is None  # not started here: reported as silent, not an error
+    assert "--metrics-port" not in Swarm(tmp_path / "plain").command(peer)

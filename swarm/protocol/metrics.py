@@ -157,3 +157,25 @@ def metric_names() -> set[str]:
     """Every series name this module defines, as Prometheus exposes them (for the dashboard check)."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     return {family.name + end for family in Metrics().registry.collect() for end in suffixes.get(family.type, ("",))}
+
+
+def parse(text: str) -> dict[str, float]:
+    """Exposition text -> {series with labels: value}, leaving out comments and creation timestamps."""
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            if not series.split("{")[0].endswith("_created"):
+                found[series] = float(value)
+    return found
+
+
+def scrape_url(url: str, timeout: float = 3.0) -> dict[str, float] | None:
+    """One scrape of a /metrics endpoint, parsed; None if it does not answer."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return parse(response.read().decode())
+    except OSError:
+        return None
