@@ -10,13 +10,17 @@ import logging
 import signal
 import sys
 import threading
+import time
+from collections import Counter
 from types import FrameType
 
 from swarm import cli
 from swarm.errors import SwarmError
-from swarm.net.dht import start_dht, visible_maddrs
+from swarm.net.dht import dht_time, start_dht, visible_maddrs
 from swarm.net.identity import load_or_create
+from swarm.net.records import get_records
 from swarm.protocol.manifest import load, run_id
+from swarm.protocol.metrics import Metrics
 
 logger = logging.getLogger("bootstrap")
 
@@ -38,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "host-maddrs",
         nargs="+",
         default=["/ip4/0.0.0.0/tcp/31337"],
-        help="multiaddrs to listen on (default: /ip4/0.0.0.0/tcp/31337; use tcp/0 for a free port)",
+        help="multiaddrs to listen on (default: /ip4/0.0.0.0/tcp/31337, every interface on the well-known port, "
+        "since peers of other machines join here; /ip4/127.0.0.1/tcp/0 for a local free port)",
     )
     cli.flag(
         parser,
@@ -66,13 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="run manifest YAML; when given, only records of that run are accepted",
     )
-    cli.flag(
-        parser,
-        "startup-timeout",
-        type=float,
-        default=30.0,
-        help="seconds to wait for the node to start and reach an initial peer (default: 30)",
-    )
+    cli.startup_timeout_flag(parser)
+    cli.metrics_flags(parser)
     cli.flag(
         parser,
         "log-level",
@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = load(args.config) if args.config else None
         run = run_id(manifest) if manifest else None
+        cli.identity_dir(args.identity)
         identity = load_or_create(args.identity)
+        metrics = Metrics("bootstrap", run or "", identity.peer_key)
+        server = metrics.serve(args.metrics_port, args.metrics_host) if args.metrics_port is not None else None
         dht = start_dht(
             identity,
             initial_peers=_maddr_list(args.initial_peers),
@@ -114,13 +117,35 @@ def main(argv: list[str] | None = None) -> int:
         for maddr in visible_maddrs(dht):
             print(f"JOIN {maddr}", flush=True)
         logger.info("bootstrap node %s ready%s", identity.peer_key, f" for run {run}" if run else "")
+        where = None
         while not stop.wait(1.0):
             if not dht.is_alive():
                 logger.error("the DHT process died; exiting")
                 return 1
+            if manifest is not None:
+                where = watch(dht, manifest, run, metrics, where)
         return 0
     finally:
+        if server is not None:
+            server.shutdown()
         dht.shutdown()
+
+
+def watch(dht, manifest, run: str, metrics: Metrics, last: tuple[int, str] | None) -> tuple[int, str]:
+    """On each phase change, set the run's cycle and phase and count the peers announced for it."""
+    pos = manifest.clock().where(dht_time())
+    now = (pos.cycle, pos.phase)
+    if now != last:
+        metrics.set_phase(pos.cycle, pos.phase)
+        started = time.monotonic()
+        try:
+            found = get_records(dht, run, max(pos.cycle, 0), "peers")
+        except SwarmError as err:
+            logger.warning("could not read the peers records: %s", err)
+            found = {}
+        metrics.observe_dht("get", time.monotonic() - started)
+        metrics.set_peers(dict(Counter(s.record.role for s in found.values())))
+    return now
 
 
 if __name__ == "__main__":

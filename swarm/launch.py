@@ -7,7 +7,6 @@ manifest, so the run directory is self-contained and can be handed to other mach
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from swarm import cli
 from swarm.errors import SwarmError
 
 
@@ -51,28 +51,34 @@ def write_manifest(template: str | Path, out: str | Path, validators: list[str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m swarm.launch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m swarm.launch", __doc__)
     parser.add_argument("--template", default="configs/tiny.yaml", help="manifest template (default configs/tiny.yaml)")
     parser.add_argument("--validators", nargs="+", required=True,
                         help="validator public keys, or key files (their public keys are read)")
-    parser.add_argument("--start-in", "--start_in", type=float, default=60.0,
-                        help="seconds from now until genesis (default 60)")
+    parser.add_argument("--quorum", type=cli.positive_int, default=None,
+                        help="allowlisted rankings needed before anything is merged (default: the template's, "
+                             "at most the number of validators)")
+    cli.flag(parser, "start-in", type=float, default=60.0, help="seconds from now until genesis (default 60)")
     parser.add_argument("--out", required=True, help="where to write the run manifest")
     args = parser.parse_args(argv)
+    if args.quorum is not None and args.quorum > len(args.validators):
+        return cli.fail(f"--quorum {args.quorum} exceeds the {len(args.validators)} validators given: lower it "
+                        "or add validators")
     try:
         from swarm.net.identity import load_or_create
 
         keys = []
         for item in args.validators:
             keys.append(load_or_create(item).public_key_str if Path(item).exists() else item)
-        path = write_manifest(args.template, args.out, keys, time.time() + args.start_in)
+        overrides = {"quorum": args.quorum} if args.quorum is not None else None
+        path = write_manifest(args.template, args.out, keys, time.time() + args.start_in, overrides)
         from swarm.protocol.manifest import load, run_id
 
-        print(f"wrote {path} (run id {run_id(load(path))}); genesis in {args.start_in:.0f}s")
+        manifest = load(path)
+        print(f"wrote {path} (run id {run_id(manifest)}, {len(keys)} validators, quorum {manifest.quorum}); "
+              f"genesis in {args.start_in:.0f}s")
     except SwarmError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli.fail(str(err))
     return 0
 
 

@@ -33,25 +33,24 @@ def build_parser(prog: str = "python -m swarm.peer") -> argparse.ArgumentParser:
     cli.flag(p, "initial-peers", nargs="*", default=[],
              help="multiaddrs of peers to join through (the JOIN lines printed by python -m bootstrap)")
     p.add_argument("--identity", required=True,
-                   help="key file of this peer; created if missing (its directory must exist)")
+                   help="key file of this peer; created if missing, with its directory")
     p.add_argument("--workdir", required=True, help="directory for checkpoints, payloads and progress (resumable)")
     cli.flag(p, "host-maddrs", nargs="+", default=["/ip4/127.0.0.1/tcp/0"],
-             help="addresses to listen on (default /ip4/127.0.0.1/tcp/0; use 0.0.0.0 to accept others)")
+             help="addresses to listen on (default /ip4/127.0.0.1/tcp/0: this machine only, a free port; "
+             "use /ip4/0.0.0.0/tcp/PORT to accept peers from other machines)")
     cli.flag(p, "announce-maddrs", nargs="*", default=None,
              help="public addresses to advertise, when they differ from the listening ones (NAT)")
     p.add_argument("--data", default=None, help="train on this data instead of the manifest's data.train")
     cli.flag(p, "validation-data", default=None, metavar="PATH",
              help="validators: private held-out data of the target domain to score Proof-of-Loss on (never "
              "published, so no miner can train on it); required when the manifest sets data.private_validation")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default=None,
                    help="weights' dtype, overriding the manifest's base_model.dtype (auto: the checkpoint's own)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default: torch's choice; use 1 when many peers share a machine)")
+    cli.compute_flags(p)
     cli.flag(p, "fetch-timeout", type=float, default=30.0,
              help="seconds to wait for one payload from one peer (default 30)")
-    cli.flag(p, "startup-timeout", type=float, default=30.0,
-             help="seconds to reach the initial peers before giving up (default 30)")
+    cli.startup_timeout_flag(p)
+    cli.metrics_flags(p)
     cli.flag(p, "log-level", default="INFO", help="logging level (default INFO)")
     return p
 
@@ -64,10 +63,6 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
     import transformers
 
     transformers.logging.disable_progress_bar()  # a peer's log is read as a log: no progress bars
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -78,13 +73,14 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    dht = net = None
+    dht = net = server = None
     try:
         from swarm.net.dht import start_dht
         from swarm.net.identity import load_or_create
         from swarm.net.network import Network
         from swarm.protocol.cycle import Peer
         from swarm.protocol.manifest import load, run_id
+        from swarm.protocol.metrics import Metrics
         from swarm.protocol.runtime import describe, load_runtime
         from swarm.protocol.store import Store
         from swarm.roles import ROLES
@@ -96,24 +92,28 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
                              "python scripts/build_corpora.py --heldout-math PATH)")
         if args.validation_data and args.role != "validator":
             raise SwarmError("--validation-data is for validators: drop it for a miner")
-        identity_path = Path(args.identity)
-        if not identity_path.parent.exists():
-            raise SwarmError(f"the directory of --identity {identity_path} does not exist: create it first")
-        identity = load_or_create(identity_path)
+        device = cli.resolve_compute(args.device, args.threads)
+        cli.identity_dir(args.identity)
+        identity = load_or_create(Path(args.identity).expanduser())
         store = Store(args.workdir)
+        metrics = Metrics(args.role, rid, identity.peer_key)
+        if args.metrics_port is not None:  # before anything slow, so a busy port fails at once
+            server = metrics.serve(args.metrics_port, args.metrics_host)
         started = time.monotonic()  # join first: an unreachable bootstrap should fail before the model loads
         dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
                         startup_timeout=args.startup_timeout, run_id=rid, horizon=manifest.horizon())
         net = Network(dht, rid, store.find, args.fetch_timeout)
-        rt = load_runtime(manifest, args.data, args.device, args.validation_data, args.dtype)
+        rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype)
         logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
-        Peer(make_role or ROLES[args.role], rt, identity, dht, net, store, stop).run()
+        Peer(make_role or ROLES[args.role], rt, identity, dht, net, store, stop, metrics=metrics).run()
     except SwarmError as err:
         return cli.fail(str(err))
     except KeyboardInterrupt:
         pass
     finally:
+        if server is not None:
+            server.shutdown()
         if net is not None:
             net.close()
         if dht is not None:

@@ -48,3 +48,38 @@ def test_outputs(tmp_path):
     # cycle 0: target 2.0 is 0.3/1.3 of the way from the base (2.3) to the full-FT point (1.0, drift 0.5)
     assert "| 0 | 1: miner-0 | 2.0000 | 1.0000 | 1.0000 | 0.1000 | 0.1154 | yes |" in summary
     assert "| general drift below full fine-tuning's at the same target loss | 3 of 3 cycles |" in summary
+
+
+def _honest_report(cycles: int = 3) -> dict:
+    peers = {name: {"role": role, "adversary": None} for name, role in
+             (("miner-0", "miner"), ("miner-1", "miner"), ("miner-2", "miner"), ("validator-0", "validator"))}
+    same = {"in": 0, "out": 100_000}
+    rows = [{"cycle": c, "merged": ["miner-0"], "combined": {"miner-0": 0.2, "miner-1": 0.1},
+             "target_loss": 2.0 - 0.1 * c, "general_loss": 1.1, "target_perplexity": 1.0, "general_perplexity": 1.0,
+             "honest_agree": True, "train_loss": {}, "rejected": {},
+             "bytes": {"miner-0": same, "miner-1": same, "miner-2": {"in": 0, "out": 200_000 * (c + 1)},
+                       "validator-0": {"in": 0, "out": 0}}} for c in range(cycles)]
+    return {"payload_bytes": 100_000, "dense_model_bytes": 1_000_000, "base": {}, "peers": peers, "per_cycle": rows}
+
+
+def test_plots_number_cycles_from_zero_on_whole_ticks_and_show_every_peer():
+    import matplotlib.pyplot as plt
+
+    from swarm.sim.report import byte_groups, figures
+
+    report = _honest_report()
+    figs = figures(report)
+    try:
+        for name, fig in figs.items():
+            ax = fig.axes[0]
+            fig.canvas.draw()
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), (name, ticks)
+            assert min(ax.lines[0].get_xdata()) == 0, name  # as summary.md numbers them
+        assert "adversar" not in figs["scores.png"].axes[0].get_title()  # none in this run
+        labels = [line.get_label() for line in figs["bytes.png"].axes[0].lines]
+        assert "miner-0, miner-1 (identical)" in labels and "miner-2" in labels  # no line hidden under another
+        assert byte_groups(report) == [(["miner-0", "miner-1"], [0.1, 0.1, 0.1]), (["miner-2"], [0.2, 0.4, 0.6])]
+    finally:
+        for fig in figs.values():
+            plt.close(fig)

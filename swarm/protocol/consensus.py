@@ -114,3 +114,21 @@ def reduce(base: ExpertState, momentum: ExpertState | None, submissions: list[Ex
     optimizer = NesterovOuter(cfg, momentum or None)
     new_state = outer_step(base, submissions, optimizer)
     return new_state, optimizer.buffer
+
+
+def why_nothing_merged(log, manifest) -> str:
+    """Why a cycle merged no submission, from what one peer's CycleLog saw: the first of no quorum, no
+    commits seen, all scored zero (with the reasons), a merged payload missing, or no median high enough."""
+    if not log.quorum_met:
+        return f"no quorum ({len(log.rankings)} allowlisted ranking(s) read, quorum {manifest.quorum})"
+    if "merged payload" in log.note:
+        return "a merged payload could not be fetched or used; the agreed state will be fetched"
+    if not log.medians:
+        if log.role != "validator":
+            return "no allowlisted validator ranked a positive score"
+        if not log.scores and not log.rejected:
+            return "this validator saw no commit in time"
+        reasons = {m: log.rejected.get(m, "lost Proof-of-Loss (score 0)") for m in set(log.scores) | set(log.rejected)}
+        shown = "; ".join(f"{m[:8]}: {why}" for m, why in sorted(reasons.items())[:6])
+        return f"all {len(reasons)} submission(s) scored zero ({shown})"
+    return f"no median score above the merge floor ({manifest.outer.min_relative_score} of the best)"

@@ -14,16 +14,20 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time as wallclock
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from swarm import VERSION
 from swarm.errors import SwarmError, TransferError
 from swarm.net import records
 from swarm.net.records import SignedRecord
 from swarm.protocol.clock import PHASES, DHTTime, Timekeeper
+from swarm.protocol.consensus import why_nothing_merged
 from swarm.protocol.manifest import run_id as manifest_run_id
+from swarm.protocol.metrics import Metrics
 from swarm.protocol.runtime import Runtime, report_batches
 from swarm.protocol.store import Progress, Store
 from teft.errors import TeftError
@@ -59,6 +63,7 @@ class CycleLog:
     start_general_loss: float | None = None
     bytes_in: int = 0
     bytes_out: int = 0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # time the role worked in each phase
     note: str = ""
 
 
@@ -87,7 +92,7 @@ class Peer:
     """One peer's protocol loop; the role, network and model are handed in ready."""
 
     def __init__(self, make_role: Callable[[Peer], object], rt: Runtime, identity, dht, net: NetworkLike,
-                 store: Store, stop: threading.Event, time: Timekeeper | None = None):
+                 store: Store, stop: threading.Event, time: Timekeeper | None = None, metrics: Metrics | None = None):
         self.rt, self.identity, self.dht, self.net, self.store, self.stop = rt, identity, dht, net, store, stop
         self.time = time or DHTTime()
         self.manifest = rt.manifest
@@ -99,6 +104,7 @@ class Peer:
         self.momentum: ExpertState = {}
         self.progress = Progress()
         self.role = make_role(self)
+        self.metrics = metrics or Metrics(self.role.kind, self.run_id, self.me)
 
     # -- time -----------------------------------------------------------------------------------
     def now(self) -> float:
@@ -121,24 +127,31 @@ class Peer:
 
     def announce(self, cycle: int, phase: str) -> None:
         logger.info("run %s cycle %d phase %s role %s", self.run_id, cycle, phase, self.role.kind)
+        self.metrics.set_phase(cycle, phase)
 
     # -- signed records -------------------------------------------------------------------------
     def put(self, cycle: int, kind: str, value) -> bool:
         """Sign and store one record of ours; expires three cycles later."""
+        started = wallclock.monotonic()
         try:
             return records.store_record(self.dht, self.run_id, cycle, kind, value, self.identity,
                                         self.clock.cycle_start(cycle + 3))
         except SwarmError as err:
             logger.warning("could not store %s record for cycle %d: %s", kind, cycle, err)
             return False
+        finally:
+            self.metrics.observe_dht("store", wallclock.monotonic() - started)
 
     def get(self, cycle: int, kind: str) -> dict[str, SignedRecord]:
         """Valid records of one kind and cycle, by owner peer id."""
+        started = wallclock.monotonic()
         try:
             return records.get_records(self.dht, self.run_id, cycle, kind)
         except SwarmError as err:
             logger.warning("could not read %s records for cycle %d: %s", kind, cycle, err)
             return {}
+        finally:
+            self.metrics.observe_dht("get", wallclock.monotonic() - started)
 
     def addresses(self, cycle: int) -> dict[str, list[str]]:
         """peer id -> multiaddrs, from this and the previous cycle's peers records."""
@@ -236,7 +249,7 @@ class Peer:
             return self.cycle == cycle
         if self.cycle == cycle and digest == self.progress.checkpoint_hash:
             return True
-        why = "behind" if self.cycle != cycle else "disagrees with the quorum"
+        why = f"behind (we hold cycle {self.cycle})" if self.cycle != cycle else "disagrees with the quorum"
         logger.warning("state for cycle %d %s; fetching %s from %d peer(s)", cycle, why, digest[:12], len(holders))
         try:
             data = self.fetch(digest, holders, cycle, 4 * self.rt.payload_size + 65536, exact=False)
@@ -260,9 +273,15 @@ class Peer:
         self.resume()
         while not self.stop.is_set():
             pos = self.clock.where(self.now())
-            if pos.cycle < 0:
+            if pos.cycle < 0:  # announce ourselves for cycle 0 already, so `swarm.status` shows who waits
+                self.put(0, "peers", records.PeerRecord(role=self.role.kind, version=VERSION,
+                                                        maddrs=self.net.maddrs[:16]))
                 logger.info("waiting %.0fs for genesis", self.clock.genesis - self.now())
                 self.wait_until(self.clock.genesis)
+                continue
+            if self.cycle > pos.cycle:  # restarted after this cycle's reduce: we already hold what comes next
+                logger.info("holding the state of cycle %d already; waiting for it to begin", self.cycle)
+                self.wait_until(self.clock.cycle_start(self.cycle))
                 continue
             if not self.sync_to(pos.cycle):
                 if pos.phase == "sync" and self.cycle < pos.cycle:
@@ -281,20 +300,27 @@ class Peer:
         self.announce(number, joined_in)
         for phase in PHASES:
             if phase == "sync" or self.enter(number, phase) or (phase == "reduce" and self.cycle == number):
+                started = wallclock.monotonic()
                 try:
                     getattr(self.role, f"on_{phase}")(cycle)
                 except (TeftError, TransferError, SwarmError) as err:  # bad input from the network: one line
                     logger.warning("cycle %d phase %s: %s", number, phase, err)
                     log.note += f"{phase}: {err}; "
+                log.phase_seconds[phase] = round(wallclock.monotonic() - started, 3)
         log.bytes_in = self.net.stats.bytes_in - before[0]
         log.bytes_out = self.net.stats.bytes_out - before[1]
         self.finish(cycle)
         self.wait_until(self.clock.cycle_start(number + 1))
 
     def finish(self, cycle: Cycle) -> None:
-        """Write the cycle's line to metrics.jsonl and its summary to the log."""
+        """Write the cycle's line to metrics.jsonl, its summary to the log, and its numbers to the metrics."""
         lo = cycle.log
         lo.agreed_hash = self.agreed_hash(cycle.number)[0] or ""
+        if not lo.merged:
+            lo.note += f"nothing merged: {why_nothing_merged(lo, self.manifest)}; "
+        roles = Counter(s.record.role for s in self.get(cycle.number, "peers").values())
+        start, end = self.window(cycle.number, "evaluate")
+        self.metrics.record_cycle(lo, dict(roles), end - start)
         with open(self.store.root / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(asdict(lo), default=str) + "\n")
         logger.info("cycle %d summary: role %s%s, submitted %s, scores %s, merged %d (%s), state %s, "

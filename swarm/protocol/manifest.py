@@ -114,6 +114,9 @@ class Manifest(_Strict):
     quorum: int = Field(default=1, ge=1)
     max_submissions: int = Field(default=16, gt=0)  # submissions a validator evaluates per cycle, at most
     miners: list[str] | None = None  # admission: when set, only these miners' commits are evaluated (off: open)
+    # the model's architecture by name, a transformers config under configs/shapes/ (tests check the budget,
+    # payload size and dtype against it); informational: peers load the real checkpoint
+    shape: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -254,9 +257,10 @@ def load(path: str | Path) -> Manifest:
 
 def canonical_json(manifest: Manifest) -> bytes:
     """Sorted keys, no whitespace: the same manifest gives the same bytes on every machine."""
-    return json.dumps(
-        manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode()
+    data = manifest.model_dump(mode="json")
+    if data.get("shape") is None:  # a manifest without a shape keeps the run id it had before the field existed
+        data.pop("shape", None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def run_id(manifest: Manifest) -> str:

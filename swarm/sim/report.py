@@ -90,14 +90,46 @@ def _series(rows, key):
 
 
 def plot(report: dict, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    for fname, fig in figures(report).items():
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+
+
+def byte_groups(report: dict) -> list[tuple[list[str], list[float]]]:
+    """(peer names, MB sent per cycle) with peers whose series are identical in one group, so no line hides
+    another in bytes.png; peers that sent nothing are left out."""
+    groups: dict[tuple[float, ...], list[str]] = {}
+    for name in sorted(report["peers"]):
+        sent = tuple(r["bytes"].get(name, {}).get("out", 0) / 1e6 for r in report["per_cycle"])
+        if any(sent):
+            groups.setdefault(sent, []).append(name)
+    return [(names, list(sent)) for sent, names in groups.items()]
+
+
+def _axes(ax, ylabel: str, title: str) -> None:
+    """Cycles numbered from 0 as in summary.md, on whole-number ticks only."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("cycle (the state after its reduce)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def figures(report: dict) -> dict:
+    """The report's plots by file name: target_loss, general_perplexity, bytes, scores."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = report["per_cycle"]
-    cycles = [r["cycle"] + 1 for r in rows]  # the state after cycle c's reduce is "after c+1 cycles"
+    cycles = [r["cycle"] for r in rows]  # row c holds the state after cycle c's reduce, as in summary.md
     base = report.get("base") or {}
+    figs = {}
     for key, title, fname, transform in (
             ("target_loss", "Target-domain validation loss", "target_loss.png", lambda x: x),
             ("general_loss", "General-domain perplexity", "general_perplexity.png", math.exp)):
@@ -108,50 +140,40 @@ def plot(report: dict, out: Path) -> None:
         for method, style, label in (("teft", "s--", "single-process TEFT"),
                                      ("full", "^--", "full fine-tuning")):
             if baseline.get(method):
-                ax.plot([p["cycle"] + 1 for p in baseline[method]],
+                ax.plot([p["cycle"] for p in baseline[method]],
                         [transform(p[key]) for p in baseline[method]], style, label=f"{label}, same tokens")
         if base.get(key) is not None:
             ax.axhline(transform(base[key]), color="grey", ls=":", label="base model")
-        ax.set_xlabel("cycle")
-        ax.set_ylabel("perplexity" if transform is math.exp else "loss (nats/token)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
+        _axes(ax, "perplexity" if transform is math.exp else "loss (nats/token)", title)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
-        plt.close(fig)
+        figs[fname] = fig
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    names = sorted(report["peers"])
-    for name in names:
-        sent = [r["bytes"].get(name, {}).get("out", 0) / 1e6 for r in rows]
-        if any(sent):
-            ax.plot(cycles, sent, "o-", label=name)
+    markers = "osD^vP*Xh"
+    for i, (names, sent) in enumerate(byte_groups(report)):
+        label = names[0] if len(names) == 1 else f"{', '.join(names)} (identical)"
+        ax.plot(cycles, sent, marker=markers[i % len(markers)], ls="-", label=label)
     ax.axhline(report["payload_bytes"] / 1e6, color="black", ls="--", label="one payload")
-    ax.set_xlabel("cycle")
-    ax.set_ylabel("MB sent")
     dense_mb = report["dense_model_bytes"] / 1e6
-    ax.set_title(f"Bytes sent per cycle per peer (a dense model exchange is {dense_mb:.1f} MB)")
-    ax.grid(alpha=0.3)
+    _axes(ax, "MB sent", f"Bytes sent per cycle per peer (a dense model exchange is {dense_mb:.1f} MB)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "bytes.png", dpi=110)
-    plt.close(fig)
+    figs["bytes.png"] = fig
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     miners = sorted(n for n, p in report["peers"].items() if p["role"] == "miner")
+    adversaries = any(report["peers"][n]["adversary"] for n in miners)
     for name in miners:
         adv = report["peers"][name]["adversary"]
         scores = [r["combined"].get(name, 0.0) for r in rows]
         ax.plot(cycles, scores, "x:" if adv else "o-", lw=1 if adv else 2, label=f"{name}" + (" (adv)" if adv else ""))
-    ax.set_xlabel("cycle")
-    ax.set_ylabel("combined Proof-of-Loss score (median)")
-    ax.set_title("Score per miner per cycle (dotted x: adversaries)")
-    ax.grid(alpha=0.3)
+    _axes(ax, "combined Proof-of-Loss score (median)",
+          "Score per miner per cycle" + (" (dotted x: adversaries)" if adversaries else ""))
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "scores.png", dpi=110)
-    plt.close(fig)
+    figs["scores.png"] = fig
+    return figs
 
 
 def _interp_drift(curve: list[dict], base: dict, target: float) -> float | None:

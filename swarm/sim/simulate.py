@@ -37,15 +37,26 @@ class PeerProc:
     allowlisted: bool = False
     start_cycle: int = 0  # start only when this cycle begins (late joiners)
     validation_data: Path | None = None  # a validator's private held-out data
+    metrics_port: int | None = None
     proc: subprocess.Popen | None = None
     restarts: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the peer binds it a moment later)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Swarm:
     """Processes of one localhost run: start, watch, stop; nothing is left running afterwards."""
 
-    def __init__(self, out: Path, python: str = sys.executable, threads: int = 1):
-        self.out, self.python, self.threads = out, python, threads
+    def __init__(self, out: Path, python: str = sys.executable, threads: int = 1, metrics: bool = False):
+        self.out, self.python, self.threads, self.metrics = out, python, threads, metrics
+        self.bootstrap_metrics_port: int | None = free_port() if metrics else None
         self.bootstrap: subprocess.Popen | None = None
         self.join: list[str] = []
         self.peers: list[PeerProc] = []
@@ -77,9 +88,11 @@ class Swarm:
 
     def start_bootstrap(self, timeout: float = 60.0) -> None:
         log = open(self.out / "logs" / "bootstrap.log", "w")
+        metrics = ["--config", str(self.manifest_path), "--metrics-port", str(self.bootstrap_metrics_port)] \
+            if self.metrics else []
         self.bootstrap = subprocess.Popen(
             [self.python, "-m", "bootstrap", "--host-maddrs", "/ip4/127.0.0.1/tcp/0",
-             "--identity", str(self.out / "keys" / "bootstrap.key")],
+             "--identity", str(self.out / "keys" / "bootstrap.key"), *metrics],
             stdout=subprocess.PIPE, stderr=log, text=True, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -94,15 +107,31 @@ class Swarm:
             self.stop()
             raise SwarmError(f"the bootstrap node did not start; see {self.out / 'logs' / 'bootstrap.log'}")
 
-    def start_peer(self, peer: PeerProc) -> None:
+    def command(self, peer: PeerProc) -> list[str]:
+        """The command line of one peer: the same `python -m swarm.peer` a user runs (or the rogue's)."""
         entry = ["swarm.sim.rogue", "--adversary", peer.adversary] if peer.adversary else ["swarm.peer"]
         cmd = [self.python, "-m", *entry, "--role", peer.role, "--config", str(self.manifest_path),
                "--initial-peers", *self.join, "--identity", str(peer.key), "--workdir", str(peer.workdir),
                "--threads", str(self.threads)]
         if peer.validation_data:
             cmd += ["--validation-data", str(peer.validation_data)]
+        if self.metrics:
+            peer.metrics_port = peer.metrics_port or free_port()
+            cmd += ["--metrics-port", str(peer.metrics_port)]
+        return cmd
+
+    def start_peer(self, peer: PeerProc) -> None:
         log = open(peer.log, "a")
-        peer.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        peer.proc = subprocess.Popen(self.command(peer), stdout=log, stderr=subprocess.STDOUT, env=self.env)
+
+    def scrape(self) -> dict[str, dict[str, float] | None]:
+        """Every metrics endpoint's current values by peer name (None where it did not answer)."""
+        from swarm.protocol.metrics import scrape_url
+
+        ports = {p.name: p.metrics_port for p in self.peers if p.metrics_port}
+        if self.bootstrap_metrics_port:
+            ports["bootstrap"] = self.bootstrap_metrics_port
+        return {name: scrape_url(f"http://127.0.0.1:{port}/metrics") for name, port in sorted(ports.items())}
 
     def alive(self) -> int:
         return sum(1 for p in self.peers if p.proc is not None and p.proc.poll() is None)
@@ -173,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation-data", "--validation_data", default=None, metavar="PATH",
                         help="held-out data for every validator when the manifest scores on private data (default "
                         "for the shipped math domain: fresh problems per validator from a secret seed)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="give every peer and the bootstrap node a Prometheus endpoint on 127.0.0.1 and write "
+                             "their last scrape into report.json (`last_scrape`)")
     args = parser.parse_args(argv)
     kinds = list(KINDS) if args.adversary == ["all"] else args.adversary
     unknown = [k for k in kinds if k not in KINDS + EXTRA]
@@ -195,7 +227,7 @@ def run(args, kinds: list[str], out: Path) -> int:
 
     if out.exists() and any(out.iterdir()):
         raise SwarmError(f"--out {out} exists and is not empty: choose a new directory")
-    swarm = Swarm(out, threads=args.threads)
+    swarm = Swarm(out, threads=args.threads, metrics=args.metrics)
     for i in range(args.validators):
         swarm.add(f"validator-{i}", "validator")
     for i in range(args.miners):
@@ -219,6 +251,7 @@ def run(args, kinds: list[str], out: Path) -> int:
     kill_name, kill_cycle = (args.kill_restart.split("@") + ["1"])[:2] if args.kill_restart else (None, None)
     killed = False
     interrupted = False
+    last_scrape: dict = {}
     print(f"simulating {len(swarm.peers)} peers for {args.cycles} cycles of {clock.cycle_length:.0f}s; "
           f"logs in {out / 'logs'}", flush=True)
     try:
@@ -259,6 +292,8 @@ def run(args, kinds: list[str], out: Path) -> int:
         interrupted = True
         print("interrupted: stopping every peer", file=sys.stderr)
     finally:
+        if args.metrics:
+            last_scrape = swarm.scrape()
         swarm.stop()
     from swarm.protocol.runtime import load_runtime
     from swarm.sim.report import build_report, write_outputs
@@ -271,6 +306,8 @@ def run(args, kinds: list[str], out: Path) -> int:
 
         baseline = run_baselines(rt, cycles=args.cycles, miners=args.miners)
     report = build_report(swarm, args.cycles, rt.payload_size, dense_bytes, baseline)
+    if args.metrics:
+        report["last_scrape"] = last_scrape
     write_outputs(report, out)
     print((out / "summary.md").read_text())
     return 130 if interrupted else 0

@@ -49,7 +49,8 @@ def _descendants_named(pid: int, name: str) -> list[int]:
 
 @pytest.mark.timeout(90)
 def test_bootstrap_process(make_identity, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
     cmd = [sys.executable, "-m", "bootstrap", "--host_maddrs", "/ip4/127.0.0.1/tcp/0"]
     cmd += ["--identity", str(tmp_path / "boot.key"), "--startup-timeout", "20", "--log-level", "WARNING"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -48,7 +48,14 @@ def test_keygen_prints_public_key(tmp_path, capsys):
     assert keygen.main(["--out", str(tmp_path / "v.key")]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("ssh-rsa ") and out == load_or_create(tmp_path / "v.key").public_key_str
-    assert keygen.main(["--out", str(tmp_path / "missing" / "v.key")]) == 2
+    # --identity, as on every other command, creates the key's directory (private); --out stays an alias
+    assert keygen.main(["--identity", str(tmp_path / "keys" / "new" / "w.key")]) == 0
+    assert (tmp_path / "keys" / "new" / "w.key").exists() and (tmp_path / "keys" / "new").stat().st_mode & 0o077 == 0
+    (tmp_path / "file").write_text("")
+    capsys.readouterr()
+    assert keygen.main(["--identity", str(tmp_path / "file" / "v.key")]) == 2  # a file where a directory goes
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot create the directory") and err.count("\n") == 1
 
 
 def test_concurrent_creation_agrees(tmp_path):

@@ -1,0 +1,98 @@
+"""A running peer seen from outside: its Prometheus endpoint scraped over real HTTP while it runs real cycles
+(on the in-memory DHT of swarm_double), and `swarm.status` read from the records those cycles left."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/swarm_double.py
+
+from swarm_double import MemoryDHT, Swarm  # noqa: E402
+
+from swarm.launch import write_manifest  # noqa: E402
+from swarm.net.identity import load_or_create  # noqa: E402
+from swarm.protocol.manifest import load, run_id  # noqa: E402
+from swarm.roles import Miner, Validator  # noqa: E402
+from swarm.status import collect, render  # noqa: E402
+
+GENESIS = 1_900_000_000.0
+
+
+def value(text: str, series: str) -> float | None:
+    """One sample of the exposition text, e.g. value(text, 'teft_cycle')."""
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory):
+    """Two cycles of one validator and one miner (a second allowlisted validator never starts), the miner's
+    endpoint scraped every 20 ms throughout."""
+    root = tmp_path_factory.mktemp("observed")
+    keys = [load_or_create(root / f"{v}.key").public_key_str for v in ("validator", "absent")]
+    path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", keys, GENESIS,
+                          {"inner": {"steps": 3}, "quorum": 1, "data": {"validation_blocks": 8}})
+    swarm = Swarm(load(path), root)
+    swarm.add("validator", Validator, identity=load_or_create(root / "validator.key"))
+    miner = swarm.add("miner", Miner)
+    server = miner.metrics.serve(0)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    scrapes = []
+    runner = threading.Thread(target=swarm.run, kwargs={"cycles": 2}, daemon=True)
+    try:
+        runner.start()
+        while runner.is_alive():
+            scrapes.append(urllib.request.urlopen(url, timeout=5).read().decode())
+            time.sleep(0.02)
+        runner.join()
+        scrapes.append(urllib.request.urlopen(url, timeout=5).read().decode())
+    finally:
+        server.shutdown()
+    return swarm, scrapes
+
+
+def test_scraped_cycle_and_phase_advance(observed):
+    swarm, scrapes = observed
+    seen = [(value(t, "teft_cycle"), value(t, "teft_phase_index")) for t in scrapes]
+    cycles = [c for c, _ in seen if c is not None and c >= 0]
+    assert cycles == sorted(cycles) and {0, 1} <= set(cycles), sorted(set(cycles))
+    assert len({p for c, p in seen if c == 0}) >= 2, seen  # the phase moved within cycle 0
+    last = scrapes[-1]
+    assert value(last, "teft_cycles_total") >= 2  # the run stops early in cycle 2, which logs too
+    assert value(last, 'teft_submissions_total{stage="committed"}') == 2  # the miner's own, once a cycle
+    assert value(last, 'teft_train_loss{at="end"}') > 0
+    assert value(last, 'teft_dht_seconds_count{op="store"}') >= 6  # peers, commit, reveal per cycle
+    assert value(last, 'teft_peers_seen{role="validator"}') == 1
+    # after cycles 0 and 1: one miner merged and the hashes agree
+    assert 1 in {value(t, "teft_merged_miners") for t in scrapes}
+    assert 1 in {value(t, "teft_state_agreement") for t in scrapes}
+    assert f'teft_peer_info{{peer="{swarm.peers["miner"].me}",role="miner"' in last
+
+
+def test_status_of_the_finished_cycles(observed):
+    swarm, _ = observed
+    manifest = swarm.manifest
+    dht = MemoryDHT(swarm.table, load_or_create(swarm.root / "reader.key"), run_id(manifest))
+    status = collect(dht, manifest, now=manifest.clock().phase_start(2, "train") + 0.1)
+    miner, validator = swarm.peers["miner"].me, swarm.peers["validator"].me
+    absent = load_or_create(swarm.root / "absent.key").peer_key
+    assert (status["cycle"], status["phase"]) == (2, "train")
+    assert status["peers_by_role"] == {"miner": 1, "validator": 1}
+    last = status["last_cycle"]
+    assert last["cycle"] == 1 and last["commits"] == [miner] and last["quorum_met"]
+    assert [m["miner"] for m in last["merged"]] == [miner] and list(last["ranked"]) == [validator]
+    miner_log = swarm.peers["miner"].store.root / "metrics.jsonl"
+    assert f'"state_hash": "{last["agreed_hash"]}"' in miner_log.read_text()
+    assert last["silent_validators"] == [absent]
+    text = render(status)
+    assert "silent validators: " + absent[:12] in text and "merged: " + miner[:12] in text
+    before = collect(dht, manifest, now=manifest.genesis - 5)
+    assert before["cycle"] < 0 and before["peers_by_role"] == {"miner": 1, "validator": 1}
+    assert "before genesis" in render(before) and "peers waiting: 2" in render(before)

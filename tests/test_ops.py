@@ -1,0 +1,95 @@
+"""Operator-facing pieces without a network: the dashboard, rejection labels, why nothing merged."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from swarm.protocol.consensus import why_nothing_merged
+from swarm.protocol.cycle import CycleLog
+from swarm.protocol.manifest import load
+from swarm.protocol.metrics import Metrics, metric_names, reason_label
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "configs" / "grafana-dashboard.json"
+
+
+def test_dashboard_loads_and_every_panel_uses_metrics_the_code_defines():
+    dashboard = json.loads(DASHBOARD.read_text())
+    defined = metric_names()
+    used = set()
+    for panel in dashboard["panels"]:
+        names = {n for t in panel["targets"] for n in re.findall(r"\bteft_[a-z_]+", t["expr"])}
+        assert names, panel["title"]
+        assert names <= defined, (panel["title"], names - defined)
+        used |= names
+    # the issue's list: cycle, phase, role, peers, submissions, rejections, scores, merged, agreement, bytes,
+    # train loss, evaluate time, DHT latency
+    for name in ("teft_cycle", "teft_phase_index", "teft_peer_info", "teft_peers_seen", "teft_submissions_total",
+                 "teft_submissions_rejected_total", "teft_score", "teft_merged_miners", "teft_state_agreement",
+                 "teft_bytes_in_total", "teft_bytes_out_total", "teft_train_loss", "teft_evaluate_time_used_ratio",
+                 "teft_dht_seconds_bucket"):
+        assert name in used, name
+
+
+def test_rejection_reasons_map_to_few_labels():
+    assert reason_label("layers.0.experts.3.w has non-finite values") == "non-finite"
+    assert reason_label("replayed payload from cycle 2") == "replay"
+    assert reason_label("fetch ab12 from 1 peer(s) failed: peer sent 900 bytes, more than the 800") == "size"
+    assert reason_label("fetch ab12 from Qm: timed out after 30s") == "fetch"
+    assert reason_label("something new") == "other"
+
+
+def test_a_cycle_log_sets_the_gauges():
+    m = Metrics("validator", "run", "me")
+    log = CycleLog(3, "validator", "me", scores={"minerA": 0.2, "minerB": 0.0}, rejected={"minerB": "x has dtype"},
+                   medians={"minerA": 0.2}, merged=["minerA"], quorum_met=True, state_hash="h", agreed_hash="h",
+                   bytes_in=100, bytes_out=7, phase_seconds={"evaluate": 3.0})
+    m.record_cycle(log, {"miner": 2, "validator": 1}, evaluate_length=15.0)
+    text = m.scrape()
+    for line in ('teft_submissions_total{stage="committed"} 2.0', 'teft_submissions_total{stage="fetched"} 2.0',
+                 'teft_submissions_rejected_total{reason="dtype"} 1.0', 'teft_score{miner="minerA"} 0.2',
+                 "teft_state_agreement 1.0", "teft_bytes_in_total 100.0", "teft_evaluate_time_used_ratio 0.2",
+                 'teft_peers_seen{role="miner"} 2.0'):
+        assert line in text, line
+
+
+def test_nothing_merged_says_why(tmp_path):
+    manifest = _manifest(tmp_path)
+    no_quorum = CycleLog(1, "validator", "me", quorum_met=False)
+    assert why_nothing_merged(no_quorum, manifest).startswith("no quorum (0 allowlisted ranking(s) read, quorum 1")
+    silent = CycleLog(1, "validator", "me", quorum_met=True)
+    assert why_nothing_merged(silent, manifest) == "this validator saw no commit in time"
+    zeros = CycleLog(1, "validator", "me", quorum_met=True, scores={"minerA": 0.0, "minerB": 0.0},
+                     rejected={"minerA": "delta norm 9 exceeds the bound 5"})
+    why = why_nothing_merged(zeros, manifest)
+    assert why.startswith("all 2 submission(s) scored zero") and "delta norm 9" in why and "lost Proof-of-Loss" in why
+
+
+def _manifest(tmp_path: Path):
+    """The tiny template with one validator and quorum 1."""
+    from swarm.launch import write_manifest
+    from swarm.net.identity import load_or_create
+
+    key = load_or_create(tmp_path / "v.key").public_key_str
+    return load(write_manifest("configs/tiny.yaml", tmp_path / "run.yaml", [key], 0.0, {"quorum": 1}))
+
+
+def test_simulate_gives_each_peer_an_endpoint_and_scrapes_it(tmp_path):
+    from swarm.sim.simulate import Swarm
+
+    swarm = Swarm(tmp_path, metrics=True)
+    peer = swarm.add("miner-0", "miner")
+    cmd = swarm.command(peer)
+    port = int(cmd[cmd.index("--metrics-port") + 1])
+    assert port == peer.metrics_port and port != swarm.bootstrap_metrics_port
+    served = Metrics("miner", "run", peer.peer_id)
+    served.set_phase(3, "commit")
+    server = served.serve(port)
+    try:
+        scraped = swarm.scrape()
+    finally:
+        server.shutdown()
+    assert scraped["miner-0"]["teft_cycle"] == 3 and scraped["miner-0"]['teft_phase{phase="commit"}'] == 1
+    assert scraped["bootstrap"] is None  # not started here: reported as silent, not an error
+    assert "--metrics-port" not in Swarm(tmp_path / "plain").command(peer)

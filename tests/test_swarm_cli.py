@@ -1,0 +1,97 @@
+"""The swarm's command lines as a new user meets them: same flags and defaults everywhere, no mkdir first,
+`launch --quorum`, and a restarted peer that does not step back a cycle."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+import torch
+from swarm_double import (
+    MemoryDHT,  # noqa: I001
+    Swarm,
+    VirtualTime,
+)
+
+from swarm import bootstrap, cli, keygen, launch, peer, status
+from swarm.errors import SwarmError
+from swarm.launch import write_manifest
+from swarm.net import records
+from swarm.net.identity import load_or_create
+from swarm.protocol.manifest import load
+from swarm.roles import Miner
+from teft.outer import checkpoint_bytes
+from teft.state import state_hash
+
+
+def test_shared_flags_have_one_default(tmp_path):
+    peer_args = peer.build_parser().parse_args(["--role", "miner", "--config", "c", "--identity", "k",
+                                                "--workdir", "w"])
+    boot_args = bootstrap.parse_args([])
+    status_args = status.build_parser().parse_args(["--config", "c", "--initial-peers", "/ip4/127.0.0.1/tcp/1"])
+    assert peer_args.startup_timeout == boot_args.startup_timeout == status_args.startup_timeout == 30
+    assert peer_args.device == "auto" and peer_args.threads == cli.cores()  # as in python -m teft
+    assert peer_args.metrics_port is None and boot_args.metrics_port is None  # metrics are opt-in
+    assert peer_args.host_maddrs == ["/ip4/127.0.0.1/tcp/0"] and boot_args.host_maddrs == ["/ip4/0.0.0.0/tcp/31337"]
+    for module in (keygen, launch):
+        with pytest.raises(SystemExit) as done:
+            module.main(["--version"])
+        assert done.value.code == 0
+
+
+def test_device_auto_resolves_and_threads_apply():
+    assert cli.resolve_compute("auto", 1) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert torch.get_num_threads() == 1
+    if not torch.cuda.is_available():
+        with pytest.raises(SwarmError, match="no CUDA device"):
+            cli.resolve_compute("cuda", 1)
+
+
+def test_launch_takes_a_quorum(tmp_path, capsys):
+    keys = [str(tmp_path / f"v{i}.key") for i in range(3)]
+    for key in keys:
+        load_or_create(key)
+    out = tmp_path / "run" / "run.yaml"
+    assert launch.main(["--validators", *keys, "--quorum", "3", "--out", str(out)]) == 0
+    assert load(out).quorum == 3 and "quorum 3" in capsys.readouterr().out
+    assert launch.main(["--validators", *keys[:2], "--quorum", "3", "--out", str(tmp_path / "b.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --quorum 3 exceeds the 2 validators") and err.count("\n") == 1
+    assert not (tmp_path / "b.yaml").exists()
+
+
+def test_restart_after_the_reduce_waits_instead_of_stepping_back(tmp_path, caplog):
+    """Killed after adopting Phi_2 in cycle 1's reduce and restarted in that same phase, while the quorum's
+    Phi_1 hash equals ours (cycle 1 merged nothing): the peer must resume at 2 and not refetch cycle 1."""
+    validator = load_or_create(tmp_path / "v.key")
+    manifest = load(write_manifest("configs/tiny.yaml", tmp_path / "run.yaml", [validator.public_key_str],
+                                   1_900_000_000.0, {"quorum": 1}))
+    swarm = Swarm(manifest, tmp_path)
+    miner = swarm.add("miner", Miner)
+    data = checkpoint_bytes(miner.rt.initial_state, None)
+    miner.adopt(2, data)  # what the killed process left in its work directory
+    rid, clock = miner.run_id, manifest.clock()
+    voter = MemoryDHT(swarm.table, validator, rid)
+    records.store_record(voter, rid, 0, "state", records.StateRecord(state_hash=state_hash(data)), validator,
+                         clock.cycle_start(3))
+    vt = VirtualTime(clock.phase_start(1, "reduce") + 0.1, clock.phase_start(2, "train") - 0.1, swarm.stop)
+    miner.time = vt
+    vt.join()
+    caplog.set_level(logging.INFO, logger="swarm.peer")
+
+    def body():
+        try:
+            miner.run()
+        finally:
+            vt.leave()
+
+    runner = threading.Thread(target=body, daemon=True)
+    runner.start()
+    runner.join(120)
+    assert not runner.is_alive()
+    text = caplog.text
+    assert "resumed at cycle 2" in text and "behind" not in text and "fetching" not in text, text
+    rows = (miner.store.root / "metrics.jsonl").read_text().splitlines()
+    assert rows and all('"cycle": 2,' in r for r in rows)  # nothing was redone for cycle 1
+    assert miner.store.load_progress().cycle >= 2
