@@ -13,9 +13,10 @@ from hivemind.utils.timed_storage import ValueWithExpiration, get_dht_time
 
 from swarm.errors import RecordError
 from swarm.net.records import (
+    MAX_RANKED,
     MAX_VALUE_BYTES,
     CommitRecord,
-    RankingRecord,
+    PeerRecord,
     RevealRecord,
     SchemaCheck,
     SeedReveal,
@@ -55,10 +56,15 @@ def test_oversize_refused_before_storing():
         def store(self, *a, **k):
             raise AssertionError("must not reach the DHT")
 
-    entries = [(f"QmMiner{i:04d}", H, 1.0, 0.5) for i in range(60)]
+    maddrs = [f"/ip4/127.0.0.1/tcp/{i}/p2p/" + "Q" * 220 for i in range(16)]  # each field valid, the whole too big
     with pytest.raises(RecordError, match="cap"):
-        make_value(RUN, 1, "ranking", RankingRecord(entries=entries))
+        make_value(RUN, 1, "peers", PeerRecord(role="miner", version="1", maddrs=maddrs))
     with pytest.raises(RecordError, match="cap"):
+        store_record(NoStore(), RUN, 1, "peers", {"role": "miner", "version": "1", "maddrs": maddrs}, None,
+                     get_dht_time() + 60)
+    # a ranking lists at most MAX_RANKED entries, so it never reaches the cap: more is a schema error
+    entries = [(f"QmMiner{i:04d}", H, 1.0, 0.5) for i in range(MAX_RANKED + 1)]
+    with pytest.raises(RecordError, match="schema"):
         store_record(NoStore(), RUN, 1, "ranking", {"entries": entries}, None, get_dht_time() + 60)
     with pytest.raises(RecordError, match="schema"):
         make_value(RUN, 1, "commit", {"digest": "xyz"})
