@@ -56,7 +56,7 @@ def test_oversize_refused_before_storing():
         def store(self, *a, **k):
             raise AssertionError("must not reach the DHT")
 
-    maddrs = [f"/ip4/127.0.0.1/tcp/{i}/p2p/" + "Q" * 220 for i in range(16)]  # each field valid, the whole too big
+    maddrs = [f"/ip4/127.0.0.1/tcp/{i}/p2p/" + "Q" * 225 for i in range(16)]  # each field valid, the whole too big
     with pytest.raises(RecordError, match="cap"):
         make_value(RUN, 1, "peers", PeerRecord(role="miner", version="1", maddrs=maddrs))
     with pytest.raises(RecordError, match="cap"):
