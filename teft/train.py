@@ -116,6 +116,24 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+SCHEDULES = ("cycle", "run")  # inner lr schedule: warmup/cosine restarted every cycle, or one over the run
+
+
+def cycle_config(cfg: TrainConfig, cycle: int, schedule: str = "cycle", cycles: int | None = None) -> TrainConfig:
+    """A miner's inner config for one cycle: seeded by the cycle; with the `run` schedule its steps sit at
+    global steps cycle*H.. of one warmup/cosine spanning `cycles` cycles, so it depends on the cycle number
+    alone (a restarted or late miner lands on the same lr as everyone else)."""
+    from dataclasses import replace
+
+    if schedule not in SCHEDULES:
+        raise TeftError(f"unknown inner schedule '{schedule}'; use one of {', '.join(SCHEDULES)}")
+    if schedule == "cycle":
+        return replace(cfg, seed=cycle, step_offset=0, total_steps=None)
+    if not cycles or cycles < 1:
+        raise TeftError("the 'run' inner schedule needs the run's length in cycles (a positive number)")
+    return replace(cfg, seed=cycle, step_offset=cycle * cfg.steps, total_steps=cycles * cfg.steps)
+
+
 def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token loss that ignores padding positions."""
     labels = input_ids.clone()
