@@ -10,9 +10,10 @@ swarm cycles, interpolated) and general drift (general loss minus the base model
 Phases (each appends rows to the JSON, so a phase can be re-run alone):
   variants  M=4, H=20: inner moments kept vs reset, cross-cycle vs per-cycle lr schedule, outer lr/momentum,
             score-weighted vs uniform merge, top_k < M; picks the variant with the lowest final target loss
+  outer     more outer lr/momentum pairs (--outer) on the --chosen variant
   miners    the chosen variant at M = 1, 2, 8 (M = 4 is the variants row), plus dense DiLoCo and full
             fine-tuning at M = 4 for the forgetting comparison
-  horizon   the chosen variant at H = 50, 100 (M = 4, fewer cycles)
+  horizon   the chosen variant at H = 50, 100 (M = 2, 2 cycles against a 3-cycle lone miner)
 
     python scripts/outer_sweep.py --threads 1 --out teft/assets/studies/outer_sweep
 """
@@ -58,7 +59,6 @@ class Variant:
 TODAY = Variant("today: reset/cycle, outer 1.0/0.0")
 INNER = [TODAY,
          Variant("keep moments", keep_moments=True),
-         Variant("run schedule", schedule="run"),
          Variant("keep + run", keep_moments=True, schedule="run")]
 
 
@@ -173,8 +173,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml", help="manifest template (default configs/tiny.yaml)")
     parser.add_argument("--phases", nargs="+", default=["variants", "miners", "horizon"],
-                        choices=["variants", "miners", "horizon"], help="which phases to run (default all)")
-    parser.add_argument("--cycles", type=int, default=4, help="swarm cycles per row at H=20 (default 4)")
+                        choices=["variants", "outer", "miners", "horizon"],
+                        help="which phases to run (default variants miners horizon)")
+    parser.add_argument("--outer", nargs="+", default=["1.0:0.9", "2.0:0.0", "1.5:0.5"],
+                        help="outer_lr:momentum pairs the `outer` phase tries on the --chosen inner loop")
+    parser.add_argument("--cycles", type=int, default=3, help="swarm cycles per row at H=20 (default 3)")
     parser.add_argument("--lone-cycles", type=int, default=6,
                         help="lone miner cycles, also the run schedule's horizon (default 6, the main job's)")
     parser.add_argument("--chosen", help="variant name for the miners/horizon phases (default: the variants "
@@ -219,8 +222,13 @@ def main() -> None:
     chosen_v = next((Variant(**r["variant"]) for r in results["rows"] if r["variant"]["name"] == name), None)
     if name and chosen_v is None:
         chosen_v = next((v for v in INNER + [o for i in INNER for o in outer_variants(i)] if v.name == name), None)
-    if chosen_v is None and {"miners", "horizon"} & set(args.phases):
+    if chosen_v is None and {"outer", "miners", "horizon"} & set(args.phases):
         raise SystemExit("no chosen variant: run the variants phase first or pass --chosen NAME")
+    if "outer" in args.phases:
+        for pair in args.outer:
+            lr, mu = (float(x) for x in pair.split(":"))
+            add("outer", replace(chosen_v, name=f"{chosen_v.name}, outer {lr:g}/{mu:g}", outer_lr=lr, momentum=mu),
+                4, steps, args.cycles, args.lone_cycles)
     if "miners" in args.phases:
         results["chosen"] = chosen_v.name
         for miners, cycles in ((1, args.cycles), (2, args.cycles), (8, max(args.cycles - 1, 2))):
@@ -242,8 +250,8 @@ def main() -> None:
             m4["curve"][-1]["general_loss"] - base["general_loss"]
         save()
     if "horizon" in args.phases:
-        for h in (50, 100):
-            add("horizon", chosen_v, 4, h, 2, args.lone_cycles - 2)
+        for h in (50, 100):  # M=2 and fewer cycles: an H=100 cycle of 4 miners costs as much as 20 at H=20
+            add("horizon", chosen_v, 2, h, 2, args.lone_cycles // 2)
     save()
     print(f"wrote {json_path} and {out.with_suffix('.md')}")
 
