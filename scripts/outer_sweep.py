@@ -11,6 +11,7 @@ Phases (each appends rows to the JSON, so a phase can be re-run alone):
   variants  M=4, H=20: inner moments kept vs reset, cross-cycle vs per-cycle lr schedule, outer lr/momentum,
             score-weighted vs uniform merge, top_k < M; picks the variant with the lowest final target loss
   outer     more outer lr/momentum pairs (--outer) on the --chosen variant
+  lr        a larger inner lr (--inner-lr) on the --chosen variant, at M=4 and M=1
   miners    the chosen variant at M = 1, 2, 8 (M = 4 is the variants row), plus dense DiLoCo and full
             fine-tuning at M = 4 for the forgetting comparison
   horizon   the chosen variant at H = 50, 100 (M = 2, 2 cycles against a 3-cycle lone miner)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -54,6 +56,7 @@ class Variant:
     momentum: float = 0.0
     weighted: bool = False
     top_k: int | None = None  # None: every miner (M)
+    inner_lr: float | None = None  # None: the manifest's
 
 
 TODAY = Variant("today: reset/cycle, outer 1.0/0.0")
@@ -90,7 +93,7 @@ def swarm_run(rt: Runtime, v: Variant, miners: int, cycles: int, steps: int, hor
     for cycle in range(cycles):
         subs = []
         for m in range(miners):
-            trained, moments[m], _ = miner_cycle(rt, state, f"miner-{m}", cycle, plan, moments[m], steps)
+            trained, moments[m], _ = miner_cycle(rt, state, f"miner-{m}", cycle, plan, moments[m], steps, v.inner_lr)
             subs.append(trained)
         pol = report_batches(subset(rt.validation_blocks, f"outer-sweep/{cycle}", n_val))
         base_loss = state_loss(rt.model, rt.layout, state, pol)
@@ -112,9 +115,10 @@ def row(rt: Runtime, base: dict, v: Variant, miners: int, steps: int, cycles: in
         lone_cache: dict) -> dict:
     """One table row: the swarm's curve, the matching lone miner's, the speedup and the drift."""
     start = time.time()
-    key = (v.keep_moments, v.schedule, steps, lone_cycles)
+    key = (v.keep_moments, v.schedule, steps, lone_cycles, v.inner_lr)
     if key not in lone_cache:
-        lone_cache[key] = lone_miner(rt, lone_cycles, InnerPlan(v.keep_moments, v.schedule, lone_cycles), steps)
+        lone_cache[key] = lone_miner(rt, lone_cycles, InnerPlan(v.keep_moments, v.schedule, lone_cycles), steps,
+                                     v.inner_lr)
     lone = lone_cache[key]
     curve = swarm_run(rt, v, miners, cycles, steps, lone_cycles)
     per_cycle, headline = speedup(curve, lone, base["target_loss"])
@@ -144,8 +148,8 @@ def write_markdown(results: dict, path: Path) -> None:
              "the lone miner's final loss (reached after how many swarm cycles). Drift = general loss - base.", "",
              "Commands:", "", *[f"    {c}" for c in results["commands"]], "",
              "| phase | variant | M | H | target loss per cycle | merged per cycle | lone miner final (cycles) | "
-             "swarm cycles to it | speedup | per-cycle speedup | general drift at end |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "swarm cycles to it | speedup | per-cycle speedup | general drift at end | lone miner's drift at that "
+             "target loss |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         c, h = r["curve"], r["speedup"]
         lines.append(f"| {r['phase']} | {r['variant']['name']} | {r['miners']} | {r['steps']} | "
@@ -154,7 +158,8 @@ def write_markdown(results: dict, path: Path) -> None:
                      + f" | {h['lone_final_target_loss']:.3f} ({h['lone_cycles']}) | "
                      f"{fmt(h['swarm_cycles_to_lone_final'], '.2f')} | {fmt(h['speedup'], '.2f')}x | "
                      + " ".join(fmt(p["speedup_vs_lone"], ".2f") for p in c)
-                     + f" | {c[-1]['general_drift']:+.4f} |")
+                     + f" | {c[-1]['general_drift']:+.4f} | "
+                     f"{fmt(_interp_drift(r['lone'], base, c[-1]['target_loss']), '+.4f')} |")
     forget = results.get("forgetting")
     if forget:
         lines += ["", "## Forgetting at the swarm's final target loss", "",
@@ -173,15 +178,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml", help="manifest template (default configs/tiny.yaml)")
     parser.add_argument("--phases", nargs="+", default=["variants", "miners", "horizon"],
-                        choices=["variants", "outer", "miners", "horizon"],
+                        choices=["variants", "outer", "lr", "miners", "horizon"],
                         help="which phases to run (default variants miners horizon)")
     parser.add_argument("--outer", nargs="+", default=["1.0:0.9", "2.0:0.0", "1.5:0.5"],
                         help="outer_lr:momentum pairs the `outer` phase tries on the --chosen inner loop")
     parser.add_argument("--cycles", type=int, default=3, help="swarm cycles per row at H=20 (default 3)")
     parser.add_argument("--lone-cycles", type=int, default=6,
                         help="lone miner cycles, also the run schedule's horizon (default 6, the main job's)")
+    parser.add_argument("--inner-lr", nargs="+", type=float, default=[3e-3],
+                        help="inner learning rates the `lr` phase tries on the --chosen variant at M=4 and M=1")
     parser.add_argument("--chosen", help="variant name for the miners/horizon phases (default: the variants "
                         "phase's pick, from this run or the JSON)")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                        help="only fold the rows and commands of other runs' JSON into --out's and re-render it")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default="teft/assets/studies/outer_sweep", help="output stem (.json and .md)")
     args = parser.parse_args()
@@ -190,9 +199,17 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path = out.with_suffix(".json")
     results = json.loads(json_path.read_text()) if json_path.exists() else {"rows": [], "commands": []}
+    if args.merge:
+        for other in (json.loads(Path(p).read_text()) for p in args.merge):
+            phases = {r["phase"] for r in other["rows"]}
+            results["rows"] = [r for r in results["rows"] if r["phase"] not in phases] + other["rows"]
+            results["commands"] += [c for c in other["commands"] if c not in results["commands"]]
+        json_path.write_text(json.dumps(results, indent=1) + "\n")
+        write_markdown(results, out.with_suffix(".md"))
+        return
     results["rows"] = [r for r in results["rows"] if r["phase"] not in args.phases]
     results["commands"] = [c for c in results["commands"] if not any(p in c for p in args.phases)]
-    results["commands"].append("python scripts/outer_sweep.py " + " ".join(sys.argv[1:]))
+    results["commands"].append("python scripts/outer_sweep.py " + shlex.join(sys.argv[1:]))
     rt = load_tiny(args.config)
     target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
     base = {k: state_loss(rt.model, rt.layout, rt.initial_state, b)
@@ -229,6 +246,11 @@ def main() -> None:
             lr, mu = (float(x) for x in pair.split(":"))
             add("outer", replace(chosen_v, name=f"{chosen_v.name}, outer {lr:g}/{mu:g}", outer_lr=lr, momentum=mu),
                 4, steps, args.cycles, args.lone_cycles)
+    if "lr" in args.phases:
+        for lr in args.inner_lr:
+            for miners in (4, 1):
+                add("lr", replace(chosen_v, name=f"{chosen_v.name}, inner lr {lr:g}", inner_lr=lr), miners, steps,
+                    args.cycles, args.lone_cycles)
     if "miners" in args.phases:
         results["chosen"] = chosen_v.name
         for miners, cycles in ((1, args.cycles), (2, args.cycles), (8, max(args.cycles - 1, 2))):

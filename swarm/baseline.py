@@ -56,10 +56,11 @@ def inner_config(rt: Runtime, cycle: int, plan: InnerPlan, steps: int | None = N
 
 
 def miner_cycle(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, plan: InnerPlan,
-                moments: dict | None = None, steps: int | None = None) -> tuple[ExpertState, dict | None, list[float]]:
+                moments: dict | None = None, steps: int | None = None,
+                lr: float | None = None) -> tuple[ExpertState, dict | None, list[float]]:
     """What an honest swarm miner does in one cycle, without the network: (Phi_i, moments to keep, losses).
     The model is back at `base` afterwards."""
-    cfg = inner_config(rt, cycle, plan, steps)
+    cfg = inner_config(rt, cycle, plan, steps, lr)
     load_state(rt.model, rt.layout, base)
     try:
         batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, f"{miner_id}/{cycle}", cfg.steps)
@@ -76,13 +77,14 @@ def _point(rt: Runtime, cycle: float, target, general, **extra) -> dict:
     return {"cycle": cycle, "target_loss": t, "general_loss": g, "general_perplexity": math.exp(g), **extra}
 
 
-def lone_miner(rt: Runtime, cycles: int, plan: InnerPlan | None = None, steps: int | None = None) -> list[dict]:
+def lone_miner(rt: Runtime, cycles: int, plan: InnerPlan | None = None, steps: int | None = None,
+               lr: float | None = None) -> list[dict]:
     """One miner (`miner-0`'s batches), H steps per cycle from its own last state, no outer step."""
     plan = plan or plan_from_manifest(rt.manifest, cycles)
     target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
     state, moments, curve = rt.initial_state, None, []
     for cycle in range(cycles):
-        state, moments, _ = miner_cycle(rt, state, "miner-0", cycle, plan, moments, steps)
+        state, moments, _ = miner_cycle(rt, state, "miner-0", cycle, plan, moments, steps, lr)
         load_state(rt.model, rt.layout, state)
         curve.append(_point(rt, cycle, target, general))
     load_state(rt.model, rt.layout, rt.initial_state)
