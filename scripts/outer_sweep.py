@@ -170,7 +170,10 @@ def write_markdown(results: dict, path: Path) -> None:
             lines.append(f"| {name} | {fmt(d['drift_at_swarm_loss'], '+.4f')} | "
                          + " ".join(f"{p['target_loss']:.3f}" for p in d["curve"]) + " |")
     if results.get("chosen"):
-        lines += ["", f"Chosen (lowest final target loss in the variants phase): **{results['chosen']}**."]
+        lines += ["", f"Fastest in the variants phase (lowest final target loss; the miners and horizon phases use "
+                  f"it): **{results['chosen']}**."]
+    if results.get("decision"):
+        lines += ["", "## Decision", "", results["decision"]]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -189,7 +192,7 @@ def main() -> None:
                         help="inner learning rates the `lr` phase tries on the --chosen variant at M=4 and M=1")
     parser.add_argument("--chosen", help="variant name for the miners/horizon phases (default: the variants "
                         "phase's pick, from this run or the JSON)")
-    parser.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+    parser.add_argument("--merge", nargs="*", metavar="JSON",
                         help="only fold the rows and commands of other runs' JSON into --out's and re-render it")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default="teft/assets/studies/outer_sweep", help="output stem (.json and .md)")
@@ -199,7 +202,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path = out.with_suffix(".json")
     results = json.loads(json_path.read_text()) if json_path.exists() else {"rows": [], "commands": []}
-    if args.merge:
+    if args.merge is not None:
         for other in (json.loads(Path(p).read_text()) for p in args.merge):
             phases = {r["phase"] for r in other["rows"]}
             results["rows"] = [r for r in results["rows"] if r["phase"] not in phases] + other["rows"]
