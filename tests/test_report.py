@@ -28,7 +28,8 @@ def test_drift_columns_count_the_cycles_the_swarm_forgets_less():
 
 
 def _curve(targets, generals):
-    return [{"cycle": c, "target_loss": t, "general_loss": g} for c, (t, g) in enumerate(zip(targets, generals))]
+    pairs = enumerate(zip(targets, generals, strict=True))
+    return [{"cycle": c, "target_loss": t, "general_loss": g} for c, (t, g) in pairs]
 
 
 def test_cycles_to_reach_interpolates_from_the_base_model():
