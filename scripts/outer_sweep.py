@@ -1,69 +1,284 @@
-"""The swarm's cycle without the network: N miners train from the same state, their deltas are merged by
-the swarm's own reduce, repeat. Compares outer-step settings on target loss and general drift per cycle
-in minutes instead of full simulations (honest miners only, every submission merged).
+"""Does the swarm turn more miners into faster progress? The swarm's cycle without the network, in-process.
 
-    python scripts/outer_sweep.py --config configs/tiny.yaml --cycles 6 --miners 4 \\
-        --settings 0.7:0.9:1e-3 1.0:0:1e-3        # outer lr : outer momentum : inner lr
+M simulated miners train from the same state, each on its own batches (seeded by miner and cycle, as
+swarm/miner.py does); a validator's Proof-of-Loss score on the cycle's validation subset ranks them, the
+swarm's own rule (`swarm.protocol.consensus.combine`: top_k, min_relative_score) picks the merged ones and the outer
+step (`teft.outer`) applies them. Each row is compared with a lone miner (one miner, H steps per cycle, the
+same inner loop) on target loss per cycle, the speedup (cycles the lone miner needs for the swarm's loss /
+swarm cycles, interpolated) and general drift (general loss minus the base model's).
+
+Phases (each appends rows to the JSON, so a phase can be re-run alone):
+  variants  M=4, H=20: inner moments kept vs reset, cross-cycle vs per-cycle lr schedule, outer lr/momentum,
+            score-weighted vs uniform merge, top_k < M; picks the variant with the lowest final target loss
+  outer     more outer lr/momentum pairs (--outer) on the --chosen variant
+  lr        a larger inner lr (--inner-lr) on the --chosen variant, at M=4 and M=1
+  miners    the chosen variant at M = 1, 2, 8 (M = 4 is the variants row), plus dense DiLoCo and full
+            fine-tuning at M = 4 for the forgetting comparison
+  horizon   the chosen variant at H = 50, 100 (M = 2, 2 cycles against a 3-cycle lone miner)
+
+    python scripts/outer_sweep.py --threads 1 --out teft/assets/studies/outer_sweep
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from swarm.launch import write_manifest
-from swarm.net.identity import load_or_create
-from swarm.protocol.consensus import reduce
-from swarm.protocol.manifest import load
-from swarm.protocol.runtime import load_runtime, report_batches
-from swarm.roles.miner import train_submission
-from teft.pol import state_loss
-from teft.state import from_bytes
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from swarm.protocol.consensus import Score, combine  # noqa: E402
+from swarm.protocol.runtime import Runtime, report_batches  # noqa: E402
+from swarm.sim.baseline import InnerPlan, dense_diloco, lone_miner, miner_cycle, token_budget  # noqa: E402
+from swarm.sim.report import _interp_drift, speedup  # noqa: E402
+from teft.data import subset  # noqa: E402
+from teft.outer import NesterovOuter, OuterConfig, outer_step  # noqa: E402
+from teft.pol import score, state_loss  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the inner and outer loops."""
+
+    name: str
+    keep_moments: bool = False
+    schedule: str = "cycle"
+    outer_lr: float = 1.0
+    momentum: float = 0.0
+    weighted: bool = False
+    top_k: int | None = None  # None: every miner (M)
+    inner_lr: float | None = None  # None: the manifest's
+
+
+TODAY = Variant("today: reset/cycle, outer 1.0/0.0")
+INNER = [TODAY,
+         Variant("keep moments", keep_moments=True),
+         Variant("keep + run", keep_moments=True, schedule="run")]
+
+
+def outer_variants(inner: Variant) -> list[Variant]:
+    """Outer lr/momentum, weighting and top_k tried on the best inner choice."""
+    return [replace(inner, name=f"{inner.name}, outer 1.0/0.5", momentum=0.5),
+            replace(inner, name=f"{inner.name}, outer 0.7/0.9 (DiLoCo)", outer_lr=0.7, momentum=0.9),
+            replace(inner, name=f"{inner.name}, score-weighted", weighted=True),
+            replace(inner, name=f"{inner.name}, top_k 2", top_k=2)]
+
+
+def load_tiny(config: str) -> Runtime:
+    from swarm.launch import write_manifest
+    from swarm.net.identity import load_or_create
+    from swarm.protocol.manifest import load
+    from swarm.protocol.runtime import load_runtime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key = load_or_create(Path(tmp) / "k.key").public_key_str
+        return load_runtime(load(write_manifest(config, Path(tmp) / "run.yaml", [key], 0, {"quorum": 1})))
+
+
+def swarm_run(rt: Runtime, v: Variant, miners: int, cycles: int, steps: int, horizon: int) -> list[dict]:
+    """`cycles` cycles of M honest miners, one validator's scores, the swarm's merge rule and outer step."""
+    plan = InnerPlan(v.keep_moments, v.schedule, horizon)
+    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
+    n_val = int(rt.manifest.data.get("validation_blocks", 32))
+    state, buffer, moments, curve = rt.initial_state, None, [None] * miners, []
+    for cycle in range(cycles):
+        subs = []
+        for m in range(miners):
+            trained, moments[m], _ = miner_cycle(rt, state, f"miner-{m}", cycle, plan, moments[m], steps, v.inner_lr)
+            subs.append(trained)
+        pol = report_batches(subset(rt.validation_blocks, f"outer-sweep/{cycle}", n_val))
+        base_loss = state_loss(rt.model, rt.layout, state, pol)
+        losses = [state_loss(rt.model, rt.layout, s, pol) for s in subs]
+        entries = [Score(f"miner-{m}", str(m), loss, score(base_loss, loss)) for m, loss in enumerate(losses)]
+        decision = combine({"v": entries}, {"v"}, 1, v.top_k or miners, rt.manifest.outer.min_relative_score)
+        if decision.merged:
+            chosen = [subs[int(m.payload_hash)] for m in decision.merged]
+            weights = [m.score for m in decision.merged] if v.weighted else None
+            optimizer = NesterovOuter(OuterConfig(v.outer_lr, v.momentum, True), buffer)
+            state = outer_step(state, chosen, optimizer, weights)
+            buffer = optimizer.buffer
+        t, g = (state_loss(rt.model, rt.layout, state, b) for b in (target, general))
+        curve.append({"cycle": cycle, "target_loss": t, "general_loss": g, "merged": len(decision.merged)})
+    return curve
+
+
+def row(rt: Runtime, base: dict, v: Variant, miners: int, steps: int, cycles: int, lone_cycles: int,
+        lone_cache: dict) -> dict:
+    """One table row: the swarm's curve, the matching lone miner's, the speedup and the drift."""
+    start = time.time()
+    key = (v.keep_moments, v.schedule, steps, lone_cycles, v.inner_lr)
+    if key not in lone_cache:
+        lone_cache[key] = lone_miner(rt, lone_cycles, InnerPlan(v.keep_moments, v.schedule, lone_cycles), steps,
+                                     v.inner_lr)
+    lone = lone_cache[key]
+    curve = swarm_run(rt, v, miners, cycles, steps, lone_cycles)
+    per_cycle, headline = speedup(curve, lone, base["target_loss"])
+    for p, s in zip(curve, per_cycle, strict=True):
+        p["general_drift"] = p["general_loss"] - base["general_loss"]
+        p["speedup_vs_lone"] = s
+    out = {"variant": asdict(v), "miners": miners, "steps": steps, "cycles": cycles, "curve": curve,
+           "lone": lone, "speedup": headline, "seconds": round(time.time() - start, 1)}
+    print(f"{v.name} | M={miners} H={steps}: target " + " ".join(f"{p['target_loss']:.3f}" for p in curve)
+          + f" | lone {lone_cycles}-cycle {headline['lone_final_target_loss']:.3f}, swarm reaches it after "
+          f"{headline['swarm_cycles_to_lone_final']} cycles, speedup {headline['speedup']} | drift "
+          f"{curve[-1]['general_drift']:+.3f} [{out['seconds']}s]", flush=True)
+    return out
+
+
+def fmt(x, spec=".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    base = results["base"]
+    lines = ["# Outer-loop study: does the swarm turn more miners into faster progress?", "",
+             f"In-process swarm on `configs/tiny.yaml` (model `tiny`, target math, batch 8 x 128 tokens), honest "
+             f"miners only, one validator's Proof-of-Loss scores and the swarm's merge rule. Base model: math "
+             f"{base['target_loss']:.4f}, general {base['general_loss']:.4f}. Speedup = cycles a lone miner (same "
+             "H, same inner loop) needs to reach the swarm's loss / the swarm's cycles; the headline column uses "
+             "the lone miner's final loss (reached after how many swarm cycles). Drift = general loss - base.", "",
+             "Commands:", "", *[f"    {c}" for c in results["commands"]], "",
+             "| phase | variant | M | H | target loss per cycle | merged per cycle | lone miner final (cycles) | "
+             "swarm cycles to it | speedup | per-cycle speedup | general drift at end | lone miner's drift at that "
+             "target loss |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        c, h = r["curve"], r["speedup"]
+        lines.append(f"| {r['phase']} | {r['variant']['name']} | {r['miners']} | {r['steps']} | "
+                     + " ".join(f"{p['target_loss']:.3f}" for p in c) + " | "
+                     + " ".join(str(p["merged"]) for p in c)
+                     + f" | {h['lone_final_target_loss']:.3f} ({h['lone_cycles']}) | "
+                     f"{fmt(h['swarm_cycles_to_lone_final'], '.2f')} | {fmt(h['speedup'], '.2f')}x | "
+                     + " ".join(fmt(p["speedup_vs_lone"], ".2f") for p in c)
+                     + f" | {c[-1]['general_drift']:+.4f} | "
+                     f"{fmt(_interp_drift(r['lone'], base, c[-1]['target_loss']), '+.4f')} |")
+    forget = results.get("forgetting")
+    if forget:
+        lines += ["", "## Forgetting at the swarm's final target loss", "",
+                  f"Swarm row: {forget['row']}; its final target loss {forget['target_loss']:.4f}. Each curve's "
+                  "general drift is interpolated along it at that target loss (`-`: the curve never got there).", "",
+                  "| curve | general drift | target loss per cycle |", "|---|---|---|"]
+        for name, d in forget["curves"].items():
+            lines.append(f"| {name} | {fmt(d['drift_at_swarm_loss'], '+.4f')} | "
+                         + " ".join(f"{p['target_loss']:.3f}" for p in d["curve"]) + " |")
+    if results.get("chosen"):
+        lines += ["", f"Fastest in the variants phase (lowest final target loss; the miners and horizon phases use "
+                  f"it): **{results['chosen']}**."]
+    if results.get("decision"):
+        lines += ["", "## Decision", "", results["decision"]]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml", help="manifest template (default configs/tiny.yaml)")
-    parser.add_argument("--cycles", type=int, default=6, help="cycles per setting (default 6)")
-    parser.add_argument("--miners", type=int, default=4, help="honest miners per cycle (default 4)")
-    parser.add_argument("--settings", nargs="+", default=["0.7:0.9:1e-3", "1.0:0:1e-3"],
-                        help="outer_lr:outer_momentum:inner_lr triples to compare")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--out", default="runs/outer_sweep.json", help="JSON output path")
+    parser.add_argument("--phases", nargs="+", default=["variants", "miners", "horizon"],
+                        choices=["variants", "outer", "lr", "miners", "horizon"],
+                        help="which phases to run (default variants miners horizon)")
+    parser.add_argument("--outer", nargs="+", default=["1.0:0.9", "2.0:0.0", "1.5:0.5"],
+                        help="outer_lr:momentum pairs the `outer` phase tries on the --chosen inner loop")
+    parser.add_argument("--cycles", type=int, default=3, help="swarm cycles per row at H=20 (default 3)")
+    parser.add_argument("--lone-cycles", type=int, default=6,
+                        help="lone miner cycles, also the run schedule's horizon (default 6, the main job's)")
+    parser.add_argument("--inner-lr", nargs="+", type=float, default=[3e-3],
+                        help="inner learning rates the `lr` phase tries on the --chosen variant at M=4 and M=1")
+    parser.add_argument("--chosen", help="variant name for the miners/horizon phases (default: the variants "
+                        "phase's pick, from this run or the JSON)")
+    parser.add_argument("--merge", nargs="*", metavar="JSON",
+                        help="only fold the rows and commands of other runs' JSON into --out's and re-render it")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", default="teft/assets/studies/outer_sweep", help="output stem (.json and .md)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        key = load_or_create(Path(tmp) / "k.key").public_key_str
-        manifest = load(write_manifest(args.config, Path(tmp) / "run.yaml", [key], 0, {"quorum": 1}))
-        rt = load_runtime(manifest)
-    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
-    base_t, base_g = (state_loss(rt.model, rt.layout, rt.initial_state, b) for b in (target, general))
-    results = {"base": {"target_loss": base_t, "general_loss": base_g}, "runs": []}
-    for setting in args.settings:
-        outer_lr, momentum, inner_lr = (float(x) for x in setting.split(":"))
-        rt.manifest.inner.lr = inner_lr
-        state, buffer, curve, start = rt.initial_state, None, [], time.time()
-        for cycle in range(args.cycles):
-            subs = [from_bytes(train_submission(rt, state, f"miner-{m}", cycle).payload) for m in range(args.miners)]
-            state, buffer = reduce(state, buffer, subs, replace(rt.outer, lr=outer_lr, momentum=momentum))
-            t, g = (state_loss(rt.model, rt.layout, state, b) for b in (target, general))
-            curve.append({"cycle": cycle, "target_loss": t, "general_drift": g - base_g})
-        run = {"outer_lr": outer_lr, "momentum": momentum, "inner_lr": inner_lr, "curve": curve,
-               "seconds": round(time.time() - start, 1)}
-        results["runs"].append(run)
-        print(f"outer lr {outer_lr} momentum {momentum} inner lr {inner_lr}: " + ", ".join(
-            f"({p['target_loss']:.3f}, {p['general_drift']:+.3f})" for p in curve) + f"  [{run['seconds']}s]",
-            flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"(target loss, general drift) per cycle; base target {base_t:.3f}; wrote {out}")
+    json_path = out.with_suffix(".json")
+    results = json.loads(json_path.read_text()) if json_path.exists() else {"rows": [], "commands": []}
+    if args.merge is not None:
+        for other in (json.loads(Path(p).read_text()) for p in args.merge):
+            phases = {r["phase"] for r in other["rows"]}
+            results["rows"] = [r for r in results["rows"] if r["phase"] not in phases] + other["rows"]
+            results["commands"] += [c for c in other["commands"] if c not in results["commands"]]
+        json_path.write_text(json.dumps(results, indent=1) + "\n")
+        write_markdown(results, out.with_suffix(".md"))
+        return
+    results["rows"] = [r for r in results["rows"] if r["phase"] not in args.phases]
+    results["commands"] = [c for c in results["commands"] if not any(p in c for p in args.phases)]
+    results["commands"].append("python scripts/outer_sweep.py " + shlex.join(sys.argv[1:]))
+    rt = load_tiny(args.config)
+    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
+    base = {k: state_loss(rt.model, rt.layout, rt.initial_state, b)
+            for k, b in (("target_loss", target), ("general_loss", general))}
+    results["base"] = base
+    steps = rt.manifest.inner.steps
+    lone_cache: dict = {}
+
+    def save():
+        json_path.write_text(json.dumps(results, indent=1) + "\n")
+        write_markdown(results, out.with_suffix(".md"))
+
+    def add(phase, v, miners, h, cycles, lone_cycles):
+        results["rows"].append({"phase": phase, **row(rt, base, v, miners, h, cycles, lone_cycles, lone_cache)})
+        save()
+        return results["rows"][-1]
+
+    if "variants" in args.phases:
+        inner = [add("variants", v, 4, steps, args.cycles, args.lone_cycles) for v in INNER]
+        best_inner = min(inner, key=lambda r: r["curve"][-1]["target_loss"])
+        best_v = Variant(**best_inner["variant"])
+        outer = [add("variants", v, 4, steps, args.cycles, args.lone_cycles) for v in outer_variants(best_v)]
+        chosen = min(inner + outer, key=lambda r: r["curve"][-1]["target_loss"])
+        results["chosen"] = chosen["variant"]["name"]
+        save()
+    name = args.chosen or results.get("chosen")
+    chosen_v = next((Variant(**r["variant"]) for r in results["rows"] if r["variant"]["name"] == name), None)
+    if name and chosen_v is None:
+        chosen_v = next((v for v in INNER + [o for i in INNER for o in outer_variants(i)] if v.name == name), None)
+    if chosen_v is None and {"outer", "miners", "horizon"} & set(args.phases):
+        raise SystemExit("no chosen variant: run the variants phase first or pass --chosen NAME")
+    if "outer" in args.phases:
+        for pair in args.outer:
+            lr, mu = (float(x) for x in pair.split(":"))
+            add("outer", replace(chosen_v, name=f"{chosen_v.name}, outer {lr:g}/{mu:g}", outer_lr=lr, momentum=mu),
+                4, steps, args.cycles, args.lone_cycles)
+    if "lr" in args.phases:
+        for lr in args.inner_lr:
+            for miners in (4, 1):
+                add("lr", replace(chosen_v, name=f"{chosen_v.name}, inner lr {lr:g}", inner_lr=lr), miners, steps,
+                    args.cycles, args.lone_cycles)
+    if "miners" in args.phases:
+        results["chosen"] = chosen_v.name
+        for miners, cycles in ((1, args.cycles), (2, args.cycles), (8, max(args.cycles - 1, 2))):
+            add("miners", chosen_v, miners, steps, cycles, args.lone_cycles)
+        m4 = next((r for r in results["rows"] if r["variant"]["name"] == chosen_v.name and r["miners"] == 4
+                   and r["steps"] == steps), None)
+        if m4 is None:
+            m4 = add("miners", chosen_v, 4, steps, args.cycles, args.lone_cycles)
+        plan = InnerPlan(chosen_v.keep_moments, chosen_v.schedule, args.lone_cycles)
+        print("dense DiLoCo and full fine-tuning at M=4 (all parameters)", flush=True)
+        dense = dense_diloco(rt, m4["cycles"], 4, plan, OuterConfig(chosen_v.outer_lr, chosen_v.momentum, True))
+        full = token_budget(rt, m4["cycles"], 4, methods=("full",))["full"]
+        final = m4["curve"][-1]["target_loss"]
+        curves = {"swarm (TEFT)": m4["curve"], "lone miner (TEFT)": m4["lone"], "dense DiLoCo": dense,
+                  "full fine-tuning, same tokens": full}
+        results["forgetting"] = {"row": f"{chosen_v.name}, M=4, H={steps}", "target_loss": final, "curves": {
+            k: {"drift_at_swarm_loss": _interp_drift(c, base, final), "curve": c} for k, c in curves.items()}}
+        results["forgetting"]["curves"]["swarm (TEFT)"]["drift_at_swarm_loss"] = \
+            m4["curve"][-1]["general_loss"] - base["general_loss"]
+        save()
+    if "horizon" in args.phases:
+        for h in (50, 100):  # M=2 and fewer cycles: an H=100 cycle of 4 miners costs as much as 20 at H=20
+            add("horizon", chosen_v, 2, h, 2, args.lone_cycles // 2)
+    save()
+    print(f"wrote {json_path} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

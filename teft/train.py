@@ -117,12 +117,24 @@ class _ModuleSelection:
             target.copy_(master.detach().to(target.dtype))
 
 
+ParamKeys = str | list[str]  # a parameter's moments key: one for the whole tensor, or one per row (dim 0)
+
+
 class TrainableSlices(list):
     """The fp32 master parameters being trained (a list, for the optimizer) and the state they form."""
 
     def __init__(self):
         super().__init__()
         self.keys: list[tuple[str, nn.Parameter, int | None]] = []  # (state key, master, row or None)
+
+    def param_keys(self) -> list[ParamKeys]:
+        """The expert-state keys of each master, in list order: one key for a whole tensor, one per row of a
+        fused selection. Optimizer state keyed this way saves and loads as a state, whatever the masters are."""
+        out: list[ParamKeys] = []
+        for master in self:
+            rows = sorted((row, key) for key, p, row in self.keys if p is master and row is not None)
+            out.append([key for _, key in rows] if rows else next(k for k, p, _ in self.keys if p is master))
+        return out
 
     def state(self) -> ExpertState:
         """The masters as an fp32 ExpertState (canonical order), without rounding to the model's dtype."""
@@ -196,6 +208,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     gradient_checkpointing: bool = False  # recompute activations in backward: pilot-size models at batch 8
+    # Cross-cycle schedule: this call's first step is global step `step_offset` of a schedule that spans
+    # `total_steps` (the whole run, e.g. cycles x steps); None keeps one warmup/cosine per call.
+    step_offset: int = 0
+    total_steps: int | None = None
 
 
 @dataclass
@@ -204,13 +220,19 @@ class TrainResult:
     optimizer_state_bytes: int = 0
     trainable_params: int = 0
     state: ExpertState | None = None  # train_experts: the fp32 master slices after training
+    moments: dict[str, torch.Tensor] = field(default_factory=dict)  # AdamW state to carry to the next call
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup then cosine decay to min_lr_ratio * lr."""
+    """Linear warmup then cosine decay to min_lr_ratio * lr at the horizon (total_steps, else steps).
+
+    `step` is the global step (cfg.step_offset + the call's own step), so a schedule spanning many cycles
+    warms up once and decays once; past the horizon the lr stays at its floor.
+    """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
+    horizon = cfg.total_steps if cfg.total_steps is not None else cfg.steps
+    span = max(horizon - cfg.warmup_steps, 1)
     progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -234,6 +256,24 @@ def chunked_cross_entropy(head: nn.Linear, hidden: torch.Tensor, labels: torch.T
         else:
             total = total + _token_losses_sum(head, h, y)
     return total / (labels != -100).sum().clamp_min(1)
+
+
+SCHEDULES = ("cycle", "run")  # inner lr schedule: warmup/cosine restarted every cycle, or one over the run
+
+
+def cycle_config(cfg: TrainConfig, cycle: int, schedule: str = "cycle", cycles: int | None = None) -> TrainConfig:
+    """A miner's inner config for one cycle: seeded by the cycle; with the `run` schedule its steps sit at
+    global steps cycle*H.. of one warmup/cosine spanning `cycles` cycles, so it depends on the cycle number
+    alone (a restarted or late miner lands on the same lr as everyone else)."""
+    from dataclasses import replace
+
+    if schedule not in SCHEDULES:
+        raise TeftError(f"unknown inner schedule '{schedule}'; use one of {', '.join(SCHEDULES)}")
+    if schedule == "cycle":
+        return replace(cfg, seed=cycle, step_offset=0, total_steps=None)
+    if not cycles or cycles < 1:
+        raise TeftError("the 'run' inner schedule needs the run's length in cycles (a positive number)")
+    return replace(cfg, seed=cycle, step_offset=cycle * cfg.steps, total_steps=cycles * cfg.steps)
 
 
 def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -285,16 +325,81 @@ class Interrupted(Exception):
     """Training was asked to stop (a peer shutting down); the model holds a partial update."""
 
 
+MOMENT_FIELDS = ("exp_avg", "exp_avg_sq", "step")  # AdamW's per-parameter state, as key suffixes
+
+
+
+
+def _rows(tensor: torch.Tensor, names: ParamKeys) -> list[tuple[str, torch.Tensor]]:
+    """(key, slice) pairs: the whole tensor under one key, or row i under the i-th key."""
+    if isinstance(names, str):
+        return [(names, tensor)]
+    return list(zip(names, tensor.unbind(0), strict=True))
+
+
+def _load_moments(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], keys: list[ParamKeys],
+                  moments: dict[str, torch.Tensor]) -> None:
+    """Put saved AdamW moments back on the parameters they were taken from (matched by key, not identity)."""
+    for p, names in zip(params, keys, strict=True):
+        whole = isinstance(names, str)
+        names = [names] if whole else names
+        missing = [f"{n}.{f}" for n in names for f in MOMENT_FIELDS if f"{n}.{f}" not in moments]
+        if missing:
+            raise TeftError(f"optimizer state lacks {missing[0]}: it was saved for another expert map or model; "
+                            "delete the saved moments to start them afresh")
+        state = {}
+        for f in ("exp_avg", "exp_avg_sq"):
+            parts = [moments[f"{n}.{f}"] for n in names]
+            value = parts[0] if whole else torch.stack(parts)
+            if tuple(value.shape) != tuple(p.shape):
+                raise TeftError(f"optimizer state {names[0]}.{f} has shape {list(value.shape)}, the parameter "
+                                f"{list(p.shape)}: it is for another model; delete the saved moments")
+            state[f] = value.detach().to(device=p.device, dtype=p.dtype).clone()
+        steps = {float(moments[f"{n}.step"]) for n in names}
+        if len(steps) != 1:
+            raise TeftError(f"optimizer state rows of {names[0]} disagree on the step count: the file is corrupt; "
+                            "delete the saved moments")
+        state["step"] = torch.tensor(steps.pop(), dtype=torch.float32)
+        optimizer.state[p] = state
+
+
+def _export_moments(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                    keys: list[ParamKeys]) -> dict[str, torch.Tensor]:
+    """AdamW's state as fp32 CPU tensors keyed `<key>.exp_avg`, `<key>.exp_avg_sq`, `<key>.step`."""
+    out: dict[str, torch.Tensor] = {}
+    for p, names in zip(params, keys, strict=True):
+        state = optimizer.state.get(p)
+        if not state:
+            continue
+        step = state["step"].detach().to(device="cpu", dtype=torch.float32).reshape(())
+        for f in ("exp_avg", "exp_avg_sq"):
+            for name, part in _rows(state[f], names):
+                out[f"{name}.{f}"] = part.detach().to(device="cpu", dtype=torch.float32).clone()
+        for name in [names] if isinstance(names, str) else names:
+            out[f"{name}.step"] = step.clone()
+    return out
+
+
 def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, cfg: TrainConfig,
-               progress: bool = False, desc: str = "train", should_stop: Callable[[], bool] | None = None
+               progress: bool = False, desc: str = "train", should_stop: Callable[[], bool] | None = None,
+               moments: dict[str, torch.Tensor] | None = None, keys: list[ParamKeys] | None = None
                ) -> TrainResult:
-    """AdamW over `params` for cfg.steps batches: warmup/cosine, clipping, loss ignoring padding."""
+    """AdamW over `params` for cfg.steps batches: warmup/cosine, clipping, loss ignoring padding.
+
+    `moments` (from a previous call's result) resume AdamW where it stopped instead of from zero; `keys`
+    names each parameter's moments (default `params.{i}`). The result's `moments` hold the new state.
+    """
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
     device = params[0].device if params else torch.device("cpu")
+    keys = keys if keys is not None else [f"params.{i}" for i in range(len(params))]
+    if len(keys) != len(params):
+        raise TeftError(f"{len(keys)} optimizer-state key lists for {len(params)} parameters: they must pair up")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   foreach=False)
+    if moments:
+        _load_moments(optimizer, params, keys, moments)
     result = TrainResult(trainable_params=sum(p.numel() for p in params))
     was_training = model.training
     model.train()
@@ -309,7 +414,7 @@ def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, 
             batch, mask = batch["input_ids"], batch.get("attention_mask")
             mask = None if mask is None else mask.to(device)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(cfg.step_offset + step, cfg)
         loss = lm_loss(model, batch.to(device), mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -319,22 +424,27 @@ def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, 
         result.losses.append(loss.item())
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
     result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
+    result.moments = _export_moments(optimizer, params, keys)
     model.train(was_training)
     return result
 
 
 def train_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap, batches: Iterable,
                   cfg: TrainConfig, progress: bool = False, should_stop: Callable[[], bool] | None = None,
-                  init: dict[str, torch.Tensor] | None = None) -> TrainResult:
+                  init: dict[str, torch.Tensor] | None = None, moments: dict[str, torch.Tensor] | None = None
+                  ) -> TrainResult:
     """Train only the selected experts in place; everything else stays bit-identical.
 
     The result's `state` holds the fp32 masters (start them from `init` to keep an fp32 state's precision on
-    a bf16 model); the model holds the same values cast to its dtype.
+    a bf16 model); the model holds the same values cast to its dtype. `moments`: the AdamW state a previous
+    call returned (result.moments, keyed like the expert state with `.exp_avg`/`.exp_avg_sq`/`.step`
+    suffixes; `teft.state.to_bytes` saves it), to keep them across cycles.
     """
     with trainable_experts(model, layout, expert_map, init=init) as params:
         if not params:
             raise TeftError("the expert map selects no experts: nothing to train; use a larger budget")
         with gradient_checkpointing(model, cfg.gradient_checkpointing):
-            result = train_loop(model, params, batches, cfg, progress=progress, should_stop=should_stop)
+            result = train_loop(model, params, batches, cfg, progress=progress, should_stop=should_stop,
+                                moments=moments, keys=params.param_keys())
         result.state = params.state()
     return result

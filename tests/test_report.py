@@ -2,7 +2,7 @@
 
 import pytest
 
-from swarm.sim.report import _interp_drift, add_drift, write_outputs
+from swarm.sim.report import _interp_drift, add_drift, add_speedup, cycles_to_reach, write_outputs
 
 
 def test_drift_interpolates_from_the_base_model():
@@ -27,6 +27,44 @@ def test_drift_columns_count_the_cycles_the_swarm_forgets_less():
     assert report["drift_vs_full_ft"] == {"cycles_compared": 2, "cycles_swarm_drifts_less": 1}
 
 
+def _curve(targets, generals):
+    pairs = enumerate(zip(targets, generals, strict=True))
+    return [{"cycle": c, "target_loss": t, "general_loss": g} for c, (t, g) in pairs]
+
+
+def test_cycles_to_reach_interpolates_from_the_base_model():
+    lone = _curve([1.8, 1.6, 1.4, 1.2], [1.0] * 4)
+    assert cycles_to_reach(lone, 2.0, 1.9) == pytest.approx(0.5)
+    assert cycles_to_reach(lone, 2.0, 1.3) == pytest.approx(3.5)
+    assert cycles_to_reach(lone, 2.0, 2.5) == 0.0  # the base model is already there
+    assert cycles_to_reach(lone, 2.0, 1.1) is None  # never reached
+    bumpy = _curve([1.5, 1.7, 1.0], [1.0] * 3)  # the first crossing counts, not a later one
+    assert cycles_to_reach(bumpy, 2.0, 1.6) == pytest.approx(0.8)
+
+
+def test_speedup_and_drift_fields_come_from_the_curves():
+    base = {"target_loss": 2.0, "general_loss": 1.0}
+    rows = _curve([1.6, 1.3, 1.1], [1.05, 1.1, 1.2])
+    baseline = {"lone": _curve([1.8, 1.6, 1.4, 1.2], [1.02, 1.04, 1.06, 1.08]),
+                "dense_diloco": _curve([1.5, 1.0], [1.25, 1.65]),
+                "full": _curve([1.2], [1.4])}
+    report = {"base": base, "per_cycle": rows, "baseline": baseline}
+    add_drift(report)
+    add_speedup(report)
+    # the lone miner needs 2 cycles for 1.6 (1 swarm cycle) and 3.5 for 1.3 (2 swarm cycles); 1.1 it never reaches
+    assert [r["speedup_vs_lone"] for r in rows] == pytest.approx([2.0, 1.75, None])
+    # its final loss 1.2 after 4 cycles; the swarm gets there halfway through its third cycle
+    assert report["speedup"] == pytest.approx({"lone_cycles": 4, "lone_final_target_loss": 1.2,
+                                               "swarm_cycles_to_lone_final": 2.5, "speedup": 1.6})
+    # dense DiLoCo at target 1.3: 0.4 of the way from (1.5, +0.25) to (1.0, +0.65)
+    assert rows[1]["drift_at_same_target_loss"]["dense_diloco"] == pytest.approx(0.41)
+    assert rows[1]["drift_at_same_target_loss"]["lone"] == pytest.approx(0.07)
+    assert rows[0]["drift_at_same_target_loss"]["full"] == pytest.approx(0.4 * 0.5)  # from the base to (1.2, 0.4)
+    assert rows[2]["drift_at_same_target_loss"] == {"lone": None, "dense_diloco": pytest.approx(0.57), "full": None}
+    assert report["drift_at_final_target_loss"] == pytest.approx(
+        {"target_loss": 1.1, "swarm": 0.2, "lone": None, "dense_diloco": 0.57, "full": None})
+
+
 def test_outputs(tmp_path):
     peers = {"miner-0": {"role": "miner", "adversary": None}, "miner-nan": {"role": "miner", "adversary": "nan"},
              "validator-0": {"role": "validator", "adversary": None}}
@@ -38,9 +76,11 @@ def test_outputs(tmp_path):
     report = {"manifest": "run.yaml", "cycles": 3, "payload_bytes": 100, "dense_model_bytes": 1000,
               "base": {"target_loss": 2.3, "general_loss": 1.0}, "peers": peers, "per_cycle": rows,
               "adversaries_ever_merged": {"miner-nan": False}, "all_cycles_agree": True,
-              "baseline": {"full": [{"cycle": 0, "target_loss": 1.0, "general_loss": 1.5}]}}
+              "baseline": {"full": [{"cycle": 0, "target_loss": 1.0, "general_loss": 1.5}],
+                           "lone": [{"cycle": c, "target_loss": 2.15 - 0.1 * c, "general_loss": 1.0} for c in range(3)],
+                           "dense_diloco": [{"cycle": 0, "target_loss": 1.5, "general_loss": 1.6}]}}
     write_outputs(report, tmp_path)
-    for name in ("target_loss.png", "general_perplexity.png", "bytes.png", "scores.png"):
+    for name in ("target_loss.png", "general_perplexity.png", "bytes.png", "scores.png", "progress.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (tmp_path / "summary.md").read_text()
     assert "| miner-nan | nan | no | has non-finite values |" in summary
@@ -48,6 +88,11 @@ def test_outputs(tmp_path):
     # cycle 0: target 2.0 is 0.3/1.3 of the way from the base (2.3) to the full-FT point (1.0, drift 0.5)
     assert "| 0 | 1: miner-0 | 2.0000 | 1.0000 | 1.0000 | 0.1000 | 0.1154 | yes |" in summary
     assert "| general drift below full fine-tuning's at the same target loss | 3 of 3 cycles |" in summary
+    # lone miner: 2.15, 2.05, 1.95 after 1..3 cycles from 2.3, so 2.5 cycles for the swarm's 2.0 after 1 cycle;
+    # dense DiLoCo at 2.0: 0.3/0.8 of the way from the base to (1.5, drift 0.6)
+    assert "| 0 | 1: miner-0 | 2.0000 | 1.0000 | 1.0000 | 0.1000 | 0.1154 | yes | 2.50x | 0.0000 | 0.2250 |" in summary
+    assert "(its 3-cycle target loss 1.9500: swarm reaches it after 1.17 cycles) | 2.57x |" in summary
+    assert (tmp_path / "report.json").read_text().count('"speedup_vs_lone"') == 3
 
 
 def _honest_report(cycles: int = 3) -> dict:

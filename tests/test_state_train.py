@@ -92,6 +92,67 @@ def test_lr_schedule():
     assert lr_at(2, cfg) == pytest.approx(1.0) and lr_at(10, cfg) == pytest.approx(0.1)
 
 
+def test_lr_schedule_spans_the_run():
+    """Cycles of 10 steps on a 30-step horizon: one warmup, one cosine; the floor after the horizon."""
+    run = TrainConfig(steps=10, lr=1.0, warmup_steps=2, min_lr_ratio=0.1, total_steps=30)
+    lrs = [lr_at(step, run) for step in range(35)]
+    assert lrs[:2] == pytest.approx([0.5, 1.0]) and lrs[10] < 1.0 and lrs[10] > lrs[20] > lrs[29]
+    assert lrs[30:] == pytest.approx([0.1] * 5)  # past the horizon the lr stays at its floor
+    assert lr_at(16, run) == pytest.approx(0.55)  # cosine midpoint of steps 2..30
+    assert lr_at(10, TrainConfig(steps=10, lr=1.0, warmup_steps=2)) == pytest.approx(0.1)  # default: per call
+
+
+def _train_chunk(model, layout, emap, start, steps, moments, total):
+    """One cycle of a miner: `steps` batches from global step `start` of a `total`-step schedule."""
+    cfg = TrainConfig(steps=steps, lr=1e-2, warmup_steps=1, seed=start, step_offset=start, total_steps=total)
+    batches = (next(_batches(4, seed=start + i)) for i in range(steps))
+    return train_experts(model, layout, emap, batches, cfg, moments=moments)
+
+
+@pytest.mark.parametrize("name", ["qwen3_moe", "per_expert"])
+def test_moments_and_schedule_survive_a_restart(name):
+    """A miner killed after cycle 1 that reloads its saved state and moments sends the same bytes in cycle 2 as
+    one that never stopped, and as one 6-step run: the moments are matched back to the right rows."""
+    model = build(name)
+    layout = discover_layout(model)
+    emap = _map(layout, (0, 2))
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+
+    first = _train_chunk(model, layout, emap, 0, 3, None, 6)
+    with trainable_experts(model, layout, emap) as params:
+        groups = params.param_keys()
+    keys = [k for group in groups for k in ([group] if isinstance(group, str) else group)]
+    assert sorted(keys) == sorted(expected_shapes(layout, emap))
+    assert set(first.moments) == {f"{k}.{f}" for k in keys for f in ("exp_avg", "exp_avg_sq", "step")}
+    saved_state, saved_moments = to_bytes(extract_state(model, layout, emap)), to_bytes(first.moments)
+    _train_chunk(model, layout, emap, 3, 3, first.moments, 6)
+    never_stopped = to_bytes(extract_state(model, layout, emap))
+
+    restarted = build(name)
+    restarted.load_state_dict(initial)
+    load_state(restarted, layout, from_bytes(saved_state))
+    again = _train_chunk(restarted, layout, emap, 3, 3, from_bytes(saved_moments), 6)
+    assert to_bytes(extract_state(restarted, layout, emap)) == never_stopped
+    assert float(again.moments[f"{keys[0]}.step"]) == 6.0
+
+    fresh = build(name)  # forgetting the moments changes the update, so the comparison above could fail
+    fresh.load_state_dict(initial)
+    load_state(fresh, layout, from_bytes(saved_state))
+    _train_chunk(fresh, layout, emap, 3, 3, None, 6)
+    assert to_bytes(extract_state(fresh, layout, emap)) != never_stopped
+
+    whole = build(name)  # one uninterrupted 6-step run (same batches, same global schedule)
+    whole.load_state_dict(initial)
+    cfg = TrainConfig(steps=6, lr=1e-2, warmup_steps=1, seed=0, total_steps=6)
+    batches = [next(_batches(4, seed=i)) for i in range(6)]
+    train_experts(whole, layout, emap, iter(batches), cfg)
+    assert torch.allclose(extract_state(whole, layout, emap)[keys[0]],
+                          from_bytes(never_stopped)[keys[0]], atol=1e-6)
+
+    with pytest.raises(TeftError, match="another expert map"):
+        _train_chunk(fresh, layout, _map(layout, (1, 3)), 6, 1, first.moments, 6)
+
+
 @pytest.mark.parametrize("name", ["qwen2_moe", "gpt_oss", "per_expert"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_state_bytes_round_trip(name, dtype, tmp_path):

@@ -1,34 +1,167 @@
-"""Baselines for a simulation: full fine-tuning and single-process TEFT on the same token budget.
+"""Baselines for a simulation: what the swarm's progress and forgetting are measured against.
 
-Each baseline sees, per swarm cycle, as many tokens as the swarm's honest miners trained on together
-(miners x H x batch x sequence), and is evaluated after each such chunk on the same fixed blocks the
-validators report, so its curves line up with the swarm's cycle by cycle.
+- `teft` and `full`: single-process TEFT and full fine-tuning on the swarm's token budget (per swarm cycle, as
+  many tokens as its honest miners trained on together: miners x H x batch x sequence);
+- `lone`: one miner alone, H steps per cycle for the same cycles, with the swarm miners' inner loop (the
+  reference of the speedup: how many cycles a lone miner needs for the swarm's loss);
+- `dense_diloco`: M workers training all parameters from the same state with the same H, data and outer step
+  (does TEFT or the averaging make the swarm forget less?).
+
+Each curve is evaluated on the same fixed blocks the validators report, so it lines up with the swarm's
+cycles: a point with `cycle` c is the model after c + 1 cycles' worth of training.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import torch
 
 from swarm.protocol.runtime import Runtime, report_batches
 from teft.data import iterate_batches
+from teft.outer import OuterConfig
 from teft.pol import mean_loss
-from teft.train import train_experts, train_loop
+from teft.state import ExpertState, extract_state, load_state
+from teft.train import TrainConfig, cycle_config, train_experts, train_loop
 
 
-def run_baselines(rt: Runtime, cycles: int, miners: int, full_lr: float | None = None) -> dict:
-    """{method: [{cycle, target_loss, general_loss, ...}]} for `full` and `teft`, plus the base model; the
-    model is back at its base weights afterwards."""
+@dataclass(frozen=True)
+class InnerPlan:
+    """How a miner's inner loop carries over from cycle to cycle."""
+
+    keep_moments: bool = False  # AdamW moments kept by each miner across cycles (DiLoCo's workers do)
+    schedule: str = "cycle"  # "cycle": warmup/cosine every cycle; "run": one warmup/cosine over `cycles`
+    cycles: int | None = None  # the run schedule's horizon in cycles
+
+    @property
+    def label(self) -> str:
+        return f"{'keep' if self.keep_moments else 'reset'}-moments/{self.schedule}-schedule"
+
+
+def plan_from_manifest(manifest, cycles: int) -> InnerPlan:
+    """The inner plan a run's manifest asks for (today's behaviour where its inner section says nothing)."""
+    inner = manifest.inner
+    return InnerPlan(bool(getattr(inner, "keep_moments", False)), getattr(inner, "schedule", None) or "cycle",
+                     getattr(inner, "schedule_cycles", None) or cycles)
+
+
+def inner_config(rt: Runtime, cycle: int, plan: InnerPlan, steps: int | None = None,
+                 lr: float | None = None) -> TrainConfig:
+    """A swarm miner's TrainConfig for one cycle under `plan` (H = `steps`, default the manifest's)."""
+    base = rt.inner
+    base = replace(base, steps=steps or base.steps, lr=lr or base.lr)
+    return cycle_config(base, cycle, plan.schedule, plan.cycles)
+
+
+def miner_cycle(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, plan: InnerPlan,
+                moments: dict | None = None, steps: int | None = None,
+                lr: float | None = None) -> tuple[ExpertState, dict | None, list[float]]:
+    """What an honest swarm miner does in one cycle, without the network: (Phi_i, moments to keep, losses).
+    The model is back at `base` afterwards."""
+    cfg = inner_config(rt, cycle, plan, steps, lr)
+    load_state(rt.model, rt.layout, base)
+    try:
+        batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, f"{miner_id}/{cycle}", cfg.steps)
+        result = train_experts(rt.model, rt.layout, rt.expert_map, batches, cfg,
+                               moments=moments if plan.keep_moments else None)
+        trained = extract_state(rt.model, rt.layout, rt.expert_map, dtype=torch.float32)
+    finally:
+        load_state(rt.model, rt.layout, base)
+    return trained, (result.moments if plan.keep_moments else None), result.losses
+
+
+def _point(rt: Runtime, cycle: float, target, general, **extra) -> dict:
+    t, g = mean_loss(rt.model, target), mean_loss(rt.model, general)
+    return {"cycle": cycle, "target_loss": t, "general_loss": g, "general_perplexity": math.exp(g), **extra}
+
+
+def lone_miner(rt: Runtime, cycles: int, plan: InnerPlan | None = None, steps: int | None = None,
+               lr: float | None = None) -> list[dict]:
+    """One miner (`miner-0`'s batches), H steps per cycle from its own last state, no outer step."""
+    plan = plan or plan_from_manifest(rt.manifest, cycles)
+    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
+    state, moments, curve = rt.initial_state, None, []
+    for cycle in range(cycles):
+        state, moments, _ = miner_cycle(rt, state, "miner-0", cycle, plan, moments, steps, lr)
+        load_state(rt.model, rt.layout, state)
+        curve.append(_point(rt, cycle, target, general))
+    load_state(rt.model, rt.layout, rt.initial_state)
+    return curve
+
+
+def dense_outer_step(base: dict, news: list[dict], buffer: dict, cfg: OuterConfig) -> tuple[dict, dict]:
+    """The swarm's outer step (uniform merge, Nesterov) over whole-model tensors keyed by parameter name."""
+    lr, mu = torch.tensor(cfg.lr, dtype=torch.float32), torch.tensor(cfg.momentum, dtype=torch.float32)
+    weight = torch.tensor(1.0 / len(news), dtype=torch.float32)
+    state, new_buffer = OrderedDict(), OrderedDict()
+    for key in sorted(base):
+        delta = torch.zeros_like(base[key], dtype=torch.float32)
+        for new in news:
+            delta = delta + (base[key].float() - new[key].float()) * weight
+        buf = delta.clone() if key not in buffer else mu * buffer[key] + delta
+        update = delta + mu * buf if cfg.nesterov else buf
+        new_buffer[key], state[key] = buf, base[key].float() - lr * update
+    return state, new_buffer
+
+
+def dense_diloco(rt: Runtime, cycles: int, miners: int, plan: InnerPlan | None = None,
+                 outer: OuterConfig | None = None, lr: float | None = None, steps: int | None = None) -> list[dict]:
+    """M workers train every parameter from the same state on the swarm miners' batches, then one outer step.
+    The model is back at its base weights afterwards."""
+    plan = plan or plan_from_manifest(rt.manifest, cycles)
+    outer = outer or rt.outer
+    lr = lr or rt.inner.lr / 10  # the full fine-tuning baseline's lr: all parameters at the experts' lr diverge
+    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
+    original = {k: v.clone() for k, v in rt.model.state_dict().items()}
+    names = [n for n, _ in rt.model.named_parameters()]
+    state = {n: p.detach().float().clone() for n, p in rt.model.named_parameters()}
+    buffer: dict = {}
+    moments: dict[int, dict | None] = {m: None for m in range(miners)}
+    curve = []
+    try:
+        for cycle in range(cycles):
+            cfg = inner_config(rt, cycle, plan, steps, lr)
+            news = []
+            for m in range(miners):
+                _load_params(rt.model, state)
+                params = list(rt.model.parameters())
+                for p in params:
+                    p.requires_grad_(True)
+                batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, f"miner-{m}/{cycle}",
+                                          cfg.steps)
+                result = train_loop(rt.model, params, batches, cfg, desc="dense DiLoCo", keys=names,
+                                    moments=moments[m] if plan.keep_moments else None)
+                for p in params:
+                    p.requires_grad_(False)
+                moments[m] = result.moments if plan.keep_moments else None
+                news.append({n: p.detach().float().clone() for n, p in rt.model.named_parameters()})
+            state, buffer = dense_outer_step(state, news, buffer, outer)
+            _load_params(rt.model, state)
+            curve.append(_point(rt, cycle, target, general))
+    finally:
+        rt.model.load_state_dict(original)
+    return curve
+
+
+@torch.no_grad()
+def _load_params(model: torch.nn.Module, state: dict) -> None:
+    for name, p in model.named_parameters():
+        p.copy_(state[name].to(p.dtype))
+
+
+def token_budget(rt: Runtime, cycles: int, miners: int, methods=("teft", "full"), full_lr: float | None = None,
+                 points: int = 4) -> dict:
+    """Single-process TEFT and full fine-tuning on the swarm's token budget, `points` evaluations per cycle's
+    worth of tokens (so matched-loss comparisons interpolate finely)."""
     base = {k: v.clone() for k, v in rt.model.state_dict().items()}
     target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
     steps_per_cycle = miners * rt.manifest.inner.steps
     inner = rt.inner
-    points = 4  # evaluations per cycle's worth of tokens, so matched-loss comparisons interpolate finely
     chunk_steps = max(steps_per_cycle // points, 1)
-    results = {"steps_per_cycle": steps_per_cycle, "tokens_per_cycle": steps_per_cycle *
-               rt.manifest.inner.batch_size * rt.train_blocks.shape[1],
-               "base": {"target_loss": mean_loss(rt.model, target), "general_loss": mean_loss(rt.model, general)}}
-    for method in ("teft", "full"):
+    results = {}
+    for method in methods:
         print(f"baseline: {method} on the swarm's token budget ({cycles} x {steps_per_cycle} steps)", flush=True)
         rt.model.load_state_dict(base)
         lr = inner.lr if method == "teft" else (full_lr or inner.lr / 10)
@@ -46,9 +179,26 @@ def run_baselines(rt: Runtime, cycles: int, miners: int, full_lr: float | None =
                 train_loop(rt.model, params, batches, chunk, desc="full fine-tuning")
                 for p in params:
                     p.requires_grad_(False)
-            t, g = mean_loss(rt.model, target), mean_loss(rt.model, general)
-            curve.append({"cycle": (step + 1) / points - 1, "target_loss": t, "general_loss": g,
-                          "general_perplexity": math.exp(g), "lr": lr})
+            curve.append(_point(rt, (step + 1) / points - 1, target, general, lr=lr))
         results[method] = curve
     rt.model.load_state_dict(base)
+    return results
+
+
+def run_baselines(rt: Runtime, cycles: int, miners: int, full_lr: float | None = None,
+                  plan: InnerPlan | None = None) -> dict:
+    """{method: [{cycle, target_loss, general_loss, ...}]} for `teft`, `full`, `lone` and `dense_diloco`, plus
+    the base model; the model is back at its base weights afterwards."""
+    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
+    steps_per_cycle = miners * rt.manifest.inner.steps
+    plan = plan or plan_from_manifest(rt.manifest, cycles)
+    results = {"steps_per_cycle": steps_per_cycle, "tokens_per_cycle": steps_per_cycle *
+               rt.manifest.inner.batch_size * rt.train_blocks.shape[1],
+               "inner_plan": plan.label, "outer": vars(rt.outer),
+               "base": {"target_loss": mean_loss(rt.model, target), "general_loss": mean_loss(rt.model, general)}}
+    results |= token_budget(rt, cycles, miners, full_lr=full_lr)
+    print(f"baseline: a lone miner ({cycles} x {rt.manifest.inner.steps} steps, {plan.label})", flush=True)
+    results["lone"] = lone_miner(rt, cycles, plan)
+    print(f"baseline: dense DiLoCo ({miners} workers x {rt.manifest.inner.steps} steps, all parameters)", flush=True)
+    results["dense_diloco"] = dense_diloco(rt, cycles, miners, plan, lr=full_lr)
     return results

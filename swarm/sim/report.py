@@ -80,6 +80,7 @@ def _exp(loss):
 def write_outputs(report: dict, out: Path) -> None:
     out = Path(out)
     add_drift(report)
+    add_speedup(report)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     plot(report, out)
     (out / "summary.md").write_text(summary(report))
@@ -120,7 +121,7 @@ def _axes(ax, ylabel: str, title: str) -> None:
 
 
 def figures(report: dict) -> dict:
-    """The report's plots by file name: target_loss, general_perplexity, bytes, scores."""
+    """The report's plots by file name: target_loss, general_perplexity, progress, bytes, scores."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,6 +150,8 @@ def figures(report: dict) -> dict:
         fig.tight_layout()
         figs[fname] = fig
 
+    figs["progress.png"] = progress_figure(report)
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
     markers = "osD^vP*Xh"
     for i, (names, sent) in enumerate(byte_groups(report)):
@@ -174,6 +177,84 @@ def figures(report: dict) -> dict:
     fig.tight_layout()
     figs["scores.png"] = fig
     return figs
+
+
+CURVES = (("lone", "s--", "lone miner (H steps per cycle)"), ("dense_diloco", "^--", "dense DiLoCo (all parameters)"),
+          ("teft", "d:", "single-process TEFT, same tokens"), ("full", "v:", "full fine-tuning, same tokens"))
+
+
+def progress_figure(report: dict):
+    """progress.png: target loss per cycle for the swarm, a lone miner and dense DiLoCo, the picture of whether
+    more miners mean faster progress (cycles numbered like the other plots; the base model dotted)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    miners = sum(1 for p in report.get("peers", {}).values() if p.get("role") == "miner" and not p.get("adversary"))
+    rows = [r for r in report["per_cycle"] if r.get("target_loss") is not None]
+    ax.plot([r["cycle"] for r in rows], [r["target_loss"] for r in rows], "o-", lw=2,
+            label=f"swarm ({miners} honest miners)")
+    for method, style, label in CURVES[:2]:
+        curve = (report.get("baseline") or {}).get(method)
+        if curve:
+            ax.plot([p["cycle"] for p in curve], [p["target_loss"] for p in curve], style, label=label)
+    base = (report.get("base") or {}).get("target_loss")
+    if base is not None:
+        ax.axhline(base, color="grey", ls=":", label="base model")
+    speed = report.get("speedup") or {}
+    title = "Progress per cycle" + (f": {speed['speedup']:.2f}x a lone miner" if speed.get("speedup") else "")
+    _axes(ax, "target-domain loss (nats/token)", title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def cycles_to_reach(curve: list[dict], base_loss: float | None, loss: float) -> float | None:
+    """After how many cycles (interpolated) a curve's target loss first reaches `loss`; None if it never does.
+    A point with `cycle` c counts c + 1 cycles; the base model is the curve's point at 0 cycles."""
+    points = [(0.0, base_loss)] if base_loss is not None else []
+    points += [(p["cycle"] + 1.0, p["target_loss"]) for p in curve if p.get("target_loss") is not None]
+    if points and points[0][1] <= loss:
+        return points[0][0]
+    for (x0, l0), (x1, l1) in zip(points, points[1:], strict=False):
+        if l1 <= loss:  # first crossing: l0 > loss >= l1
+            return x0 + (x1 - x0) * (l0 - loss) / (l0 - l1)
+    return None
+
+
+def speedup(swarm: list[dict], lone: list[dict], base_loss: float | None) -> tuple[list[float | None], dict]:
+    """Per swarm cycle: cycles the lone miner needs for the swarm's loss / the swarm's cycles (None where the
+    lone miner never got there); and the headline: the lone miner's final loss, the swarm's cycles to reach it
+    and their ratio."""
+    per_cycle = []
+    for r in swarm:
+        needed = cycles_to_reach(lone, base_loss, r["target_loss"]) if r.get("target_loss") is not None else None
+        per_cycle.append(needed / (r["cycle"] + 1) if needed is not None else None)
+    final = lone[-1]["target_loss"] if lone else None
+    lone_cycles = lone[-1]["cycle"] + 1 if lone else None
+    reach = cycles_to_reach(swarm, base_loss, final) if final is not None else None
+    headline = {"lone_cycles": lone_cycles, "lone_final_target_loss": final, "swarm_cycles_to_lone_final": reach,
+                "speedup": lone_cycles / reach if reach else None}
+    return per_cycle, headline
+
+
+def add_speedup(report: dict) -> None:
+    """Per cycle the speedup over a lone miner and every baseline curve's general drift at the swarm's target
+    loss; plus the headline speedup and, at the swarm's final target loss, the drift of each curve."""
+    base = report.get("base") or {}
+    baseline = report.get("baseline") or {}
+    rows = report["per_cycle"]
+    lone = baseline.get("lone")
+    per_cycle = speedup(rows, lone, base.get("target_loss"))[0] if lone else [None] * len(rows)
+    report["speedup"] = speedup(rows, lone, base.get("target_loss"))[1] if lone else None
+    for r, value in zip(rows, per_cycle, strict=True):
+        r["speedup_vs_lone"] = value
+        r["drift_at_same_target_loss"] = {
+            method: (_interp_drift(baseline[method], base, r["target_loss"])
+                     if r.get("target_loss") is not None and base.get("general_loss") is not None else None)
+            for method, _, _ in CURVES if baseline.get(method)}
+    last = next((r for r in reversed(rows) if r.get("target_loss") is not None), None)
+    report["drift_at_final_target_loss"] = None if last is None else {
+        "target_loss": last["target_loss"], "swarm": last.get("general_drift"), **last["drift_at_same_target_loss"]}
 
 
 def _interp_drift(curve: list[dict], base: dict, target: float) -> float | None:
@@ -228,14 +309,19 @@ def summary(report: dict) -> str:
              f"({report['dense_model_bytes'] / report['payload_bytes']:.1f}x the payload) |",
              f"| honest peers agreed on the state hash every cycle | {'yes' if report['all_cycles_agree'] else 'NO'} |",
              f"| general drift below full fine-tuning's at the same target loss | {_verdict(report)} |",
+             *_progress_lines(report),
              "", "## Per cycle", "",
              "| cycle | merged | target loss | target ppl | general ppl | general drift | full FT drift at same "
-             "target loss | honest peers agree |", "|---|---|---|---|---|---|---|---|"]
+             "target loss | honest peers agree | speedup vs lone miner | lone miner drift at same target loss | "
+             "dense DiLoCo drift at same target loss |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         drift, full_drift = r.get("general_drift"), r.get("full_ft_drift_at_same_target_loss")
+        others = r.get("drift_at_same_target_loss") or {}
         lines.append(f"| {r['cycle']} | {len(r['merged'])}: {', '.join(r['merged']) or '-'} | "
                      f"{_fmt(r['target_loss'])} | {_fmt(r['target_perplexity'])} | {_fmt(r['general_perplexity'])} | "
-                     f"{_fmt(drift)} | {_fmt(full_drift)} | {'yes' if r['honest_agree'] else 'no'} |")
+                     f"{_fmt(drift)} | {_fmt(full_drift)} | {'yes' if r['honest_agree'] else 'no'} | "
+                     f"{_fmt(r.get('speedup_vs_lone'), 'x')} | {_fmt(others.get('lone'))} | "
+                     f"{_fmt(others.get('dense_diloco'))} |")
     if report["adversaries_ever_merged"]:
         lines += ["", "## Adversaries", "", "| peer | kind | ever merged | why it scored zero (first cycle seen) |",
                   "|---|---|---|---|"]
@@ -256,5 +342,24 @@ def _verdict(report: dict) -> str:
     return f"{counts['cycles_swarm_drifts_less']} of {counts['cycles_compared']} cycles"
 
 
-def _fmt(value) -> str:
-    return "-" if value is None or value != value else f"{value:.4f}"
+def _fmt(value, unit: str = "") -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{value:.2f}{unit}" if unit else f"{value:.4f}"
+
+
+def _progress_lines(report: dict) -> list[str]:
+    """Headline rows: the speedup over a lone miner and each curve's drift at the swarm's final target loss."""
+    speed, final = report.get("speedup"), report.get("drift_at_final_target_loss")
+    lines = []
+    if speed and speed.get("lone_final_target_loss") is not None:
+        reach = speed.get("swarm_cycles_to_lone_final")
+        lines.append(f"| speedup vs a lone miner (its {speed['lone_cycles']}-cycle target loss "
+                     f"{speed['lone_final_target_loss']:.4f}: swarm reaches it after "
+                     f"{_fmt(reach, ' cycles') if reach else 'more cycles than ran'}) | "
+                     f"{_fmt(speed.get('speedup'), 'x')} |")
+    if final:
+        names = {"swarm": "swarm", **{m: label for m, _, label in CURVES}}
+        lines.append(f"| general drift at the swarm's final target loss {final['target_loss']:.4f} | "
+                     + ", ".join(f"{names[k]} {_fmt(v)}" for k, v in final.items() if k in names) + " |")
+    return lines
