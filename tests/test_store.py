@@ -43,3 +43,21 @@ def test_leftover_temp_files_and_pruning(tmp_path):
 def test_missing_parent_is_one_line(tmp_path):
     with pytest.raises(SwarmError, match="does not exist"):
         Store(tmp_path / "a" / "b" / "w")
+
+
+def test_moments_by_cycle_newest_before_and_torn_files(tmp_path):
+    """A miner's kept AdamW moments: the newest saved before the asked cycle, the last two kept, a torn one
+    read as none (the miner then starts fresh moments rather than crash)."""
+    import torch
+
+    from teft.state import to_bytes
+
+    store = Store(tmp_path / "w")
+    for cycle in range(4):
+        store.save_moments(cycle, to_bytes({"layers.0.experts.1.w.exp_avg": torch.full((2,), float(cycle))}))
+    assert len(list((tmp_path / "w" / "moments").iterdir())) == 2
+    assert float(store.load_moments(before=3)["layers.0.experts.1.w.exp_avg"][0]) == 2.0
+    assert float(store.load_moments(before=9)["layers.0.experts.1.w.exp_avg"][0]) == 3.0
+    assert store.load_moments(before=2) is None  # cycles 0 and 1 were pruned
+    (tmp_path / "w" / "moments" / "moments-000003.safetensors").write_bytes(b"torn")
+    assert store.load_moments(before=9) is None

@@ -85,6 +85,16 @@ class InnerSpec(_Strict):
     grad_clip: float | None = Field(default=None, gt=0)
     warmup_steps: int = Field(default=0, ge=0)
     gradient_checkpointing: bool = False  # recompute activations: pilot-size MoEs fit one GPU at batch 8 x 1024
+    keep_moments: bool = False  # each miner keeps its AdamW moments across cycles (persisted: kill -9 safe)
+    schedule: Literal["cycle", "run"] = "cycle"  # warmup/cosine per cycle, or one spanning schedule_cycles
+    schedule_cycles: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _horizon(self) -> InnerSpec:
+        """A schedule over the run needs the run's length, the same on every miner."""
+        if self.schedule == "run" and self.schedule_cycles is None:
+            raise ValueError("inner.schedule 'run' needs inner.schedule_cycles: add the run's length in cycles")
+        return self
 
 
 class OuterSpec(_Strict):

@@ -19,7 +19,7 @@ from teft.model import BUILTIN_MODELS, MoELayout, discover_layout, load_model, m
 from teft.outer import OuterConfig
 from teft.selection import ExpertMap
 from teft.state import DTYPES, ExpertState, expected_size, extract_state
-from teft.train import TrainConfig
+from teft.train import TrainConfig, cycle_config
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ class Runtime:
         return TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay,
                            warmup_steps=spec.warmup_steps, grad_clip=spec.grad_clip or 0.0,
                            gradient_checkpointing=spec.gradient_checkpointing)
+
+    def inner_for(self, cycle: int) -> TrainConfig:
+        """A miner's inner config in `cycle`: seeded by it and, with schedule 'run', at its place in the run's
+        schedule; it depends on the cycle number alone, so restarted and late miners agree."""
+        spec = self.manifest.inner
+        return cycle_config(self.inner, cycle, spec.schedule, spec.schedule_cycles)
 
     @property
     def outer(self) -> OuterConfig:

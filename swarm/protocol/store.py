@@ -32,7 +32,7 @@ class Store:
         if not self.root.parent.exists():
             raise SwarmError(f"the parent of --workdir {self.root} does not exist: create it or choose another path")
         self.keep_cycles = keep_cycles
-        for sub in ("checkpoints", "payloads"):
+        for sub in ("checkpoints", "payloads", "moments"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         for tmp in self.root.rglob(".*.tmp*"):  # leftovers of a write interrupted by kill -9
             tmp.unlink(missing_ok=True)
@@ -91,6 +91,25 @@ class Store:
             data = _read_verified(path, digest)
             if data is not None:
                 return data
+        return None
+
+    # a miner's AdamW moments by the cycle that produced them ------------------------------------
+    def save_moments(self, cycle: int, data: bytes, keep: int = 2) -> None:
+        atomic_write(self.root / "moments" / f"moments-{cycle:06d}.safetensors", data)
+        for path in sorted((self.root / "moments").glob("moments-*.safetensors"))[:-keep]:
+            path.unlink(missing_ok=True)
+
+    def load_moments(self, before: int) -> dict | None:
+        """The newest moments saved in a cycle before `before`, or None (a torn file reads as none)."""
+        from teft.errors import TeftError
+        from teft.state import from_bytes
+
+        for path in sorted((self.root / "moments").glob("moments-*.safetensors"), reverse=True):
+            if int(path.stem.split("-")[1]) < before:
+                try:
+                    return from_bytes(path.read_bytes())
+                except TeftError:
+                    return None
         return None
 
     def prune(self, current_cycle: int, keep_payloads: int = 64) -> None:

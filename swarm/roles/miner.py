@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 from swarm.net import records
 from swarm.protocol.cycle import Cycle
@@ -18,33 +20,36 @@ from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
 from teft.data import iterate_batches
 from teft.state import ExpertState, load_state, to_bytes
-from teft.train import Interrupted, train_experts
+from teft.train import Interrupted, TrainConfig, train_experts
 
 logger = logging.getLogger("swarm.peer")
 
 
 @dataclass
 class Submission:
-    """A miner's trained state Phi_i, the payload bytes it sends, and its inner loss curve's ends."""
+    """A miner's trained state Phi_i, the payload bytes it sends, its inner losses and AdamW moments."""
 
     state: ExpertState
     payload: bytes
-    first_loss: float
-    last_loss: float
+    losses: list[float] = field(default_factory=list)
+    moments: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def train_submission(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, should_stop=None) -> Submission:
-    """H inner steps from `base` on this miner's batches for this cycle; the model is restored afterwards."""
-    cfg = rt.inner
-    cfg.seed = cycle
+def train_submission(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, should_stop=None,
+                     moments: dict[str, torch.Tensor] | None = None, cfg: TrainConfig | None = None) -> Submission:
+    """H inner steps from `base` on this miner's batches for this cycle; the model is restored afterwards.
+
+    `moments`: the AdamW state kept from the miner's previous cycle (manifest inner.keep_moments)."""
+    cfg = cfg or rt.inner_for(cycle)
     load_state(rt.model, rt.layout, base)
     try:
         batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, f"{miner_id}/{cycle}", cfg.steps)
-        result = train_experts(rt.model, rt.layout, rt.expert_map, batches, cfg, should_stop=should_stop, init=base)
-        trained = result.state  # fp32 masters: on a bf16 model, finer than the weights it holds
+        result = train_experts(rt.model, rt.layout, rt.expert_map, batches, cfg, should_stop=should_stop, init=base,
+                               moments=moments)
     finally:
         load_state(rt.model, rt.layout, base)
-    return Submission(trained, to_bytes(trained, rt.payload_dtype), result.losses[0], result.losses[-1])
+    # the fp32 masters: on a bf16 model, finer than the weights it holds
+    return Submission(result.state, to_bytes(result.state, rt.payload_dtype), result.losses, result.moments)
 
 
 class Miner(Role):
@@ -70,15 +75,22 @@ class Miner(Role):
             cycle.log.note += "training overran the commit phase; "
             return
         self.payload = (p.store.save_payload(sub.payload), sub.payload)
-        cycle.log.submitted, cycle.log.train_loss = self.payload[0], [sub.first_loss, sub.last_loss]
+        cycle.log.submitted = self.payload[0]
+        cycle.log.train_loss = [sub.losses[0], sub.losses[-1]] if sub.losses else []
 
     def submission(self, cycle: Cycle) -> Submission | None:
-        """This cycle's honest work; None if the peer is stopping."""
+        """This cycle's honest work; None if the peer is stopping. Kept moments are saved whether or not the
+        payload is merged, tagged by cycle, so a restart in this cycle retrains from the previous ones."""
         p = self.peer
+        keep = p.manifest.inner.keep_moments
+        moments = p.store.load_moments(before=cycle.number) if keep else None
         try:
-            return train_submission(p.rt, p.state, p.me, cycle.number, p.stop.is_set)
+            sub = train_submission(p.rt, p.state, p.me, cycle.number, p.stop.is_set, moments)
         except Interrupted:
             return None
+        if keep:
+            p.store.save_moments(cycle.number, to_bytes(sub.moments))
+        return sub
 
     def on_commit(self, cycle: Cycle) -> None:
         if cycle.fresh and self.payload:

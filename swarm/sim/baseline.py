@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from swarm.protocol.runtime import Runtime, report_batches
+from swarm.roles.miner import train_submission
 from teft.data import iterate_batches
 from teft.outer import OuterConfig
 from teft.pol import mean_loss
-from teft.state import ExpertState, extract_state, load_state
+from teft.state import ExpertState, load_state
 from teft.train import TrainConfig, cycle_config, train_experts, train_loop
 
 
@@ -43,8 +44,7 @@ class InnerPlan:
 def plan_from_manifest(manifest, cycles: int) -> InnerPlan:
     """The inner plan a run's manifest asks for (today's behaviour where its inner section says nothing)."""
     inner = manifest.inner
-    return InnerPlan(bool(getattr(inner, "keep_moments", False)), getattr(inner, "schedule", None) or "cycle",
-                     getattr(inner, "schedule_cycles", None) or cycles)
+    return InnerPlan(inner.keep_moments, inner.schedule, inner.schedule_cycles or cycles)
 
 
 def inner_config(rt: Runtime, cycle: int, plan: InnerPlan, steps: int | None = None,
@@ -58,18 +58,11 @@ def inner_config(rt: Runtime, cycle: int, plan: InnerPlan, steps: int | None = N
 def miner_cycle(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, plan: InnerPlan,
                 moments: dict | None = None, steps: int | None = None,
                 lr: float | None = None) -> tuple[ExpertState, dict | None, list[float]]:
-    """What an honest swarm miner does in one cycle, without the network: (Phi_i, moments to keep, losses).
-    The model is back at `base` afterwards."""
-    cfg = inner_config(rt, cycle, plan, steps, lr)
-    load_state(rt.model, rt.layout, base)
-    try:
-        batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, f"{miner_id}/{cycle}", cfg.steps)
-        result = train_experts(rt.model, rt.layout, rt.expert_map, batches, cfg,
-                               moments=moments if plan.keep_moments else None)
-        trained = extract_state(rt.model, rt.layout, rt.expert_map, dtype=torch.float32)
-    finally:
-        load_state(rt.model, rt.layout, base)
-    return trained, (result.moments if plan.keep_moments else None), result.losses
+    """What an honest swarm miner does in one cycle (roles.miner.train_submission), under `plan` instead of the
+    manifest's: (Phi_i, moments to keep, losses). The model is back at `base` afterwards."""
+    sub = train_submission(rt, base, miner_id, cycle, moments=moments if plan.keep_moments else None,
+                           cfg=inner_config(rt, cycle, plan, steps, lr))
+    return sub.state, (sub.moments if plan.keep_moments else None), sub.losses
 
 
 def _point(rt: Runtime, cycle: float, target, general, **extra) -> dict:
