@@ -55,7 +55,7 @@ class PayloadMiner(Miner):
         if honest is None:
             return None
         payload = corrupt(self.variant, honest, self.peer.state, self.peer.rt.payload_dtype, cycle.number)
-        return Submission(honest.state, payload, honest.first_loss, honest.last_loss)
+        return Submission(honest.state, payload, honest.losses)
 
 
 class FreeRider(Miner):
@@ -63,7 +63,7 @@ class FreeRider(Miner):
 
     def submission(self, cycle: Cycle) -> Submission | None:
         state = self.peer.state
-        return Submission(state, to_bytes(state, self.peer.rt.payload_dtype), float("nan"), float("nan"))
+        return Submission(state, to_bytes(state, self.peer.rt.payload_dtype))
 
 
 class Replay(FreeRider):
@@ -77,7 +77,7 @@ class Replay(FreeRider):
             sub = super().submission(cycle)
             self.first = self.peer.store.save_payload(sub.payload)
             return sub
-        return Submission({}, data, float("nan"), float("nan"))
+        return Submission({}, data)
 
 
 def wait_into_reveal(peer, number: int) -> None:
