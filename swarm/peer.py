@@ -92,13 +92,16 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         identity = load_or_create(identity_path)
         store = Store(args.workdir)
         started = time.monotonic()  # join first: an unreachable bootstrap should fail before the model loads
-        dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
+        role = make_role or ROLES[args.role]
+        hook = getattr(role, "record_validators", None)  # a role class; a plain factory keeps the defaults
+        validators = hook(identity, rid, manifest.horizon()) if hook is not None else None
+        dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs, validators,
                         startup_timeout=args.startup_timeout, run_id=rid, horizon=manifest.horizon())
         net = Network(dht, rid, store.find, args.fetch_timeout)
         rt = load_runtime(manifest, args.data, args.device)
         logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
-        Peer(make_role or ROLES[args.role], rt, identity, dht, net, store, stop).run()
+        Peer(role, rt, identity, dht, net, store, stop).run()
     except SwarmError as err:
         return cli.fail(str(err))
     except KeyboardInterrupt:
