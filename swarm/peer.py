@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         role = make_role or ROLES[args.role]
         hook = getattr(role, "record_validators", None)  # a role class; a plain factory keeps the defaults
         validators = hook(identity, rid, manifest.horizon()) if hook is not None else None
-        dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs, validators,
-                        startup_timeout=args.startup_timeout, run_id=rid, horizon=manifest.horizon())
+        dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
+                        record_validators=validators, startup_timeout=args.startup_timeout, run_id=rid,
+                        horizon=manifest.horizon())
         net = Network(dht, rid, store.find, args.fetch_timeout)
         rt = load_runtime(manifest, args.data, args.device)
         logger.info("run %s: %s", rid, describe(rt))

@@ -17,7 +17,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TIMINGS = "sync=3,train=16,commit=3,reveal=4,evaluate=16,reduce=6"
-ENV = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
+# a flood just under the evaluation cap (16), so every throwaway key costs each validator a real fetch attempt;
+# the cap itself, with 200 keys, is tested in one process (tests/test_attacks.py, scripts/bench_sybil.py)
+SYBILS = "9"
+ENV = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor", "TEFT_SYBILS": SYBILS}
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -57,7 +60,7 @@ def no_p2pd_left():
 @pytest.fixture(scope="module")
 def adversarial(tmp_path_factory):
     out = tmp_path_factory.mktemp("adversarial") / "run"
-    kinds = ["poison", "oversize", "copycat", "late", "liar"]
+    kinds = ["poison", "oversize", "copycat", "late", "liar", "sybil-flood", "slow-server", "slowloris"]
     return out, simulate(out, "--miners", "3", "--validators", "2", "--cycles", "3", "--baseline",
                          "--adversary", *kinds)
 

@@ -15,8 +15,7 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from swarm.net import records
 from swarm.net.dht import start_dht, visible_maddrs
-from swarm.sim.adversaries.dhtabuse import SPAM_SUBKEYS, SubkeySpammer, spam_subkeys, store_noncanonical
-from swarm.sim.adversaries.flood import store_as
+from swarm.sim.adversaries.dhtabuse import SPAM_SUBKEYS, SubkeySpammer, spam, store_noncanonical
 
 RUN = "feedfacecafebeef"
 pytestmark = pytest.mark.timeout(120)
@@ -78,12 +77,12 @@ def test_subkey_spam_is_kept_by_nobody_honest_and_reads_stay_fast(honest, make_i
     writers = {i.peer_key for i in ids[:2]}
     before = min(_read_s(n) for n in nodes)
     spammer = make_identity("spammer")
-    node = start_dht(spammer, visible_maddrs(nodes[0]), SubkeySpammer.record_validators(spammer, RUN, None),
-                     run_id=RUN)
+    node = start_dht(spammer, visible_maddrs(nodes[0]), run_id=RUN,
+                     record_validators=SubkeySpammer.record_validators(spammer, RUN, None))
     try:
         key = records.record_key(RUN, 0, "ranking")
         value = records.make_value(RUN, 0, "ranking", records.RankingRecord(entries=[]))
-        store_as(node, key, [(value, s) for s in spam_subkeys(spammer)], get_dht_time() + 120)
+        spam(node, key, value, spammer, get_dht_time() + 120)
         held_by_spammer = node.run_coroutine(functools.partial(_held_subkeys, key))
         for n in nodes:
             assert n.run_coroutine(functools.partial(_held_subkeys, key)) == 2

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils.crypto import RSAPrivateKey
+from hivemind.utils.serializer import MSGPackSerializer
 
 from swarm.net import records
 from swarm.net.identity import Identity, _wrap, owner_subkey, peer_key_of
@@ -29,6 +30,9 @@ from teft.files import atomic_write
 SYBILS_ENV = "TEFT_SYBILS"  # how many throwaway keys a flood uses
 DEFAULT_SYBILS = 200
 _PEM_END = b"-----END PRIVATE KEY-----\n"
+# multiprocessing writes a message over 16 KiB in two parts, and hivemind's DHT process reads its pipe
+# without blocking: a larger call can be read half-way and kill the node ("Resource temporarily unavailable")
+PIPE_MESSAGE_BYTES = 12_000
 
 
 def sybil_count() -> int:
@@ -107,9 +111,15 @@ def store_as(dht, key: str, entries: list[tuple[dict, bytes]], expiration: float
     run = getattr(dht, "run_coroutine", None)
     if run is None:  # the tests' in-memory DHT: one store each
         return sum(bool(dht.store(key, v, expiration, subkey=s)) for v, s in entries)
-    stored = 0
-    for i in range(0, len(entries), 50):  # requests of about 30 KB
-        stored += run(functools.partial(_store_many, key, entries[i:i + 50], expiration))
+    stored, batch, size = 0, [], 0
+    for value, subkey in entries:
+        batch.append((value, subkey))
+        size += len(MSGPackSerializer.dumps(value)) + len(subkey) + 64
+        if size > PIPE_MESSAGE_BYTES:
+            stored += run(functools.partial(_store_many, key, batch, expiration))
+            batch, size = [], 0
+    if batch:
+        stored += run(functools.partial(_store_many, key, batch, expiration))
     return stored
 
 
