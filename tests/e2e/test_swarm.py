@@ -123,6 +123,19 @@ def test_late_commits_are_ignored_and_the_liar_outvoted(adversarial):
             assert max(liar, key=liar.get) not in row["merged"]
 
 
+def test_a_flood_a_staller_and_a_slowloris_cost_their_own_slots(adversarial):
+    """Every cycle still merges honest miners (above) while each validator tried the Sybils' and the
+    stalling miner's payloads and gave up on them within the evaluate phase."""
+    _, report = adversarial
+    names = set(report["peers"])
+    for row in report["per_cycle"]:
+        assert row["merged"] and set(row["merged"]) <= names - {"miner-sybil-flood", "miner-slow-server"}
+        sybils = [m for m in row["rejected"] if m not in names]
+        assert len(sybils) >= int(SYBILS) - 1, (row["cycle"], row["rejected"])
+        assert "miner-slow-server" in row["rejected"], (row["cycle"], row["rejected"])
+        assert "miner-slowloris" not in row["combined"]
+
+
 def test_miner_upload_is_whole_payloads(adversarial):
     _, report = adversarial
     size = report["payload_bytes"]
