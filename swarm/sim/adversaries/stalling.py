@@ -97,4 +97,5 @@ class Slowloris(Miner):
         job = asyncio.run_coroutine_threadsafe(hold_idle_streams(p2p, targets, protocol_name(p.run_id), until),
                                                loop.loop)
         job.add_done_callback(lambda f: logger.info("slowloris: %s idle streams opened in cycle %d",
-                                                    f.exception() or f.result(), cycle.number))
+                                                    "cancelled" if f.cancelled() else f.exception() or f.result(),
+                                                    cycle.number))
