@@ -100,13 +100,17 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         if args.metrics_port is not None:  # before anything slow, so a busy port fails at once
             server = metrics.serve(args.metrics_port, args.metrics_host)
         started = time.monotonic()  # join first: an unreachable bootstrap should fail before the model loads
+        role = make_role or ROLES[args.role]
+        hook = getattr(role, "record_validators", None)  # a role class; a plain factory keeps the defaults
+        validators = hook(identity, rid, manifest.horizon()) if hook is not None else None
         dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
-                        startup_timeout=args.startup_timeout, run_id=rid, horizon=manifest.horizon())
+                        record_validators=validators, startup_timeout=args.startup_timeout, run_id=rid,
+                        horizon=manifest.horizon())
         net = Network(dht, rid, store.find, args.fetch_timeout)
         rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype)
         logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
-        Peer(make_role or ROLES[args.role], rt, identity, dht, net, store, stop, metrics=metrics).run()
+        Peer(role, rt, identity, dht, net, store, stop, metrics=metrics).run()
     except SwarmError as err:
         return cli.fail(str(err))
     except KeyboardInterrupt:

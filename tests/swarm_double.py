@@ -110,16 +110,24 @@ class Stats:
 class MemoryNetwork:
     """Fetch by hash from other peers' stores, refusing what the transfer layer refuses."""
 
+    LOOKUP_TIMEOUT_S = 5.0  # real seconds a peer's lookup may take before the fetch counts as timed out
+
     def __init__(self, store: Store, me: str, everyone: dict[str, MemoryNetwork]):
         self.store, self.me, self.everyone = store, me, everyone
+        self.lookup = store.find  # what this peer serves by hash (a stalling adversary wraps it)
         self.maddrs = [f"/memory/{me}"]
         self.stats = Stats()
         everyone[me] = self
 
     def fetch(self, peers, digest, size, maddrs, exact):
+        reasons = []
         for pid in peers:
             other = self.everyone.get(pid)
-            data = other.store.find(digest) if other is not None else None
+            try:
+                data = other.serve(digest) if other is not None else None
+            except TransferError as err:
+                reasons.append(str(err))
+                continue
             if data is None:
                 continue
             if len(data) > size or (exact and len(data) != size):
@@ -127,7 +135,17 @@ class MemoryNetwork:
             self.stats.bytes_in += len(data)
             other.stats.bytes_out += len(data)
             return data
-        raise TransferError(f"no peer of {len(peers)} served {digest[:12]}")
+        raise TransferError(f"no peer of {len(peers)} served {digest[:12]}" + "".join(f"; {r}" for r in reasons))
+
+    def serve(self, digest):
+        """This peer's lookup, given LOOKUP_TIMEOUT_S real seconds (the transfer layer's timeout, scaled down)."""
+        box = []
+        worker = threading.Thread(target=lambda: box.append(self.lookup(digest)), daemon=True)
+        worker.start()
+        worker.join(self.LOOKUP_TIMEOUT_S)
+        if worker.is_alive():
+            raise TransferError(f"fetch {digest[:12]} from {self.me[:8]}: timed out")
+        return box[0] if box else None
 
     def fetch_many(self, requests, budget_s, max_parallel=4):
         """The same per-request outcome as the transfer layer's fetch_many (time costs nothing here)."""
@@ -176,6 +194,8 @@ class Swarm:
         rt = self.runtime()
         rt.private_blocks = private_blocks
         net = MemoryNetwork(store, identity.peer_key, self.nets)
+        if dht_validators is None and hasattr(make_role, "record_validators"):  # the role's hook, as swarm.peer
+            dht_validators = make_role.record_validators(identity, run_id(self.manifest), None)  # virtual time
         dht = MemoryDHT(self.table, identity, run_id(self.manifest), dht_validators)
         self.peers[name] = Peer(make_role, rt, identity, dht, net, store, self.stop)
         return self.peers[name]

@@ -31,6 +31,15 @@ class Role:
     def __init__(self, peer: Peer):
         self.peer = peer
 
+    @classmethod
+    def record_validators(cls, identity, run_id: str, horizon) -> list | None:
+        """The DHT node's record validators for this role; None: the defaults (swarm.net.dht.default_validators).
+
+        The one hook a role has into its DHT node, read before the node starts: a simulation's misbehaving
+        role may sign for throwaway keys or skip the schema check; honest roles keep the defaults.
+        """
+        return None
+
     def on_sync(self, cycle: Cycle) -> None:
         p = self.peer
         p.put(cycle.number, "peers", records.PeerRecord(role=self.kind, version=VERSION, maddrs=p.net.maddrs[:16]))

@@ -5,7 +5,9 @@ generates their keys and the run manifest (validator allowlist, genesis), shows 
 process it started (also on Ctrl-C), and writes report.json, plots and summary.md to --out.
 
 Adversaries misbehave on purpose, one process each: free-rider, noise, poison, nan, oversize, copycat,
-replay, late (miners) and liar (an allowlisted validator that inverts its ranking); `all` adds the nine.
+replay, late (miners) and liar (an allowlisted validator that inverts its ranking); sybil-flood (200
+throwaway keys, $TEFT_SYBILS), slow-server, slowloris, state-liar, dht-blinder, subkey-spammer and
+val-overfit (miners that attack liveness, the agreed state, the DHT and Proof-of-Loss); `all` adds all 16.
 """
 
 from __future__ import annotations

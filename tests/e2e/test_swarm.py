@@ -17,7 +17,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TIMINGS = "sync=3,train=16,commit=3,reveal=4,evaluate=16,reduce=6"
-ENV = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
+# a flood just under the evaluation cap (16), so every throwaway key costs each validator a real fetch attempt;
+# the cap itself, with 200 keys, is tested in one process (tests/test_attacks.py, scripts/bench_sybil.py)
+SYBILS = "9"
+ENV = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor", "TEFT_SYBILS": SYBILS}
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -57,7 +60,7 @@ def no_p2pd_left():
 @pytest.fixture(scope="module")
 def adversarial(tmp_path_factory):
     out = tmp_path_factory.mktemp("adversarial") / "run"
-    kinds = ["poison", "oversize", "copycat", "late", "liar"]
+    kinds = ["poison", "oversize", "copycat", "late", "liar", "sybil-flood", "slow-server", "slowloris"]
     return out, simulate(out, "--miners", "3", "--validators", "2", "--cycles", "3", "--baseline",
                          "--adversary", *kinds)
 
@@ -118,6 +121,19 @@ def test_late_commits_are_ignored_and_the_liar_outvoted(adversarial):
         liar = row["scores"]["validator-liar"]
         if liar:
             assert max(liar, key=liar.get) not in row["merged"]
+
+
+def test_a_flood_a_staller_and_a_slowloris_cost_their_own_slots(adversarial):
+    """Every cycle still merges honest miners (above) while each validator tried the Sybils' and the
+    stalling miner's payloads and gave up on them within the evaluate phase."""
+    _, report = adversarial
+    names = set(report["peers"])
+    for row in report["per_cycle"]:
+        assert row["merged"] and set(row["merged"]) <= names - {"miner-sybil-flood", "miner-slow-server"}
+        sybils = [m for m in row["rejected"] if m not in names]
+        assert len(sybils) >= int(SYBILS) - 1, (row["cycle"], row["rejected"])
+        assert "miner-slow-server" in row["rejected"], (row["cycle"], row["rejected"])
+        assert "miner-slowloris" not in row["combined"]
 
 
 def test_miner_upload_is_whole_payloads(adversarial):

@@ -1,9 +1,4 @@
-"""Misbehaving peers, the only place they exist: each is a role subclass registered in ADVERSARIES.
-
-The simulator starts them with `python -m swarm.sim.rogue --adversary KIND ...` (the peer command plus
-that flag), so the honest code path holds no adversary branch at all. Each one attacks one protocol
-promise; the tests and the report check that it is stopped.
-"""
+"""The first adversaries: malformed or unearned payloads, late and copied commits, a lying validator."""
 
 from __future__ import annotations
 
@@ -121,36 +116,3 @@ class Liar(Validator):
     def ranking(self, scores: list[Score]) -> list[Score]:
         top = max((s.score for s in scores), default=0.0) + 1.0
         return [Score(s.miner, s.payload_hash, s.loss, top - s.score) for s in scores]
-
-
-_PAYLOAD_KINDS = ("noise", "poison", "nan", "oversize", "wrong-shape", "extra-keys")
-ADVERSARIES: dict[str, type] = {
-    **{kind: PayloadMiner for kind in _PAYLOAD_KINDS},
-    "free-rider": FreeRider,
-    "copycat": Copycat,
-    "replay": Replay,
-    "late": Late,
-    "liar": Liar,
-    "stranger": Liar,  # the same liar, left off the allowlist by the simulator
-}
-SHOWN = ("free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late", "liar")  # `all`
-EXTRA = ("wrong-shape", "extra-keys", "stranger")  # for the tests
-
-
-def role_for(kind: str):
-    """A factory the peer loop calls with itself: the adversary's role, labelled with its kind."""
-    cls = ADVERSARIES[kind]
-
-    def make(peer):
-        role = cls(peer)
-        role.variant = kind
-        return role
-
-    return make
-
-
-def role_kind(kind: str) -> str:
-    """'miner' or 'validator': which honest role the adversary poses as."""
-    return ADVERSARIES[kind].kind
-
-

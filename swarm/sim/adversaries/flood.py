@@ -1,0 +1,159 @@
+"""Sybil flood: one process commits and reveals under many throwaway keys, every cycle.
+
+Keys cost nothing, so an outsider can bring as many miners as it likes. Each throwaway key's records are
+validly signed by that key: the role hands its DHT node a validator that signs for every key it holds
+(hivemind's RSASignatureValidator signs only for its own), through `Role.record_validators`. The payload
+hashes it reveals are never served, so all a validator can do with them is spend its budget trying.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+from hivemind.utils.crypto import RSAPrivateKey
+from hivemind.utils.serializer import MSGPackSerializer
+
+from swarm.net import records
+from swarm.net.identity import Identity, _wrap, owner_subkey, peer_key_of
+from swarm.net.records import SchemaCheck
+from swarm.protocol.cycle import Cycle
+from swarm.roles.miner import Miner
+from teft.files import atomic_write
+
+SYBILS_ENV = "TEFT_SYBILS"  # how many throwaway keys a flood uses
+DEFAULT_SYBILS = 200
+_PEM_END = b"-----END PRIVATE KEY-----\n"
+# multiprocessing writes a message over 16 KiB in two parts, and hivemind's DHT process reads its pipe
+# without blocking: a larger call can be read half-way and kill the node ("Resource temporarily unavailable")
+PIPE_MESSAGE_BYTES = 12_000
+
+
+def sybil_count() -> int:
+    """Throwaway keys per flooding process: $TEFT_SYBILS, else 200."""
+    return int(os.environ.get(SYBILS_ENV, DEFAULT_SYBILS))
+
+
+@dataclass(frozen=True)
+class Throwaway:
+    """One Sybil: a key that signs its own records and names a peer id that serves nothing."""
+
+    private_key: RSAPrivateKey
+    subkey: bytes  # what records.store_record needs of an identity
+    peer_key: str
+
+
+def throwaway_keys(identity: Identity, n: int) -> list[Throwaway]:
+    """n RSA-1024 keys kept next to the identity file, so a restarted flood floods under the same keys.
+
+    1024 bits: about 25 ms a key instead of 150 ms, and hivemind's RSAPublicKey parses them like any other.
+    """
+    path = identity.path.with_name(identity.path.name + ".sybils")
+    pems = [p + _PEM_END for p in path.read_bytes().split(_PEM_END) if p.strip()] if path.exists() else []
+    keys = [serialization.load_pem_private_key(p, password=None) for p in pems[:n]]
+    if len(keys) < n:
+        keys += [rsa.generate_private_key(public_exponent=65537, key_size=1024) for _ in range(n - len(keys))]
+        atomic_write(path, b"".join(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()) for k in keys), mode=0o600)
+    out = []
+    for key in keys:
+        wrapped = _wrap(key)
+        public = wrapped.get_public_key().to_bytes()
+        out.append(Throwaway(wrapped, owner_subkey(public), peer_key_of(public)))
+    return out
+
+
+class MultiKeySigner(RecordValidatorBase):
+    """Signs a record with whichever of its keys the subkey names; validates like RSASignatureValidator."""
+
+    def __init__(self, keys: list[RSAPrivateKey]):
+        self.signers = {}
+        for key in keys:
+            signer = RSASignatureValidator(key)
+            self.signers[signer.local_public_key] = signer
+        self.any = next(iter(self.signers.values()))
+
+    def validate(self, record: DHTRecord) -> bool:
+        return self.any.validate(record)  # checks the record's own key's signature, whoever holds this validator
+
+    def sign_value(self, record: DHTRecord) -> bytes:
+        found = RSASignatureValidator._PUBLIC_KEY_RE.search(record.subkey or b"")
+        signer = self.signers.get(RSASignatureValidator.PUBLIC_KEY_FORMAT.replace(b"_key_", found.group(1))) \
+            if found else None
+        return signer.sign_value(record) if signer is not None else record.value
+
+    def strip_value(self, record: DHTRecord) -> bytes:
+        return self.any.strip_value(record)
+
+    @property
+    def priority(self) -> int:
+        return 10  # where RSASignatureValidator runs: before the schema check reads the value
+
+    def merge_with(self, other: RecordValidatorBase) -> bool:
+        return False
+
+
+async def _store_many(key: str, entries: list[tuple[dict, bytes]], expiration: float, _dht, node) -> int:
+    """In the DHT process: every (value, subkey) under one key in one request per holder."""
+    done = await node.store_many([key] * len(entries), [v for v, _ in entries], expiration,
+                                 subkeys=[s for _, s in entries])
+    return sum(bool(ok) for ok in done.values())
+
+
+def store_as(dht, key: str, entries: list[tuple[dict, bytes]], expiration: float) -> int:
+    """Store (value, owner subkey) pairs under one key; the DHT node signs each with its owner's key."""
+    run = getattr(dht, "run_coroutine", None)
+    if run is None:  # the tests' in-memory DHT: one store each
+        return sum(bool(dht.store(key, v, expiration, subkey=s)) for v, s in entries)
+    stored, batch, size = 0, [], 0
+    for value, subkey in entries:
+        batch.append((value, subkey))
+        size += len(MSGPackSerializer.dumps(value)) + len(subkey) + 64
+        if size > PIPE_MESSAGE_BYTES:
+            stored += run(functools.partial(_store_many, key, batch, expiration))
+            batch, size = [], 0
+    if batch:
+        stored += run(functools.partial(_store_many, key, batch, expiration))
+    return stored
+
+
+class SybilFlood(Miner):
+    """Every cycle: N throwaway keys commit and reveal payload hashes that nobody serves."""
+
+    @classmethod
+    def record_validators(cls, identity: Identity, run_id: str, horizon) -> list:
+        keys = [identity.private_key] + [t.private_key for t in throwaway_keys(identity, sybil_count())]
+        return [MultiKeySigner(keys), SchemaCheck(run_id=run_id, horizon=horizon)]
+
+    def __init__(self, peer):
+        super().__init__(peer)
+        self.sybils = throwaway_keys(peer.identity, sybil_count())
+        self.fakes: dict[str, str] = {}  # sybil peer key -> this cycle's payload hash
+
+    def on_train(self, cycle: Cycle) -> None:
+        if cycle.fresh:
+            self.fakes = {t.peer_key: secrets.token_hex(32) for t in self.sybils}
+
+    def on_commit(self, cycle: Cycle) -> None:
+        if self.fakes:
+            p, c = self.peer, cycle.number
+            self.flood(cycle, "commit", lambda t: records.CommitRecord(
+                digest=records.commit_digest(p.run_id, c, t.peer_key, self.fakes[t.peer_key])))
+
+    def on_reveal(self, cycle: Cycle) -> None:
+        if self.fakes:
+            size = self.peer.rt.payload_size
+            self.flood(cycle, "reveal", lambda t: records.RevealRecord(payload_hash=self.fakes[t.peer_key],
+                                                                               size=size))
+
+    def flood(self, cycle: Cycle, kind: str, make) -> None:
+        p, number = self.peer, cycle.number
+        entries = [(records.make_value(p.run_id, number, kind, make(t)), t.subkey) for t in self.sybils]
+        stored = store_as(p.dht, records.record_key(p.run_id, number, kind), entries, p.clock.cycle_start(number + 3))
+        cycle.log.note += f"{kind}: {stored} of {len(entries)} sybil records stored; "

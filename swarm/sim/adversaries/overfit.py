@@ -1,0 +1,49 @@
+"""val-overfit: trains on the manifest's public validation split instead of its own train shard.
+
+If validators score on data miners can see, such a miner wins every Proof-of-Loss without helping the
+target domain in general. It stays under max_delta_norm, so the norm check cannot tell.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from swarm.protocol.cycle import Cycle
+from swarm.roles.miner import Miner, Submission, train_submission
+from teft.state import ExpertState, to_bytes
+from teft.train import Interrupted
+
+STEPS_FACTOR = 2  # inner steps: this many times the manifest's H
+NORM_MARGIN = 0.95  # of max_delta_norm
+
+
+def delta_norm(state: ExpertState, base: ExpertState) -> float:
+    return float(sum((state[k].float() - base[k].float()).pow(2).sum() for k in base)) ** 0.5
+
+
+def within_norm(state: ExpertState, base: ExpertState, bound: float) -> ExpertState:
+    """The update scaled down, if needed, to just under the bound the validators check."""
+    norm = delta_norm(state, base)
+    if norm <= bound:
+        return state
+    return {k: base[k] + (state[k] - base[k]) * (bound / norm) for k in base}
+
+
+class ValOverfit(Miner):
+    """Honest training code, pointed at the validation split, for STEPS_FACTOR x H steps."""
+
+    def submission(self, cycle: Cycle) -> Submission | None:
+        p = self.peer
+        rt = copy.copy(p.rt)
+        rt.train_blocks = p.rt.validation_blocks
+        rt.manifest = p.manifest.model_copy(update={"inner": p.manifest.inner.model_copy(
+            update={"steps": p.manifest.inner.steps * STEPS_FACTOR})})
+        try:
+            sub = train_submission(rt, p.state, p.me, cycle.number, p.stop.is_set)
+        except Interrupted:
+            return None
+        state = within_norm(sub.state, p.state, NORM_MARGIN * p.manifest.max_delta_norm)
+        state = {k: v.to(torch.float32) for k, v in state.items()}
+        return Submission(state, to_bytes(state, p.rt.payload_dtype), sub.losses)
