@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from swarm_double import Swarm
+from swarm_double import Swarm, heldout_math_blocks
 
 from swarm.launch import write_manifest
 from swarm.net.identity import load_or_create
@@ -37,9 +37,11 @@ def build(root, kinds) -> Swarm:
     keys = [load_or_create(root / f"{v}.key").public_key_str for v in validators]
     path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", keys, GENESIS,
                           {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
-    swarm = Swarm(load(path), root)
+    manifest = load(path)
+    swarm = Swarm(manifest, root)
+    private = heldout_math_blocks(root / "heldout.jsonl.gz", manifest.data.seq_len)  # the manifest asks for it
     for v in validators:
-        swarm.add(v, Validator)
+        swarm.add(v, Validator, private_blocks=private)
     for i in range(3):
         swarm.add(f"miner-{i}", Miner)
     for kind in kinds:
@@ -106,14 +108,15 @@ def test_a_crafted_state_is_never_adopted_and_crashes_nobody(attacked):
     assert (honest.cycle, honest.progress.checkpoint_hash) == (held, progress)
 
 
-def test_val_overfit_is_never_merged(attacked):
-    """Scores of the miner that trains on the public validation split, next to the honest ones."""
+def test_the_public_validation_split_buys_no_outsized_score(attacked):
+    """A miner that trains on the public validation split (as much as an honest miner trains) is scored on the
+    validators' private held-out data, where that split is just more in-domain text: its score stays in the
+    honest range."""
     ids = {name: peer.me for name, peer in attacked.peers.items() if name.startswith("miner-")}
-    table = {c: {n: round(row["medians"].get(pid, 0.0), 4) for n, pid in ids.items()}
-             for c, row in metrics(attacked, "validator-0").items()}
-    print("combined scores per cycle:", json.dumps(table))
     for cycle, row in metrics(attacked, "validator-0").items():
-        assert ids["miner-val-overfit"] not in row["merged"], (cycle, table[cycle])
+        honest = [row["medians"].get(ids[f"miner-{i}"], 0.0) for i in range(3)]
+        overfit = row["medians"].get(ids["miner-val-overfit"], 0.0)
+        assert overfit <= 1.5 * max(honest) + 0.005, (cycle, overfit, honest)
 
 
 def test_a_sybil_flood_is_admitted_but_bounded(flooded):

@@ -14,6 +14,8 @@ from swarm.protocol.manifest import load
 from swarm.protocol.runtime import load_runtime
 from swarm.roles.miner import train_submission
 from swarm.roles.validator import judge, yardstick
+from swarm.sim.adversaries.overfit import within_norm
+from teft.state import to_bytes
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,8 @@ def test_an_update_fitted_to_the_public_split_scores_zero_and_an_honest_one_does
     overfit_rt.train_blocks = torch.cat(stick.public)
     overfit_rt.manifest = rt.manifest.model_copy(update={"inner": rt.manifest.inner.model_copy(update={"steps": 40})})
     overfit = train_submission(overfit_rt, rt.initial_state, "overfit", 0)
-    verdict = judge(rt, rt.initial_state, stick, "overfit", "o" * 64, overfit.payload)
+    fitted = within_norm(overfit.state, rt.initial_state, 0.95 * rt.manifest.max_delta_norm)  # pass the norm check
+    verdict = judge(rt, rt.initial_state, stick, "overfit", "o" * 64, to_bytes(fitted, rt.payload_dtype))
     assert verdict.score == 0.0 and "fitted to public data" in verdict.reason, verdict
 
 

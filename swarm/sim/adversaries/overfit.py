@@ -1,7 +1,11 @@
 """val-overfit: trains on the manifest's public validation split instead of its own train shard.
 
-If validators score on data miners can see, such a miner wins every Proof-of-Loss without helping the
-target domain in general. It stays under max_delta_norm, so the norm check cannot tell.
+If validators scored on data miners can see, a miner that fitted it would outscore honest ones. Validators
+that score on private held-out data see that split as ordinary in-domain text: the update is worth what it
+generalizes, no more, and one that gains far more on the public split than on held-out data scores zero.
+Measured on tiny with the same H as honest miners, its gain on the public split (0.065-0.075 nats) and on
+held-out data were in the honest range; the outsized scores seen before came from training many more steps,
+which held-out scoring rewards only as far as they generalize. It stays under max_delta_norm.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from swarm.roles.miner import Miner, Submission, train_submission
 from teft.state import ExpertState, to_bytes
 from teft.train import Interrupted
 
-STEPS_FACTOR = 2  # inner steps: this many times the manifest's H
+STEPS_FACTOR = 1  # inner steps: this many times the manifest's H (the same work as an honest miner)
 NORM_MARGIN = 0.95  # of max_delta_norm
 
 
