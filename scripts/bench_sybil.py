@@ -5,6 +5,7 @@ each validator's measured wall time in the evaluate phase and submissions evalua
 fraction of cycles in which honest miners were merged.
 
     PYTHONPATH=. python scripts/bench_sybil.py --sybils 200 --cycles 4 --out bench_sybil.json
+    PYTHONPATH=. python scripts/bench_sybil.py --sybils 200 --cycles 4 --admit-miners   # with admission
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def timed_validator():
     return Timed
 
 
-def run(sybils: int, cycles: int, miners: int, root: Path) -> dict:
+def run(sybils: int, cycles: int, miners: int, root: Path, admit: bool = False) -> dict:
     from swarm_double import Swarm
 
     from swarm.launch import write_manifest
@@ -51,14 +52,17 @@ def run(sybils: int, cycles: int, miners: int, root: Path) -> dict:
     os.environ[SYBILS_ENV] = str(sybils)
     validators = ["validator-0", "validator-1"]
     keys = [load_or_create(root / f"{v}.key").public_key_str for v in validators]
-    path = write_manifest(REPO / "configs" / "tiny.yaml", root / "run" / "run.yaml", keys, GENESIS,
-                          {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
+    miner_keys = [load_or_create(root / f"miner-{i}.key") for i in range(miners)]
+    overrides = {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}}
+    if admit:  # the operators' miner allowlist (admission, off by default)
+        overrides["miners"] = [k.public_key_str for k in miner_keys]
+    path = write_manifest(REPO / "configs" / "tiny.yaml", root / "run" / "run.yaml", keys, GENESIS, overrides)
     manifest = load(path)
     swarm = Swarm(manifest, root)
     for v in validators:
         swarm.add(v, timed_validator())
     for i in range(miners):
-        swarm.add(f"miner-{i}", Miner)
+        swarm.add(f"miner-{i}", Miner, identity=miner_keys[i])
     swarm.add("miner-sybil-flood", role_for("sybil-flood"))
     started = time.perf_counter()
     swarm.run(cycles=cycles, timeout=3600)
@@ -81,7 +85,7 @@ def run(sybils: int, cycles: int, miners: int, root: Path) -> dict:
     ref = [r for r in ref if r["cycle"] < cycles]
     merged_honest = [bool(honest & set(r["merged"])) for r in ref]
     return {
-        "sybils": sybils, "honest_miners": miners, "validators": len(validators), "cycles": cycles,
+        "sybils": sybils, "honest_miners": miners, "miner_allowlist": admit, "validators": len(validators), "cycles": cycles,
         "cap_max_submissions": manifest.max_submissions,
         "evaluate_phase_s": manifest.timings.evaluate,
         "per_validator": per_validator,
@@ -100,6 +104,8 @@ def main() -> int:
     parser.add_argument("--miners", type=int, default=3, help="honest miners (default 3)")
     parser.add_argument("--runs", type=int, default=1, help="independent swarms (fresh seeds and keys)")
     parser.add_argument("--out", default=None, help="write the JSON here too")
+    parser.add_argument("--admit-miners", action="store_true",
+                        help="turn on admission: the manifest lists the honest miners (an operator's miner allowlist)")
     args = parser.parse_args()
     import torch
 
@@ -107,7 +113,7 @@ def main() -> int:
     results = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
-            results.append(run(args.sybils, args.cycles, args.miners, Path(tmp)))
+            results.append(run(args.sybils, args.cycles, args.miners, Path(tmp), args.admit_miners))
     merged = [m for r in results for m in r["honest_merged_per_cycle"]]
     summary = {"runs": results, "honest_merged_fraction": sum(merged) / len(merged),
                "max_evaluated_per_validator_cycle": max(n for r in results for v in r["per_validator"].values()
