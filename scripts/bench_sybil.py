@@ -85,7 +85,8 @@ def run(sybils: int, cycles: int, miners: int, root: Path, admit: bool = False) 
     ref = [r for r in ref if r["cycle"] < cycles]
     merged_honest = [bool(honest & set(r["merged"])) for r in ref]
     return {
-        "sybils": sybils, "honest_miners": miners, "miner_allowlist": admit, "validators": len(validators), "cycles": cycles,
+        "sybils": sybils, "honest_miners": miners, "miner_allowlist": admit, "validators": len(validators),
+        "cycles": cycles,
         "cap_max_submissions": manifest.max_submissions,
         "evaluate_phase_s": manifest.timings.evaluate,
         "per_validator": per_validator,
