@@ -29,7 +29,12 @@ import swarm  # noqa: E402,F401 - sets the torch sharing strategy before hivemin
 from swarm.net.dht import start_dht, visible_maddrs  # noqa: E402
 from swarm.net.identity import load_or_create  # noqa: E402
 from swarm.net.records import CommitRecord, commit_digest, get_records, store_record  # noqa: E402
-from swarm.net.transfer import CHUNK, PayloadServer, fetch, payload_hash  # noqa: E402
+from swarm.net.server import PayloadServer  # noqa: E402
+from swarm.net.transfer import fetch  # noqa: E402
+from swarm.net.wire import (
+    CHUNK,  # noqa: E402
+    payload_hash,  # noqa: E402
+)
 
 RUN = "bench00000000000"
 RAW = "/bench/raw"

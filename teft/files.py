@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+
+def content_hash(data: bytes | bytearray | memoryview) -> str:
+    """The one content hash (sha256 hex): states, checkpoints and payloads are named and fetched by it."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def atomic_write(path: Path, data: bytes, mode: int | None = None, exclusive: bool = False) -> None:

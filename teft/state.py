@@ -8,7 +8,6 @@ advance from the expert map alone.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections import OrderedDict
@@ -20,7 +19,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from teft.errors import TeftError
-from teft.files import atomic_write
+from teft.files import atomic_write, content_hash
 from teft.model import MoELayout, expert_tensor
 from teft.selection import ExpertMap
 
@@ -125,8 +124,7 @@ def from_bytes(data: bytes) -> ExpertState:
     return OrderedDict((k, loaded[k]) for k in sorted(loaded, key=parse_key))
 
 
-def state_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+state_hash = content_hash  # a state file's name on the network and on disk
 
 
 def expected_size(layout: MoELayout, expert_map: ExpertMap, dtype: torch.dtype = torch.float32) -> int:

@@ -5,15 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from swarm.net.dht import visible_maddrs
-from swarm.net.transfer import (
-    BackgroundLoop,
-    FetchRequest,
-    FetchResult,
-    PayloadServer,
-    TransferStats,
-    fetch_any,
-    fetch_many,
-)
+from swarm.net.server import PayloadServer
+from swarm.net.transfer import BackgroundLoop, FetchRequest, FetchResult, fetch_any, fetch_many
+from swarm.net.wire import TransferStats
 
 
 class Network:

@@ -10,7 +10,9 @@ import time
 import pytest
 from hivemind.p2p import P2P
 
-from swarm.net.transfer import PayloadServer, fetch, payload_hash, protocol_name
+from swarm.net.server import PayloadServer
+from swarm.net.transfer import fetch
+from swarm.net.wire import payload_hash, protocol_name
 from swarm.sim.adversaries.stalling import hold_idle_streams
 
 RUN = "feedfacecafebeef"

@@ -14,25 +14,21 @@ import pytest
 from hivemind.p2p import P2P
 
 from swarm.errors import TransferError
-from swarm.net.transfer import (
+from swarm.net.server import PayloadServer
+from swarm.net.transfer import BackgroundLoop, FetchRequest, fetch, fetch_any, fetch_many
+from swarm.net.wire import (
     CHUNK,
     DATA,
     END,
     ERR,
     HDR,
     REQ,
-    BackgroundLoop,
-    FetchRequest,
-    PayloadServer,
     TransferStats,
-    _read_head,
-    _send,
     encode_request,
-    fetch,
-    fetch_any,
-    fetch_many,
     payload_hash,
     protocol_name,
+    read_head,
+    send_frame,
 )
 
 RUN = "feedfacecafebeef"
@@ -89,13 +85,13 @@ def test_round_trip_5mib():
 async def _overflowing_handler(info, reader, writer):
     """A hostile server: announces the expected size, then keeps sending."""
     try:
-        _, length = await _read_head(reader)
+        _, length = await read_head(reader)
         request = msgpack.unpackb(await reader.readexactly(length))
         size = request["max"]
-        await _send(writer, HDR, msgpack.packb({"size": size}))
+        await send_frame(writer, HDR, msgpack.packb({"size": size}))
         for _ in range(size // CHUNK + 3):
-            await _send(writer, DATA, b"\0" * CHUNK)
-        await _send(writer, END, (size + 3 * CHUNK).to_bytes(8, "big") + hashlib.sha256(b"").digest())
+            await send_frame(writer, DATA, b"\0" * CHUNK)
+        await send_frame(writer, END, (size + 3 * CHUNK).to_bytes(8, "big") + hashlib.sha256(b"").digest())
     except Exception:
         pass
     finally:
@@ -267,7 +263,7 @@ def test_idle_streams_do_not_starve_an_honest_fetch(per_peer_cap, caplog):
                 assert arrived >= 50, arrived
                 if per_peer_cap:  # the extra streams were answered ERR and closed at once, not left waiting
                     assert held == srv.max_per_peer and srv.stats.refused == arrived - held
-                    kind, _ = await asyncio.wait_for(_read_head(streams[-1][1]), 5)
+                    kind, _ = await asyncio.wait_for(read_head(streams[-1][1]), 5)
                     assert kind == ERR
                 else:  # every arrived stream is still open and idle: far more than the 8 slots
                     assert held == arrived
@@ -300,8 +296,8 @@ def test_no_ack_and_bad_requests_cost_one_line_each(caplog):
             srv = await PayloadServer(server, store_of(payload), RUN, max_concurrent=1, ack_timeout=0.5).start()
             _, reader, writer = await client.call_binary_stream_handler(server.peer_id, protocol_name(RUN))
             try:
-                await _send(writer, REQ, encode_request(h, len(payload)))
-                while (await _read_head(reader))[0] != END:
+                await send_frame(writer, REQ, encode_request(h, len(payload)))
+                while (await read_head(reader))[0] != END:
                     pass  # skims frame heads only: reading stops mid-stream, no ACK ever comes
                 # the only slot comes back once the ACK deadline passes
                 assert await _until(lambda: srv.stats.serve_failed == 1, 5)

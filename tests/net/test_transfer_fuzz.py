@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swarm.errors import TransferError
-from swarm.net.transfer import (
+from swarm.net.server import PayloadServer
+from swarm.net.transfer import BackgroundLoop, fetch
+from swarm.net.wire import (
     _MAX_CONTROL,
     CHUNK,
     DATA,
@@ -30,12 +32,9 @@ from swarm.net.transfer import (
     HDR,
     MAX_PAYLOAD,
     REQ,
-    BackgroundLoop,
     FrameError,
-    PayloadServer,
     Receiver,
     encode_request,
-    fetch,
     parse_request,
     payload_hash,
     protocol_name,

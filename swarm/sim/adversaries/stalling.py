@@ -89,7 +89,7 @@ class Slowloris(Miner):
         if p2p is None or loop is None:
             cycle.log.note += "no libp2p daemon to open streams on (in-memory network); "
             return
-        from swarm.net.transfer import protocol_name
+        from swarm.net.wire import protocol_name
 
         addresses = p.addresses(cycle.number)
         targets = {peer_key_of(v): addresses.get(peer_key_of(v), []) for v in p.manifest.validators}

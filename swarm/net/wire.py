@@ -1,0 +1,232 @@
+"""The payload wire format: frames, the request, and the pure decoders of what the network sends.
+
+One raw binary stream per fetch; every frame is 1 type byte + 4-byte big-endian length + body:
+
+    client -> server  REQ   msgpack {"hash": sha256 hex, "max": expected size}
+    server -> client  HDR   msgpack {"size": n}         (or ERR utf-8 reason, then close)
+    server -> client  DATA  <= 1 MiB of payload, repeated
+    server -> client  END   8-byte length + 32-byte sha256 digest
+    client -> server  ACK   empty; the server keeps the stream open until it arrives
+
+Bytes from the network are decoded only by the pure `parse_request` (server) and `Receiver` (client),
+which raise FrameError for anything else: the fuzz tests drive exactly these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from hivemind.p2p import PeerID
+
+from teft.files import content_hash as payload_hash  # noqa: E402,F401 - the hash payloads are asked for by
+
+logger = logging.getLogger("swarm.net.transfer")
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+PROTOCOL_VERSION = 1
+REQ, HDR, DATA, END, ERR, ACK = b"Q", b"H", b"D", b"E", b"X", b"A"
+FRAME_HEAD = 5
+_MAX_CONTROL = 4096
+_END_LENGTH = 40
+MAX_PAYLOAD = 1 << 40  # sizes above this in a request or header are malformed, not just large
+HEADER_TIMEOUT = 3.0  # the whole request must arrive within this, before the stream may take a slot
+IO_TIMEOUT = 10.0  # any later read or write that makes no progress for this long ends the stream
+ACK_TIMEOUT = 10.0
+SLOT_TIMEOUT = 10.0  # a valid request waits this long for a free slot, then gets ERR "busy"
+MIN_RATE = 256 * 1024  # bytes/s: a client reading slower than this loses its slot
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+
+class FrameError(ValueError):
+    """Bytes from the network that break the wire format (or a peer's refusal); one line."""
+
+
+@dataclass
+class TransferStats:
+    """Counters for the peer's stats line; one instance per server or client role."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    fetched: int = 0
+    fetch_failed: int = 0
+    served: int = 0
+    serve_failed: int = 0
+    refused: int = 0  # streams closed before a slot: over the per-peer or open-stream cap, no/bad request
+
+
+def protocol_name(run_id: str) -> str:
+    """Stream protocol id; the run id keeps runs on one machine apart."""
+    return f"/teft/{run_id}/payload/{PROTOCOL_VERSION}"
+
+
+# -- pure decoding of what the network sends ----------------------------------------------------
+
+
+def parse_head(head: bytes) -> tuple[bytes, int]:
+    """(kind, body length) of a 5-byte frame head."""
+    if len(head) != FRAME_HEAD:
+        raise FrameError(f"frame head of {len(head)} bytes, not {FRAME_HEAD}")
+    return bytes(head[:1]), int.from_bytes(head[1:], "big")
+
+
+def request_length(head: bytes) -> int:
+    """Body length of the REQ frame a server reads first; FrameError for any other frame."""
+    kind, length = parse_head(head)
+    if kind != REQ:
+        raise FrameError(f"expected a request frame, got {kind!r}")
+    if length > _MAX_CONTROL:
+        raise FrameError(f"request frame of {length} bytes, over {_MAX_CONTROL}")
+    return length
+
+
+def _unpack_map(body: bytes, what: str) -> dict:
+    try:
+        value = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception as e:  # noqa: BLE001 - msgpack raises several types for bad input; all mean "malformed"
+        raise FrameError(f"{what} is not msgpack ({type(e).__name__})") from None
+    if not isinstance(value, dict):
+        raise FrameError(f"{what} is a {type(value).__name__}, not a map")
+    return value
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PAYLOAD
+
+
+def parse_request(body: bytes) -> tuple[str, int]:
+    """(hash, max size) from a REQ body; FrameError unless it is a map with a sha256 hex and a size."""
+    request = _unpack_map(body, "request")
+    wanted, max_size = request.get("hash"), request.get("max")
+    if not isinstance(wanted, str) or not _HEX64.fullmatch(wanted):
+        raise FrameError("request hash is not 64 lowercase hex digits")
+    if not _is_size(max_size):
+        raise FrameError(f"request max is not a size in 0..{MAX_PAYLOAD}")
+    return wanted, max_size
+
+
+def encode_request(wanted: str, max_size: int) -> bytes:
+    """The REQ body parse_request reads back."""
+    return msgpack.packb({"hash": wanted, "max": max_size})
+
+
+def _reason(body: bytes) -> str:
+    """An ERR body as one short printable line."""
+    text = bytes(body[:200]).decode("utf-8", errors="replace")
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split()) or "no reason given"
+
+
+class Receiver:
+    """The client's side of one fetch without the IO: frame heads and bodies in, checked payload out.
+
+    Feed `body_length(head)` each 5-byte head, then `take(body)` with that many bytes; take returns
+    the payload once a valid END arrived and hashes check out. Anything else raises FrameError before
+    the body is read, so a hostile server cannot make the client buffer more than it asked for.
+    """
+
+    def __init__(self, wanted: str, expected_size: int, exact: bool = True):
+        self.wanted, self.expected_size, self.exact = wanted, expected_size, exact
+        self.announced: int | None = None
+        self.buf = bytearray()
+        self.hasher = hashlib.sha256()
+        self.done = False
+        self._kind: bytes | None = None
+
+    def body_length(self, head: bytes) -> int:
+        """Check the next frame head against the protocol state; how many body bytes to read."""
+        if self.done or self._kind is not None:
+            raise FrameError("frame after the end of the transfer")
+        kind, length = parse_head(head)
+        if kind == ERR:
+            if length > _MAX_CONTROL:
+                raise FrameError(f"error frame of {length} bytes")
+        elif self.announced is None:
+            if kind != HDR:
+                raise FrameError(f"expected a header, got frame {kind!r}")
+            if length > _MAX_CONTROL:
+                raise FrameError(f"header frame of {length} bytes")
+        elif kind == DATA:
+            if length > CHUNK:
+                raise FrameError(f"chunk of {length} bytes exceeds {CHUNK}")
+            if len(self.buf) + length > self.announced:
+                raise FrameError(f"peer sent more than the expected {self.announced} bytes")
+        elif kind == END:
+            if length != _END_LENGTH:
+                raise FrameError("malformed END frame")
+        else:
+            raise FrameError(f"unexpected frame {kind!r}")
+        self._kind = kind
+        return length
+
+    def take(self, body: bytes) -> bytes | None:
+        """Consume the body of the frame last announced; the verified payload after END, else None."""
+        kind, self._kind = self._kind, None
+        if kind is None:
+            raise FrameError("frame body without a head")
+        if kind == ERR:
+            raise FrameError("peer says: " + _reason(body))
+        if kind == HDR:
+            self.announced = self._parse_header(body)
+            return None
+        if kind == DATA:
+            self.hasher.update(body)
+            self.buf += body
+            return None
+        self.done = True
+        return self._finish(body)
+
+    def _parse_header(self, body: bytes) -> int:
+        announced = _unpack_map(body, "header").get("size")
+        if not _is_size(announced) or announced > self.expected_size or (
+            self.exact and announced != self.expected_size
+        ):
+            shown = announced if _is_size(announced) else type(announced).__name__
+            raise FrameError(f"peer offers {shown} bytes, expected {self.expected_size}")
+        return announced
+
+    def _finish(self, end: bytes) -> bytes:
+        end_length, end_digest = int.from_bytes(end[:8], "big"), bytes(end[8:])
+        if end_length != len(self.buf) or len(self.buf) != self.announced:
+            raise FrameError(
+                f"received {len(self.buf)} bytes, peer announced {self.announced} and ended at {end_length}"
+            )
+        digest = self.hasher.digest()
+        if digest != end_digest:
+            raise FrameError("bytes do not match the peer's own END hash (corrupted in transit)")
+        if digest.hex() != self.wanted:
+            raise FrameError(f"bytes hash to {digest.hex()[:12]}, not the requested hash")
+        return bytes(self.buf)
+
+
+# -- stream IO ----------------------------------------------------------------------------------
+
+
+def _frame(kind: bytes, body: bytes | memoryview = b"") -> bytes:
+    """Frame header (body written separately for large chunks to avoid a copy)."""
+    return kind + len(body).to_bytes(4, "big")
+
+
+async def send_frame(
+    writer: asyncio.StreamWriter, kind: bytes, body: bytes | memoryview = b"", timeout: float | None = None
+) -> None:
+    writer.write(_frame(kind, body))
+    if body:
+        writer.write(body)
+    await asyncio.wait_for(writer.drain(), timeout)
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[bytes, int]:
+    return parse_head(await reader.readexactly(FRAME_HEAD))
+
+
+def peer_str(peer_id: PeerID | str) -> str:
+    text = peer_id.to_base58() if isinstance(peer_id, PeerID) else str(peer_id)
+    return text if len(text) <= 16 else text[:6] + ".." + text[-6:]
