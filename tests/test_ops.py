@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from swarm.protocol.consensus import why_nothing_merged
-from swarm.protocol.cycle import CycleLog
+from swarm.protocol.cyclelog import CycleLog
 from swarm.protocol.manifest import load
 from swarm.protocol.metrics import Metrics, metric_names, reason_label
 

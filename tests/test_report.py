@@ -110,7 +110,7 @@ def _honest_report(cycles: int = 3) -> dict:
 def test_plots_number_cycles_from_zero_on_whole_ticks_and_show_every_peer():
     import matplotlib.pyplot as plt
 
-    from swarm.sim.report import byte_groups, figures
+    from swarm.sim.plots import byte_groups, figures
 
     report = _honest_report()
     figs = figures(report)

@@ -31,7 +31,7 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from swarm.errors import SwarmError
 from swarm.net.identity import Identity
-from swarm.net.records import CycleHorizon, SchemaCheck
+from swarm.net.validation import CycleHorizon, SchemaCheck
 
 logger = logging.getLogger(__name__)
 

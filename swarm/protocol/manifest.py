@@ -195,7 +195,7 @@ class Manifest(_Strict):
 
     def horizon(self):
         """The records-ahead-of-time bound every peer's DHT node enforces for this run."""
-        from swarm.net.records import CycleHorizon
+        from swarm.net.validation import CycleHorizon
 
         return CycleHorizon(self.genesis, self.clock().cycle_length)
 

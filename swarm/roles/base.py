@@ -15,7 +15,8 @@ from swarm.errors import TransferError
 from swarm.net import records
 from swarm.net.identity import peer_key_of
 from swarm.protocol.consensus import decide, reduce
-from swarm.protocol.cycle import Cycle, Peer
+from swarm.protocol.cycle import Peer
+from swarm.protocol.cyclelog import Cycle
 from teft.outer import checkpoint_bytes
 from teft.state import check_state, from_bytes, state_hash
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from swarm.net import records
-from swarm.protocol.cycle import Cycle
+from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
 from teft.data import iterate_batches

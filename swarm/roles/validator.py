@@ -26,7 +26,7 @@ import torch
 from swarm.net import records
 from swarm.net.records import SignedRecord
 from swarm.protocol.consensus import Score, decide, ranking_record
-from swarm.protocol.cycle import Cycle
+from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
 from teft.data import subset

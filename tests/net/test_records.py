@@ -18,7 +18,6 @@ from swarm.net.records import (
     CommitRecord,
     PeerRecord,
     RevealRecord,
-    SchemaCheck,
     SeedReveal,
     commit_digest,
     get_records,
@@ -27,6 +26,7 @@ from swarm.net.records import (
     seed_digest,
     store_record,
 )
+from swarm.net.validation import SchemaCheck
 
 RUN = "0123456789abcdef"
 H = "ab" * 32

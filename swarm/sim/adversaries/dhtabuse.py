@@ -21,7 +21,7 @@ from hivemind.utils.serializer import MSGPackSerializer
 
 from swarm.net import records
 from swarm.net.identity import Identity
-from swarm.protocol.cycle import Cycle
+from swarm.protocol.cyclelog import Cycle
 from swarm.roles.miner import Miner
 
 SPAM_SUBKEYS = 1000

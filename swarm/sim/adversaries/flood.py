@@ -22,8 +22,8 @@ from hivemind.utils.serializer import MSGPackSerializer
 
 from swarm.net import records
 from swarm.net.identity import Identity, _wrap, owner_subkey, peer_key_of
-from swarm.net.records import SchemaCheck
-from swarm.protocol.cycle import Cycle
+from swarm.net.validation import SchemaCheck
+from swarm.protocol.cyclelog import Cycle
 from swarm.roles.miner import Miner
 from teft.files import atomic_write
 

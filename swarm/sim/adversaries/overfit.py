@@ -14,7 +14,7 @@ import copy
 
 import torch
 
-from swarm.protocol.cycle import Cycle
+from swarm.protocol.cyclelog import Cycle
 from swarm.roles.miner import Miner, Submission, train_submission
 from teft.state import ExpertState, to_bytes
 from teft.train import Interrupted

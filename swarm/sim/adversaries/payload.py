@@ -7,7 +7,7 @@ import secrets
 import torch
 
 from swarm.protocol.consensus import Score
-from swarm.protocol.cycle import Cycle
+from swarm.protocol.cyclelog import Cycle
 from swarm.roles.miner import Miner, Submission
 from swarm.roles.validator import Validator
 from teft.state import parse_key, state_key, to_bytes

@@ -16,7 +16,7 @@ import time
 from contextlib import suppress
 
 from swarm.net.identity import peer_key_of
-from swarm.protocol.cycle import Cycle
+from swarm.protocol.cyclelog import Cycle
 from swarm.roles.miner import Miner
 
 logger = logging.getLogger("swarm.peer")

@@ -9,7 +9,7 @@ checks can tell it from a real one.
 from __future__ import annotations
 
 from swarm.net import records
-from swarm.protocol.cycle import Cycle
+from swarm.protocol.cyclelog import Cycle
 from swarm.roles.miner import Miner
 from teft.outer import checkpoint_bytes
 from teft.state import ExpertState, parse_key, state_key
