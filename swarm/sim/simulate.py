@@ -25,6 +25,8 @@ from swarm.errors import SwarmError
 from swarm.sim.adversaries import EXTRA, SHOWN, role_kind
 
 KINDS = SHOWN
+# dozens of peers starting at once on two cores take well over the interactive default to reach the bootstrap
+PEER_STARTUP_TIMEOUT = 180
 
 
 @dataclass
@@ -114,7 +116,7 @@ class Swarm:
         entry = ["swarm.sim.rogue", "--adversary", peer.adversary] if peer.adversary else ["swarm.peer"]
         cmd = [self.python, "-m", *entry, "--role", peer.role, "--config", str(self.manifest_path),
                "--initial-peers", *self.join, "--identity", str(peer.key), "--workdir", str(peer.workdir),
-               "--threads", str(self.threads)]
+               "--threads", str(self.threads), "--startup-timeout", str(PEER_STARTUP_TIMEOUT)]
         if peer.validation_data:
             cmd += ["--validation-data", str(peer.validation_data)]
         if self.metrics:

@@ -59,17 +59,21 @@ def no_p2pd_left():
 
 @pytest.fixture(scope="module")
 def adversarial(tmp_path_factory):
+    """One swarm for every end-to-end promise: misbehaving peers, a miner SIGKILLed and restarted in cycle 1,
+    a miner that starts only in cycle 2, `swarm.status` asked during cycle 2, and the baselines."""
     out = tmp_path_factory.mktemp("adversarial") / "run"
     kinds = ["poison", "oversize", "copycat", "late", "liar", "sybil-flood", "slow-server", "slowloris"]
-    return out, simulate(out, "--miners", "3", "--validators", "2", "--cycles", "3", "--baseline",
-                         "--adversary", *kinds)
+    return out, simulate(out, "--miners", "3", "--validators", "2", "--cycles", "4", "--baseline",
+                         "--kill-restart", "miner-0@1", "--late-miner", "2", "--adversary", *kinds,
+                         during=_status_in_cycle_2)
 
 
 def test_honest_peers_agree_and_learn(adversarial):
     out, report = adversarial
     rows = report["per_cycle"]
     assert report["all_cycles_agree"], [(r["cycle"], r["honest_peers_reporting"]) for r in rows]
-    assert all(r["honest_peers_reporting"] == 5 for r in rows)  # 3 miners + 2 validators, every cycle
+    # 3 miners + 2 validators every cycle (the restarted one too), and the late miner from cycle 2 on
+    assert [r["honest_peers_reporting"] for r in rows] == [5, 5, 6, 6]
     assert all(r["quorum_met"] for r in rows)
     assert rows[-1]["target_loss"] < report["base"]["target_loss"] - 0.05
     assert any(report["honest_miners_ever_merged"].values())
@@ -141,6 +145,8 @@ def test_miner_upload_is_whole_payloads(adversarial):
     size = report["payload_bytes"]
     for row in report["per_cycle"]:
         for name in ("miner-0", "miner-1", "miner-2"):
+            if name == "miner-0" and row["cycle"] == 1:
+                continue  # killed in that cycle's train phase
             sent = row["bytes"][name]["out"]
             assert sent % size == 0 and sent >= size, (row["cycle"], name, sent)
     assert report["dense_model_bytes"] > 5 * size
@@ -167,20 +173,17 @@ def _status_in_cycle_2(out: Path) -> None:
 _STATUS: dict = {}
 
 
-def test_crash_restart_and_late_joiner(tmp_path):
-    out = tmp_path / "resilience"
-    report = simulate(out, "--miners", "2", "--validators", "2", "--cycles", "4", "--kill-restart", "miner-0@1",
-                      "--late-miner", "2", during=_status_in_cycle_2)
+def test_crash_restart_late_joiner_and_status(adversarial):
+    out, report = adversarial
     from swarm.protocol.manifest import load, run_id
 
     assert _STATUS["run_id"] == run_id(load(out / "run.yaml")) and _STATUS["cycle"] == 2
-    assert sorted(_STATUS["peers"].values()).count("validator") == 2
+    assert sorted(_STATUS["peers"].values()).count("validator") == 3  # the liar is a validator too
     last = _STATUS["last_cycle"]
     assert last["cycle"] == 1 and last["quorum_met"] and last["merged"]
     assert list(last["state_hashes"])[0] == report["per_cycle"][1]["state_hash"]
     rows = report["per_cycle"]
     assert report["peers"]["miner-0"]["restarts"], "the kill never happened"
-    assert report["all_cycles_agree"], [(r["cycle"], r["honest_peers_reporting"]) for r in rows]
     log = [json.loads(line) for line in (out / "peers" / "miner-0" / "metrics.jsonl").read_text().splitlines()]
     by_cycle = {r["cycle"]: r["state_hash"] for r in log if r["state_hash"]}
     for cycle in (2, 3):  # after the crash it computes the same states as everyone else
@@ -188,8 +191,6 @@ def test_crash_restart_and_late_joiner(tmp_path):
     late = [json.loads(line) for line in (out / "peers" / "miner-late" / "metrics.jsonl").read_text().splitlines()]
     assert late and min(r["cycle"] for r in late) >= 2
     assert any(r["cycle"] == 3 and r["state_hash"] == rows[3]["state_hash"] for r in late)
-    assert rows[-1]["target_loss"] < report["base"]["target_loss"]
-    assert no_p2pd_left()
 
 
 def _peer(*args, timeout=60):
@@ -235,7 +236,8 @@ def test_wrong_manifest(tmp_path):
     assert "not found" in line
 
 
-def test_missing_identity_directory(tmp_path):
+def test_missing_workdir_parent(tmp_path):
     line = _one_error_line(_peer("--role", "validator", "--config", str(_manifest(tmp_path)), "--identity",
-                                 str(tmp_path / "no" / "such" / "dir" / "k.key"), "--workdir", str(tmp_path / "w")))
-    assert "does not exist" in line and "identity" in line
+                                 str(tmp_path / "k.key"), "--workdir", str(tmp_path / "no" / "such" / "w"),
+                                 "--validation-data", "math"))
+    assert "does not exist" in line and "workdir" in line
