@@ -1,6 +1,6 @@
 """Start a hivemind DHT node that validates swarm records and never outlives its parent.
 
-Cleanup works in two layers, both installed inside the DHT child process by SwarmDHT.run:
+Cleanup works in two layers (swarm/net/reap.py), both installed inside the DHT child process by SwarmDHT.run:
   * p2pd is spawned with PR_SET_PDEATHSIG=SIGTERM (asyncio's create_subprocess_exec is
     wrapped in the child only), so the kernel ends p2pd whenever the DHT child exits,
     however it exits (shutdown, SIGTERM from multiprocessing at exit, SIGKILL, crash).
@@ -11,13 +11,9 @@ Cleanup works in two layers, both installed inside the DHT child process by Swar
 
 from __future__ import annotations
 
-import asyncio.subprocess as aio_subprocess
 import concurrent.futures
-import ctypes
 import logging
-import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +27,7 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from swarm.errors import SwarmError
 from swarm.net.identity import Identity
+from swarm.net.reap import tie_subprocesses_to_this_process, watch_parent
 from swarm.net.validation import CycleHorizon, SchemaCheck
 
 logger = logging.getLogger(__name__)
@@ -38,106 +35,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["SwarmDHT", "default_validators", "dht_time", "start_dht", "visible_maddrs"]
 
 dht_time = get_dht_time
-PR_SET_PDEATHSIG = 1
-WATCHDOG_INTERVAL = 0.5
 CALL_TIMEOUT = 120.0
-
-
-def _p2pd_preexec() -> None:
-    """preexec_fn for p2pd: die with the DHT process, and stay out of the terminal's Ctrl-C.
-
-    PR_SET_PDEATHSIG makes the kernel send SIGTERM once the spawning thread's process dies.
-    Its own process group keeps a Ctrl-C aimed at the peer from killing p2pd before the peer
-    has shut the DHT down cleanly (which otherwise costs the 3 s shutdown grace period).
-    """
-    try:
-        os.setpgid(0, 0)
-    except OSError:
-        pass
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except Exception:  # noqa: BLE001 - non-Linux: the watchdog still covers the parent-death case
-        pass
-
-
-def _tie_subprocesses_to_this_process() -> None:
-    """In the DHT child only: make every subprocess asyncio spawns (p2pd) die with us."""
-    if not sys.platform.startswith("linux"):
-        return
-    original = aio_subprocess.create_subprocess_exec
-
-    async def create_subprocess_exec(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("preexec_fn", _p2pd_preexec)
-        return await original(*args, **kwargs)
-
-    aio_subprocess.create_subprocess_exec = create_subprocess_exec
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of pid, from /proc (no psutil dependency)."""
-    found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
-
-
-def terminate_children(grace: float = 3.0) -> None:
-    """SIGTERM this process's children, SIGKILL whatever is left after `grace`, and reap them."""
-    pids = _children(os.getpid())
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for pid in pids:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-
-
-def _watch_parent(parent_pid: int) -> None:
-    """Runs in the DHT child for its whole life: exit once the creating process is gone."""
-    while True:
-        time.sleep(WATCHDOG_INTERVAL)
-        if os.getppid() != parent_pid:
-            try:
-                logger.warning("parent process %d is gone; DHT node %d exits", parent_pid, os.getpid())
-                terminate_children()
-            finally:
-                os._exit(0)
+RETRY_PAUSE = 2.0  # seconds between attempts to reach the initial peers
 
 
 class SwarmDHT(DHT):
@@ -153,8 +52,8 @@ class SwarmDHT(DHT):
         # a SIGTERM handler the creator installed is inherited through fork; left in place it
         # would swallow multiprocessing's terminate() and hang the creator's exit forever
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _tie_subprocesses_to_this_process()
-        threading.Thread(target=_watch_parent, args=(self._parent_pid,), name="swarm-dht-watchdog", daemon=True).start()
+        tie_subprocesses_to_this_process()
+        threading.Thread(target=watch_parent, args=(self._parent_pid,), name="swarm-dht-watchdog", daemon=True).start()
         super().run()
 
     def _call(self, method: Any, *args: Any, return_future: bool = False, **kwargs: Any) -> Any:
@@ -258,43 +157,57 @@ def start_dht(
         validators = default_validators(identity, run_id, horizon)
     else:
         validators = list(record_validators)
-    dht = SwarmDHT(
-        initial_peers=initial or None,
-        start=False,
-        record_validators=validators,
-        host_maddrs=hosts,
-        announce_maddrs=announce,
-        identity_path=str(identity.p2p_identity_path),
-        startup_timeout=startup_timeout,
-        client_mode=client_mode,
-        check_if_identity_free=check_identity_free,
-        **dht_kwargs,
-    )
     unreachable = SwarmError(
         f"could not reach any initial peer ({', '.join(initial)}): "
         "check the address and that the bootstrap node is running"
     )
     started = time.monotonic()
-    dht.run_in_background(await_ready=False)
-    try:
-        dht.wait_until_ready(timeout=startup_timeout)
-    except concurrent.futures.TimeoutError:
-        _stop(dht)
-        if initial:
-            raise unreachable from None
-        raise SwarmError(f"the DHT node did not start within {startup_timeout:g}s: raise the startup timeout") from None
-    except Exception as e:  # noqa: BLE001 - translated into one readable line
-        _stop(dht)
-        text = " ".join(str(e).split())
-        if "already taken" in text:
-            raise SwarmError(
-                f"identity {identity.path} is in use by another running peer: stop it or use another identity file"
-            ) from None
-        if initial and ("bootstrap" in text or "initial_peers" in text):
-            raise unreachable from None
-        if "address already in use" in text.lower():
-            raise SwarmError(f"a host address in {', '.join(hosts)} is already in use: pick another port") from None
-        raise SwarmError(f"the DHT node failed to start ({text}): check its addresses and identity") from None
+    retry_in_use = False
+    while True:
+        left = startup_timeout - (time.monotonic() - started)
+        dht = SwarmDHT(
+            initial_peers=initial or None,
+            start=False,
+            record_validators=validators,
+            host_maddrs=hosts,
+            announce_maddrs=announce,
+            identity_path=str(identity.p2p_identity_path),
+            startup_timeout=max(left, 1.0),
+            client_mode=client_mode,
+            check_if_identity_free=check_identity_free,
+            **dht_kwargs,
+        )
+        dht.run_in_background(await_ready=False)
+        try:
+            dht.wait_until_ready(timeout=max(left, 1.0))
+            break
+        except concurrent.futures.TimeoutError:
+            _stop(dht)
+            if initial:
+                raise unreachable from None
+            raise SwarmError(f"the DHT node did not start within {startup_timeout:g}s: raise the startup timeout") \
+                from None
+        except Exception as e:  # noqa: BLE001 - translated into one readable line
+            _stop(dht)
+            text = " ".join(str(e).split())
+            pinged = initial and ("bootstrap" in text or "initial_peers" in text)
+            # a busy bootstrap node can miss hivemind's 3 s ping: ask again while the startup time lasts (the
+            # previous attempt's daemon may hold the identity for a moment, so that is retried too)
+            if (pinged or (retry_in_use and "already taken" in text)) and \
+                    time.monotonic() - started < startup_timeout - RETRY_PAUSE:
+                logger.info("no initial peer answered yet (%s); retrying", text[:80])
+                retry_in_use = True
+                time.sleep(RETRY_PAUSE)
+                continue
+            if "already taken" in text:
+                raise SwarmError(f"identity {identity.path} is in use by another running peer: stop it or use "
+                                 "another identity file") from None
+            if pinged:
+                raise unreachable from None
+            if "address already in use" in text.lower():
+                raise SwarmError(f"a host address in {', '.join(hosts)} is already in use: pick another port") \
+                    from None
+            raise SwarmError(f"the DHT node failed to start ({text}): check its addresses and identity") from None
     logger.info("DHT node %s up in %.2fs", identity.peer_key, time.monotonic() - started)
     return dht
 
