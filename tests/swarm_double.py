@@ -147,7 +147,7 @@ class MemoryNetwork:
             raise TransferError(f"fetch {digest[:12]} from {self.me[:8]}: timed out")
         return box[0] if box else None
 
-    def fetch_many(self, requests, budget_s, max_parallel=4):
+    def fetch_many(self, requests, budget_s, max_parallel=4, timeout=None):
         """The same per-request outcome as the transfer layer's fetch_many (time costs nothing here)."""
         from swarm.net.transfer import FetchResult
 
@@ -174,8 +174,30 @@ def heldout_math_blocks(path: Path, seq_len: int):
     return tokenize_blocks(tokenizer, load_texts(str(path), "validation"), seq_len)
 
 
+GENESIS = 1_900_000_000.0
+REPO = Path(__file__).resolve().parents[1]
+
+
 class Swarm:
     """Peers of one run in threads; `run(cycles)` drives them all through whole cycles."""
+
+    @classmethod
+    def tiny(cls, root: Path, validators: list[str], overrides: dict | None = None) -> Swarm:
+        """A run of the embedded default (configs/tiny.yaml) allowlisting these validators, keys made in root."""
+        from swarm.launch import write_manifest
+        from swarm.protocol.manifest import load
+
+        keys = [load_or_create(root / f"{v}.key").public_key_str for v in validators]
+        path = write_manifest(REPO / "configs" / "tiny.yaml", root / "run" / "run.yaml", keys, GENESIS, overrides)
+        return cls(load(path), root)
+
+    def rows(self, name: str, cycles: int) -> dict[int, dict]:
+        """A peer's metrics.jsonl lines of the cycles the run finished (it stops early in the next one)."""
+        import json
+
+        path = self.peers[name].store.root / "metrics.jsonl"
+        rows = {row["cycle"]: row for row in map(json.loads, path.read_text().splitlines())}
+        return {c: rows[c] for c in range(cycles) if c in rows}
 
     def __init__(self, manifest, root: Path):
         self.manifest, self.root = manifest, root
@@ -184,21 +206,30 @@ class Swarm:
         self.nets: dict[str, MemoryNetwork] = {}
         self.peers: dict[str, Peer] = {}
         self.runtimes: list = []
+        self._private = None
         self.time: VirtualTime | None = None
 
-    def add(self, name: str, make_role, identity=None, dht_validators=None, private_blocks=None) -> Peer:
+    def add(self, name: str, make_role, identity=None, dht_validators=None) -> Peer:
+        """A peer of this run; validators get private held-out data when the manifest asks for it."""
         from swarm.protocol.manifest import run_id
 
         identity = identity or load_or_create(self.root / f"{name}.key")
         store = Store(self.root / name)
         rt = self.runtime()
-        rt.private_blocks = private_blocks
+        if getattr(make_role, "kind", None) == "validator" and self.manifest.data.private_validation:
+            rt.private_blocks = self.private_data()
         net = MemoryNetwork(store, identity.peer_key, self.nets)
         if dht_validators is None and hasattr(make_role, "record_validators"):  # the role's hook, as swarm.peer
             dht_validators = make_role.record_validators(identity, run_id(self.manifest), None)  # virtual time
         dht = MemoryDHT(self.table, identity, run_id(self.manifest), dht_validators)
         self.peers[name] = Peer(make_role, rt, identity, dht, net, store, self.stop)
         return self.peers[name]
+
+    def private_data(self):
+        """One held-out set for this run's validators, made once (fresh math from a secret seed)."""
+        if self._private is None:
+            self._private = heldout_math_blocks(self.root / "heldout.jsonl.gz", self.manifest.data.seq_len)
+        return self._private
 
     def runtime(self):
         """One model per peer (training mutates it); loaded once and copied, the tiny model is small."""

@@ -7,41 +7,29 @@ slowloris needs real libp2p streams: tests/net/test_transfer.py and the end-to-e
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from swarm_double import Swarm, heldout_math_blocks
+from swarm_double import Swarm
 
-from swarm.launch import write_manifest
 from swarm.net.identity import load_or_create
-from swarm.protocol.manifest import load
 from swarm.roles import Miner, Validator
 from swarm.sim.adversaries import role_for
 from swarm.sim.adversaries.flood import SYBILS_ENV, MultiKeySigner, throwaway_keys
 from teft.errors import TeftError
 
-GENESIS = 1_900_000_000.0
 CYCLES = 2
 SYBILS = 40
 ATTACKS = ("slow-server", "state-liar", "val-overfit")
 
 
 def metrics(swarm: Swarm, name: str) -> dict[int, dict]:
-    path = swarm.peers[name].store.root / "metrics.jsonl"
-    rows = {row["cycle"]: row for row in map(json.loads, path.read_text().splitlines())}
-    return {c: rows[c] for c in range(CYCLES)}
+    return swarm.rows(name, CYCLES)
 
 
 def build(root, kinds) -> Swarm:
     validators = ["validator-0", "validator-1"]
-    keys = [load_or_create(root / f"{v}.key").public_key_str for v in validators]
-    path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", keys, GENESIS,
-                          {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
-    manifest = load(path)
-    swarm = Swarm(manifest, root)
-    private = heldout_math_blocks(root / "heldout.jsonl.gz", manifest.data.seq_len)  # the manifest asks for it
+    swarm = Swarm.tiny(root, validators, {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
     for v in validators:
-        swarm.add(v, Validator, private_blocks=private)
+        swarm.add(v, Validator)
     for i in range(3):
         swarm.add(f"miner-{i}", Miner)
     for kind in kinds:
@@ -120,30 +108,27 @@ def test_the_public_validation_split_buys_no_outsized_score(attacked):
 
 
 def test_a_sybil_flood_is_admitted_but_bounded(flooded):
-    """Every throwaway key's commit and reveal were accepted (so the flood is real), yet each validator
-    evaluated at most max_submissions, merged no Sybil, and met the quorum every cycle."""
+    """Every throwaway key's commit and reveal were accepted (so the flood is real), yet each validator tried
+    at most 4 x max_submissions fetches and scored at most max_submissions, merged no Sybil, and met the
+    quorum every cycle."""
     cap = flooded.manifest.max_submissions
     flood = flooded.peers["miner-sybil-flood"]
     sybils = {t.peer_key for t in flood.role.sybils}
     assert len(sybils) == SYBILS
     for v in ("validator-0", "validator-1"):
         for cycle, row in metrics(flooded, v).items():
-            evaluated = set(row["scores"])
-            assert len(evaluated) <= cap and len(evaluated & sybils) >= cap - 3, (v, cycle, len(evaluated))
-            assert f"over the cap of {cap} not evaluated" in row["note"], row["note"]
+            assert len(row["evaluated"]) <= cap and len(row["scores"]) <= 4 * cap, (v, cycle)
+            assert not sybils & set(row["evaluated"])  # they served nothing: a failed fetch, no evaluation
             assert not sybils & set(row["merged"]) and row["quorum_met"], (v, cycle)
             assert all(s == 0.0 for pid, s in row["scores"].items() if pid in sybils)
 
 
-def test_honest_miners_once_evaluated_are_merged_every_cycle_after(flooded):
-    """The cap samples fresh keys by the combined seed; a miner the swarm merged is evaluated first next
-    cycle. So from the first cycle in which an honest miner was drawn, honest miners are merged."""
+def test_honest_miners_are_merged_every_cycle_of_a_flood(flooded):
+    """Keys that serve nothing cost a failed fetch each, not an evaluation: the miners that do serve are
+    scored and merged in every cycle."""
     honest = {flooded.peers[f"miner-{i}"].me for i in range(3)}
-    rows = metrics(flooded, "validator-0")
-    drawn = [c for c, r in rows.items() if honest & set(r["scores"])]
-    assert drawn, "no honest miner drawn in any cycle"  # probability about 0.24 ** CYCLES with 40 Sybils
-    for cycle in range(drawn[0], CYCLES):
-        assert honest & set(rows[cycle]["merged"]), (cycle, rows[cycle]["merged"])
+    for cycle, row in metrics(flooded, "validator-0").items():
+        assert honest <= set(row["evaluated"]) and honest & set(row["merged"]), (cycle, row["merged"])
 
 
 def test_throwaway_keys_survive_a_restart_and_sign_for_their_owner(tmp_path):

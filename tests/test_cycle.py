@@ -7,44 +7,31 @@ commit never counts), in seconds, on the in-memory DHT and network of tests/swar
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from swarm_double import Swarm, heldout_math_blocks
+from swarm_double import Swarm
 
-from swarm.launch import write_manifest
 from swarm.net.identity import load_or_create
-from swarm.protocol.manifest import load
 from swarm.roles import Miner, Validator
 from swarm.sim.adversaries import role_for
 
-GENESIS = 1_900_000_000.0
 CYCLES = 2
 MINER_ADVERSARIES = ("free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late",
                      "wrong-shape", "extra-keys")
 
 
 def metrics(swarm: Swarm, name: str) -> dict[int, dict]:
-    """The peer's log lines of the cycles the run finished (it stops early in the next one)."""
-    path = swarm.peers[name].store.root / "metrics.jsonl"
-    rows = {row["cycle"]: row for row in map(json.loads, path.read_text().splitlines())}
-    return {c: rows[c] for c in range(CYCLES)}
+    return swarm.rows(name, CYCLES)
 
 
 @pytest.fixture(scope="module")
 def adversarial(tmp_path_factory):
     root = tmp_path_factory.mktemp("cycle")
-    validators = ["validator-0", "validator-1", "validator-liar"]
-    keys = [load_or_create(root / f"{v}.key").public_key_str for v in validators]
-    path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", keys, GENESIS,
-                          {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
-    manifest = load(path)
-    swarm = Swarm(manifest, root)
-    private = heldout_math_blocks(root / "heldout.jsonl.gz", manifest.data.seq_len)  # the manifest asks for it
-    for v in validators[:2]:
-        swarm.add(v, Validator, private_blocks=private)
-    swarm.add("validator-liar", role_for("liar"), private_blocks=private)
-    swarm.add("validator-stranger", role_for("stranger"), private_blocks=private)  # not on the allowlist
+    swarm = Swarm.tiny(root, ["validator-0", "validator-1", "validator-liar"],
+                       {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
+    for v in ("validator-0", "validator-1"):
+        swarm.add(v, Validator)
+    swarm.add("validator-liar", role_for("liar"))
+    swarm.add("validator-stranger", role_for("stranger"))  # not on the allowlist
     for i in range(3):
         swarm.add(f"miner-{i}", Miner)
     for kind in MINER_ADVERSARIES:
@@ -99,31 +86,24 @@ def test_late_commits_and_unlisted_validators_do_not_count(adversarial):
 
 def test_operators_can_admit_listed_miners_only(tmp_path):
     keys = {n: load_or_create(tmp_path / f"{n}.key") for n in ("validator", "listed", "unlisted")}
-    path = write_manifest("configs/tiny.yaml", tmp_path / "run" / "run.yaml", [keys["validator"].public_key_str],
-                          GENESIS, {"inner": {"steps": 2}, "quorum": 1, "miners": [keys["listed"].public_key_str],
-                                    "data": {"validation_blocks": 8, "private_validation": False}})
-    swarm = Swarm(load(path), tmp_path)
+    swarm = Swarm.tiny(tmp_path, ["validator"], {"inner": {"steps": 2}, "quorum": 1,
+                                                 "miners": [keys["listed"].public_key_str],
+                                                 "data": {"validation_blocks": 8, "private_validation": False}})
     swarm.add("validator", Validator, identity=keys["validator"])
     swarm.add("listed", Miner, identity=keys["listed"])
     swarm.add("unlisted", Miner, identity=keys["unlisted"])
     swarm.run(cycles=1)
-    row = {r["cycle"]: r for r in map(json.loads, (swarm.peers["validator"].store.root / "metrics.jsonl")
-                                      .read_text().splitlines())}[0]
+    row = swarm.rows("validator", 1)[0]
     assert row["merged"] == [keys["listed"].peer_key]
     assert keys["unlisted"].peer_key not in row["scores"] and keys["unlisted"].peer_key not in row["rejected"]
 
 
 def test_a_swarm_that_missed_a_cycle_carries_the_state_forward(tmp_path):
     """Every peer started during cycle 1: nobody reduced cycle 0, so Phi_0 carries forward and cycle 1 runs."""
-    key = load_or_create(tmp_path / "validator.key")
-    path = write_manifest("configs/tiny.yaml", tmp_path / "run" / "run.yaml", [key.public_key_str], GENESIS,
-                          {"inner": {"steps": 2}, "quorum": 1,
-                           "data": {"validation_blocks": 8, "private_validation": False}})
-    swarm = Swarm(load(path), tmp_path)
-    swarm.add("validator", Validator, identity=key)
+    swarm = Swarm.tiny(tmp_path, ["validator"], {"inner": {"steps": 2}, "quorum": 1,
+                                                 "data": {"validation_blocks": 8, "private_validation": False}})
+    swarm.add("validator", Validator)
     swarm.add("miner", Miner)
     swarm.run(cycles=2, start_cycle=1)
-    rows = [json.loads(line) for line in (swarm.peers["validator"].store.root / "metrics.jsonl").read_text()
-            .splitlines()]
-    first = next(r for r in rows if r["cycle"] == 1)
+    first = swarm.rows("validator", 2)[1]
     assert first["merged"] == [swarm.peers["miner"].me] and first["state_hash"]

@@ -27,9 +27,11 @@ class Network:
                                        stats=self.stats, maddrs=maddrs, exact=exact),
                              timeout=self.timeout * max(len(peers), 1) + 5)
 
-    def fetch_many(self, requests: list[FetchRequest], budget_s: float, max_parallel: int = 4) -> list[FetchResult]:
-        """Several payloads at once under one wall-clock budget; a slow or silent peer costs its own slot only."""
-        return self.loop.run(fetch_many(self.p2p, requests, budget_s, max_parallel, timeout=self.timeout,
+    def fetch_many(self, requests: list[FetchRequest], budget_s: float, max_parallel: int = 4,
+                   timeout: float | None = None) -> list[FetchResult]:
+        """Several payloads at once under one wall-clock budget; a slow or silent peer costs its own slot only
+        (for at most `timeout`, default the peer's fetch timeout)."""
+        return self.loop.run(fetch_many(self.p2p, requests, budget_s, max_parallel, timeout=timeout or self.timeout,
                                         run_id=self.run_id, stats=self.stats), timeout=budget_s + 10.0)
 
     def close(self) -> None:

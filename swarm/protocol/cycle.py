@@ -48,7 +48,8 @@ class NetworkLike(Protocol):
     def fetch(self, peers: list[str], digest: str, size: int, maddrs: dict[str, list[str]],
               exact: bool) -> bytes: ...
 
-    def fetch_many(self, requests: list, budget_s: float, max_parallel: int = 4) -> list: ...
+    def fetch_many(self, requests: list, budget_s: float, max_parallel: int = 4,
+                   timeout: float | None = None) -> list: ...
 
 
 class Peer:
@@ -135,15 +136,17 @@ class Peer:
 
     def fetch_each(self, wanted: list[tuple[str, str]], cycle: int, size: int, budget_s: float
                    ) -> list[tuple[bytes | None, str | None]]:
-        """(bytes, None) or (None, why) for each (hash, holder), fetched in parallel within `budget_s`."""
+        """(bytes, None) or (None, why) for each (hash, holder), fetched in parallel within `budget_s`; one
+        holder may take a quarter of the budget at most, so a few stalling peers cannot use all of it."""
         from swarm.net.transfer import FetchRequest
 
         maddrs = self.addresses(cycle)
         local = {digest: self.store.find(digest) for digest, _ in wanted}
         requests = [FetchRequest(digest, size, [holder], exact=True, maddrs=maddrs)
                     for digest, holder in wanted if local[digest] is None]
-        fetched = {r.request.payload_hash: (r.data, r.error) for r in self.net.fetch_many(requests, budget_s)} \
-            if requests else {}
+        results = self.net.fetch_many(requests, budget_s, max_parallel=4, timeout=max(budget_s / 4, 1.0)) \
+            if requests else []
+        fetched = {r.request.payload_hash: (r.data, r.error) for r in results}
         return [(local[digest], None) if local[digest] is not None else fetched[digest] for digest, _ in wanted]
 
     # -- the agreed state -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ class CycleLog:
     train_loss: list[float] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    evaluated: list[str] = field(default_factory=list)  # miners whose payload a validator scored by Proof-of-Loss
     base_loss: float | None = None
     rankings: dict[str, dict[str, float]] = field(default_factory=dict)  # validator -> miner -> score
     medians: dict[str, float] = field(default_factory=dict)  # miner -> combined score of its best payload

@@ -5,10 +5,10 @@
               just after the commit phase ends: a commit first seen later never counts
     reveal    publish the seed
     evaluate  combine the allowlisted validators' revealed seeds into the evaluation seed, draw the
-              validation subset from it, take at most max_submissions of the commits that revealed in
-              time (last cycle's merged miners first, then in the seed's order), fetch them in parallel
-              under a budget, check each (keys, shapes, dtype, finiteness, delta norm) and score it by
-              Proof-of-Loss; publish the ranking of the positive scores
+              validation subset from it, order the commits that revealed in time (last cycle's merged
+              miners first, then by the seed), fetch at most 4 x max_submissions of them in parallel under
+              a budget, check the first max_submissions that arrived (keys, shapes, dtype, finiteness,
+              delta norm) and score them by Proof-of-Loss; publish the ranking of the positive scores
     reduce    like every peer (roles.base), then measure Phi_{c+1} for the report
 
 The subset comes from seeds revealed only after miners committed, so nobody could train on it.
@@ -99,6 +99,9 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
     return Score(miner, payload_hash, loss, gain)
 
 
+FETCHES_PER_SLOT = 4  # payloads a validator may try to fetch per evaluation it may spend
+
+
 def rejected(miner: str, payload_hash: str, reason: str) -> Score:
     return Score(miner, payload_hash, float("inf"), 0.0, reason)
 
@@ -155,20 +158,28 @@ class Validator(Role):
         seed = self.evaluation_seed(c)
         stick = yardstick(p.rt, p.state, seed)
         log.base_loss = stick.base_loss
-        candidates = self.candidates(cycle)
-        chosen = self.sample(c, seed, candidates)
-        if len(chosen) < len(candidates):
-            log.note += f"{len(candidates) - len(chosen)} submissions over the cap of {len(chosen)} not evaluated; "
+        candidates = self.order(c, seed, self.candidates(cycle))
+        cap = p.manifest.max_submissions
         deadline = p.clock.phase_end(c, "evaluate") - 1.0
-        fetched = p.fetch_each([(digest, pid) for pid, digest in chosen], c, p.rt.payload_size,
+        # fetch up to FETCHES_PER_SLOT x the cap in that order (a payload that never arrives costs a failed
+        # fetch, not an evaluation), then score the first `cap` that arrived: a flood of keys that serve
+        # nothing cannot crowd out the miners that do
+        tried = candidates[:FETCHES_PER_SLOT * cap]
+        fetched = p.fetch_each([(digest, pid) for pid, digest in tried], c, p.rt.payload_size,
                                budget_s=max(deadline - p.now(), 0.0) / 2)
-        scores = []
-        for (pid, digest), (data, error) in zip(chosen, fetched, strict=True):
+        if len(candidates) > len(tried):
+            log.note += f"{len(candidates) - len(tried)} submissions over the fetch cap of {len(tried)} not tried; "
+        scores, evaluated = [], 0
+        for (pid, digest), (data, error) in zip(tried, fetched, strict=True):
             if data is None:
                 result = rejected(pid, digest, error or "payload not received")
+            elif evaluated >= cap:
+                continue  # arrived, but the cycle's evaluations are spent: like any later candidate, unranked
             elif p.now() >= deadline:
                 result = rejected(pid, digest, "no time left in the evaluate phase")
             else:
+                evaluated += 1
+                log.evaluated.append(pid)
                 p.store.save_payload(data)
                 result = judge(p.rt, p.state, stick, pid, digest, data)
             if result.reason:
@@ -205,8 +216,8 @@ class Validator(Role):
             found.append((pid, digest))
         return found
 
-    def sample(self, number: int, seed: bytes, candidates: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """At most `max_submissions`, in an order no miner chooses: the miners the swarm merged last cycle
+    def order(self, number: int, seed: bytes, candidates: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The order submissions are tried in, which no miner chooses: the miners the swarm merged last cycle
         first (a flood of fresh keys cannot crowd out proven ones), then by the combined seed. Every
         validator computes the same order, so the medians compare the same submissions."""
         p = self.peer
@@ -215,7 +226,7 @@ class Validator(Role):
             proven = {m.miner for m in decide(p.get(number - 1, "ranking"), p.manifest).merged}
         order = sorted(candidates, key=lambda pc: (pc[0] not in proven, hashlib.sha256(seed + pc[0].encode())
                                                    .digest()))
-        return order[:p.manifest.max_submissions]
+        return order
 
     def evaluation_seed(self, number: int) -> bytes:
         """The combined seed of the allowlisted validators whose reveal matches the commit seen in time."""
