@@ -42,11 +42,17 @@ def corrupt(kind: str, honest: Submission, base: dict, dtype: torch.dtype, cycle
     return to_bytes(bad, dtype)
 
 
+def untrained(peer) -> Submission:
+    """Phi_t as a submission: for misbehaving miners whose attack is not in the update, so that they spend
+    no CPU training (a simulation runs two dozen peers on two cores, and honest miners must finish in time)."""
+    return Submission(peer.state, to_bytes(peer.state, peer.rt.payload_dtype))
+
+
 class PayloadMiner(Miner):
-    """Trains honestly, then sends corrupted bytes of the kind named by `variant`."""
+    """Sends corrupted bytes of the kind named by `variant`; only `poison` needs the honest update to flip."""
 
     def submission(self, cycle: Cycle) -> Submission | None:
-        honest = super().submission(cycle)
+        honest = super().submission(cycle) if self.variant == "poison" else untrained(self.peer)
         if honest is None:
             return None
         payload = corrupt(self.variant, honest, self.peer.state, self.peer.rt.payload_dtype, cycle.number)
@@ -57,8 +63,7 @@ class FreeRider(Miner):
     """Submits Phi_t unchanged, hoping to be merged for nothing."""
 
     def submission(self, cycle: Cycle) -> Submission | None:
-        state = self.peer.state
-        return Submission(state, to_bytes(state, self.peer.rt.payload_dtype))
+        return untrained(self.peer)
 
 
 class Replay(FreeRider):
@@ -82,7 +87,11 @@ def wait_into_reveal(peer, number: int) -> None:
 
 
 class Late(Miner):
-    """Commits halfway through the reveal phase, long after the commit deadline."""
+    """Commits halfway through the reveal phase, long after the commit deadline (never evaluated, so it
+    need not train)."""
+
+    def submission(self, cycle: Cycle) -> Submission | None:
+        return untrained(self.peer)
 
     def on_commit(self, cycle: Cycle) -> None:
         pass
