@@ -240,7 +240,7 @@ def run(args, kinds: list[str], out: Path) -> int:
         role = role_kind(kind)
         swarm.add(f"{role}-{kind}", role, kind)
     if args.late_miner is not None:
-        swarm.add("miner-late", "miner", start_cycle=args.late_miner)
+        swarm.add("miner-latecomer", "miner", start_cycle=args.late_miner)
     overrides: dict = {}
     if args.timings:
         overrides["timings"] = {k: float(v) for k, v in (item.split("=") for item in args.timings.split(","))}
