@@ -160,18 +160,17 @@ class MemoryNetwork:
         return results
 
 
-def heldout_math_blocks(path: Path, seq_len: int):
-    """A validator's private held-out data, as `swarm.simulate` makes it: fresh math from a secret seed."""
+def heldout_math_blocks(path: Path, rt):
+    """A validator's private held-out data, as `swarm.simulate` makes it: fresh math from a secret seed,
+    tokenized with the run's own tokenizer and block length."""
     import subprocess
     import sys
 
     from teft.data import load_texts, tokenize_blocks
-    from teft.model import load_model
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "build_corpora.py"
     subprocess.run([sys.executable, str(script), "--heldout-math", str(path)], check=True, capture_output=True)
-    _, tokenizer = load_model("tiny")
-    return tokenize_blocks(tokenizer, load_texts(str(path), "validation"), seq_len)
+    return tokenize_blocks(rt.tokenizer, load_texts(str(path), "validation"), rt.manifest.data.seq_len)
 
 
 GENESIS = 1_900_000_000.0
@@ -228,7 +227,7 @@ class Swarm:
     def private_data(self):
         """One held-out set for this run's validators, made once (fresh math from a secret seed)."""
         if self._private is None:
-            self._private = heldout_math_blocks(self.root / "heldout.jsonl.gz", self.manifest.data.seq_len)
+            self._private = heldout_math_blocks(self.root / "heldout.jsonl.gz", self.runtimes[0])
         return self._private
 
     def runtime(self):

@@ -24,7 +24,7 @@ def rt(tmp_path_factory):
     key = load_or_create(root / "v.key").public_key_str
     path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", [key], 1.9e9, {"quorum": 1})
     rt = load_runtime(load(path))
-    rt.private_blocks = heldout_math_blocks(root / "heldout.jsonl.gz", rt.manifest.data.seq_len)
+    rt.private_blocks = heldout_math_blocks(root / "heldout.jsonl.gz", rt)
     return rt
 
 
