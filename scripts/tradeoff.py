@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render-only", action="store_true",
                    help="train nothing: re-read OUT/tradeoff.json and rewrite the tables, verdict, PNG and markdown")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run for tests: 10 steps, one lr per method, 8 eval blocks, 16 profile blocks")
+                   help="smoke run for tests: 4 steps, one lr per method, 4 eval blocks, 8 profile blocks")
     return p
 
 
@@ -378,7 +378,7 @@ def main(argv=None) -> None:
         render(json.loads(path.read_text()), Path(args.out))
         return
     if args.quick:
-        args.steps, args.eval_blocks, args.profile_blocks = 10, 8, 16
+        args.steps, args.eval_blocks, args.profile_blocks = 4, 4, 8
         args.lrs_full, args.lrs_teft = "1e-3", "3e-3"
     if args.steps < 1 or args.batch_size < 1 or args.eval_blocks < 1 or args.profile_blocks < 1:
         raise SystemExit("--steps, --batch-size, --eval-blocks and --profile-blocks must be positive")

@@ -21,13 +21,12 @@ from swarm import cli
 from swarm.errors import SwarmError
 
 logger = logging.getLogger("swarm.peer")
+ROLE_NAMES = ("miner", "validator")  # the keys of swarm.roles.ROLES, named here so --help imports nothing heavy
 
 
 def build_parser(prog: str = "python -m swarm.peer") -> argparse.ArgumentParser:
-    from swarm.roles import ROLES
-
     p = cli.parser(prog, __doc__)
-    p.add_argument("--role", required=True, choices=sorted(ROLES), help="miner: trains and submits; validator: "
+    p.add_argument("--role", required=True, choices=ROLE_NAMES, help="miner: trains and submits; validator: "
                    "scores submissions by Proof-of-Loss and publishes signed rankings")
     p.add_argument("--config", required=True, help="run manifest YAML (the same file on every peer)")
     cli.flag(p, "initial-peers", nargs="*", default=[],
@@ -60,6 +59,20 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
     """Run a peer until SIGINT/SIGTERM; `make_role` replaces the honest role (simulations only)."""
     args = (parser or build_parser()).parse_args(argv)
     cli.setup_logging(args.log_level, args.role)
+    from swarm.protocol.manifest import load, run_id
+    from swarm.protocol.store import Store
+
+    try:  # the manifest and the flags first: bad input fails in a second, before torch or hivemind load
+        manifest = load(args.config)
+        if args.role == "validator" and manifest.data.private_validation and not args.validation_data:
+            raise SwarmError("this run scores on private held-out data: pass --validation-data PATH (e.g. made by "
+                             "python scripts/build_corpora.py --heldout-math PATH)")
+        if args.validation_data and args.role != "validator":
+            raise SwarmError("--validation-data is for validators: drop it for a miner")
+        cli.identity_dir(args.identity)
+        store = Store(args.workdir)
+    except SwarmError as err:
+        return cli.fail(str(err))
     import transformers
 
     transformers.logging.disable_progress_bar()  # a peer's log is read as a log: no progress bars
@@ -79,23 +92,13 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         from swarm.net.identity import load_or_create
         from swarm.net.network import Network
         from swarm.protocol.cycle import Peer
-        from swarm.protocol.manifest import load, run_id
         from swarm.protocol.metrics import Metrics
         from swarm.protocol.runtime import describe, load_runtime
-        from swarm.protocol.store import Store
         from swarm.roles import ROLES
 
-        manifest = load(args.config)
         rid = run_id(manifest)
-        if args.role == "validator" and manifest.data.private_validation and not args.validation_data:
-            raise SwarmError("this run scores on private held-out data: pass --validation-data PATH (e.g. made by "
-                             "python scripts/build_corpora.py --heldout-math PATH)")
-        if args.validation_data and args.role != "validator":
-            raise SwarmError("--validation-data is for validators: drop it for a miner")
         device = cli.resolve_compute(args.device, args.threads)
-        cli.identity_dir(args.identity)
         identity = load_or_create(Path(args.identity).expanduser())
-        store = Store(args.workdir)
         metrics = Metrics(args.role, rid, identity.peer_key)
         if args.metrics_port is not None:  # before anything slow, so a busy port fails at once
             server = metrics.serve(args.metrics_port, args.metrics_host)
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
                         record_validators=validators, startup_timeout=args.startup_timeout, run_id=rid,
                         horizon=manifest.horizon())
         net = Network(dht, rid, store.find, args.fetch_timeout)
+        check_clock(net, dht, manifest, args.initial_peers, identity.peer_key)
         rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype)
         logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
@@ -124,6 +128,41 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
             dht.shutdown()
     logger.info("stopped")
     return 0
+
+
+def check_clock(net, dht, manifest, initial_peers: list[str], me: str) -> None:
+    """Refuse to run on a clock that is off the swarm's by more than a quarter of the shortest phase, as told by
+    the peers this operator trusts: the initial peers given and the allowlisted validators announced so far."""
+    from swarm.net.dht import dht_time
+    from swarm.net.identity import peer_key_of
+    from swarm.net.records import get_records
+    from swarm.net.timesync import clock_verdict
+    from swarm.protocol.manifest import run_id
+
+    trusted: dict[str, list[str] | None] = {}
+    for maddr in initial_peers:
+        trusted[maddr.rsplit("/p2p/", 1)[-1]] = [maddr]
+    validators = {peer_key_of(v) for v in manifest.validators}
+    cycle = max(manifest.clock().where(dht_time()).cycle, 0)
+    for c in {max(cycle - 1, 0), cycle}:
+        try:
+            announced = get_records(dht, run_id(manifest), c, "peers")
+        except SwarmError:
+            announced = {}
+        for pid, signed in announced.items():
+            if pid in validators:
+                trusted[pid] = list(signed.record.maddrs)
+    trusted.pop(me, None)
+    if not trusted:
+        return
+    tolerance = manifest.timings.max_clock_skew()
+    offset, problem = clock_verdict(net.clock_samples(trusted), tolerance)
+    if problem:
+        raise SwarmError(problem)
+    if offset is None:
+        logger.warning("could not compare this clock with any trusted peer's (%d asked)", len(trusted))
+    else:
+        logger.info("clock checked: the trusted peers' median is %+.3fs from ours (tolerance %gs)", offset, tolerance)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def metrics(swarm: Swarm, name: str) -> dict[int, dict]:
 def adversarial(tmp_path_factory):
     root = tmp_path_factory.mktemp("cycle")
     swarm = Swarm.tiny(root, ["validator-0", "validator-1", "validator-liar"],
-                       {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
+                       {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 8}})
     for v in ("validator-0", "validator-1"):
         swarm.add(v, Validator)
     swarm.add("validator-liar", role_for("liar"))

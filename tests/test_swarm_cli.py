@@ -40,6 +40,17 @@ def test_shared_flags_have_one_default(tmp_path):
         assert done.value.code == 0
 
 
+def test_the_peer_offers_every_role_and_refuses_a_bad_manifest_before_loading_anything(tmp_path):
+    from swarm.roles import ROLES
+
+    assert peer.ROLE_NAMES == tuple(sorted(ROLES))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    code = peer.main(["--role", "miner", "--config", str(bad), "--identity", str(tmp_path / "keys" / "k"),
+                      "--workdir", str(tmp_path / "w")])
+    assert code == 2 and not (tmp_path / "w").exists() and not (tmp_path / "keys").exists()
+
+
 def test_device_auto_resolves_and_threads_apply():
     assert cli.resolve_compute("auto", 1) == ("cuda" if torch.cuda.is_available() else "cpu")
     assert torch.get_num_threads() == 1
@@ -66,7 +77,7 @@ def test_restart_after_the_reduce_waits_instead_of_stepping_back(tmp_path, caplo
     Phi_1 hash equals ours (cycle 1 merged nothing): the peer must resume at 2 and not refetch cycle 1."""
     validator = load_or_create(tmp_path / "v.key")
     manifest = load(write_manifest("configs/tiny.yaml", tmp_path / "run.yaml", [validator.public_key_str],
-                                   1_900_000_000.0, {"quorum": 1}))
+                                   1_900_000_000.0, {"quorum": 1, "inner": {"steps": 2}}))
     swarm = Swarm(manifest, tmp_path)
     miner = swarm.add("miner", Miner)
     data = checkpoint_bytes(miner.rt.initial_state, None)
@@ -75,7 +86,7 @@ def test_restart_after_the_reduce_waits_instead_of_stepping_back(tmp_path, caplo
     voter = MemoryDHT(swarm.table, validator, rid)
     records.store_record(voter, rid, 0, "state", records.StateRecord(state_hash=state_hash(data)), validator,
                          clock.cycle_start(3))
-    vt = VirtualTime(clock.phase_start(1, "reduce") + 0.1, clock.phase_start(2, "train") - 0.1, swarm.stop)
+    vt = VirtualTime(clock.phase_start(1, "reduce") + 0.1, clock.cycle_start(3) - 0.1, swarm.stop)
     miner.time = vt
     vt.join()
     caplog.set_level(logging.INFO, logger="swarm.peer")

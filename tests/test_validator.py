@@ -22,7 +22,8 @@ from teft.state import to_bytes
 def rt(tmp_path_factory):
     root = tmp_path_factory.mktemp("validator")
     key = load_or_create(root / "v.key").public_key_str
-    path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", [key], 1.9e9, {"quorum": 1})
+    path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", [key], 1.9e9,
+                          {"quorum": 1, "inner": {"steps": 8}})
     rt = load_runtime(load(path))
     rt.private_blocks = heldout_math_blocks(root / "heldout.jsonl.gz", rt)
     return rt
@@ -39,7 +40,7 @@ def test_an_update_fitted_to_the_public_split_scores_zero_and_an_honest_one_does
     # (as if it had predicted the seed) gains far more there than on held-out data, and is flagged
     overfit_rt = copy.copy(rt)
     overfit_rt.train_blocks = torch.cat(stick.public)
-    overfit_rt.manifest = rt.manifest.model_copy(update={"inner": rt.manifest.inner.model_copy(update={"steps": 40})})
+    overfit_rt.manifest = rt.manifest.model_copy(update={"inner": rt.manifest.inner.model_copy(update={"steps": 24})})
     overfit = train_submission(overfit_rt, rt.initial_state, "overfit", 0)
     fitted = within_norm(overfit.state, rt.initial_state, 0.95 * rt.manifest.max_delta_norm)  # pass the norm check
     verdict = judge(rt, rt.initial_state, stick, "overfit", "o" * 64, to_bytes(fitted, rt.payload_dtype))

@@ -19,6 +19,7 @@ from hivemind.proto import crypto_pb2
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
 from swarm.errors import SwarmError
+from swarm.net.keys import check_public_key, normalize_public_key
 from teft.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -65,22 +66,9 @@ def public_key_from_subkey(subkey: object) -> str | None:
     return key if normalize_public_key(key) == key else None
 
 
-def normalize_public_key(public_key: bytes | str) -> str:
-    """Drop comments and whitespace so keys compare equal however they were pasted."""
-    text = public_key.decode(errors="replace") if isinstance(public_key, bytes) else public_key
-    return " ".join(text.split()[:2])
-
-
 def parse_public_key(public_key: bytes | str) -> RSAPublicKey:
-    """Load an OpenSSH RSA public key, with a readable error for anything else."""
-    text = normalize_public_key(public_key)
-    try:
-        return RSAPublicKey.from_bytes(text.encode())
-    except (ValueError, TypeError, IndexError, UnsupportedAlgorithm) as e:
-        shown = text if len(text) <= 40 else text[:37] + "..."
-        raise SwarmError(
-            f"'{shown}' is not an RSA public key ({e}): copy the line printed by python -m swarm.keygen"
-        ) from None
+    """Load an OpenSSH RSA public key as hivemind's wrapper, with a readable error for anything else."""
+    return RSAPublicKey(check_public_key(public_key))
 
 
 @functools.lru_cache(maxsize=1024)  # a peer reads the same few owners' records every second

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from swarm.net.dht import visible_maddrs
 from swarm.net.server import PayloadServer
+from swarm.net.timesync import ClockSample, TimeServer, sample_clocks
 from swarm.net.transfer import BackgroundLoop, FetchRequest, FetchResult, fetch_any, fetch_many
 from swarm.net.wire import TransferStats
 
@@ -19,6 +20,7 @@ class Network:
         self.loop = BackgroundLoop()
         self.p2p = self.loop.run(dht.replicate_p2p(), timeout=30)
         self.server = self.loop.run(PayloadServer(self.p2p, lookup, run_id, self.stats).start(), timeout=30)
+        self.time_server = self.loop.run(TimeServer(self.p2p).start(), timeout=30)
         self.maddrs = visible_maddrs(dht)
 
     def fetch(self, peers: list[str], digest: str, size: int, maddrs: dict[str, list[str]], exact: bool) -> bytes:
@@ -34,8 +36,12 @@ class Network:
         return self.loop.run(fetch_many(self.p2p, requests, budget_s, max_parallel, timeout=timeout or self.timeout,
                                         run_id=self.run_id, stats=self.stats), timeout=budget_s + 10.0)
 
+    def clock_samples(self, peers: dict[str, list[str] | None], timeout: float = 3.0) -> list[ClockSample]:
+        """How far each of `peers` (peer id -> maddrs) that answers in time is from this clock."""
+        return self.loop.run(sample_clocks(self.p2p, peers, timeout), timeout=timeout + 5.0)
+
     def close(self) -> None:
-        for step in (self.server.stop, self.p2p.shutdown):
+        for step in (self.server.stop, self.time_server.stop, self.p2p.shutdown):
             try:
                 self.loop.run(step(), timeout=5)
             except Exception:  # noqa: BLE001 - shutting down anyway

@@ -26,8 +26,6 @@ from hivemind.p2p import PeerID
 
 from teft.files import content_hash as payload_hash  # noqa: E402,F401 - the hash payloads are asked for by
 
-logger = logging.getLogger("swarm.net.transfer")
-
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20

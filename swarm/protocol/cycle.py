@@ -36,6 +36,8 @@ from teft.outer import checkpoint_bytes, from_checkpoint
 from teft.pol import state_loss
 from teft.state import ExpertState, check_state
 
+_MEASURED: dict[tuple, tuple[float, float | None]] = {}  # (checkpoint hash, blocks) -> losses
+_MEASURING = threading.Lock()
 logger = logging.getLogger("swarm.peer")
 
 
@@ -226,13 +228,20 @@ class Peer:
         return True
 
     def measure(self) -> tuple[float, float | None]:
-        """Target and general validation loss of the held state on fixed blocks (for reports)."""
+        """Target and general validation loss of the held state on fixed blocks (for reports); measured once
+        per state (a carried-forward cycle, or peers of one process holding the same state, reuse it)."""
         rt = self.rt
-        target = state_loss(rt.model, rt.layout, self.state, report_batches(rt.validation_blocks))
-        general = None
-        if rt.general_blocks is not None:
-            general = state_loss(rt.model, rt.layout, self.state, report_batches(rt.general_blocks))
-        return target, general
+        key = (self.progress.checkpoint_hash, id(rt.validation_blocks), id(rt.general_blocks))
+        with _MEASURING:
+            if key not in _MEASURED:
+                target = state_loss(rt.model, rt.layout, self.state, report_batches(rt.validation_blocks))
+                general = None
+                if rt.general_blocks is not None:
+                    general = state_loss(rt.model, rt.layout, self.state, report_batches(rt.general_blocks))
+                while len(_MEASURED) >= 8:
+                    _MEASURED.pop(next(iter(_MEASURED)))
+                _MEASURED[key] = (target, general)
+            return _MEASURED[key]
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -265,6 +274,8 @@ class Peer:
         cycle = Cycle(number, fresh=joined_in in ("sync", "train"), log=log)
         self.announce(number, joined_in)
         for phase in PHASES:
+            if self.stop.is_set():
+                break
             if phase == "sync" or self.enter(number, phase) or (phase == "reduce" and self.cycle == number):
                 started = wallclock.monotonic()
                 try:
@@ -275,6 +286,9 @@ class Peer:
                 log.phase_seconds[phase] = round(wallclock.monotonic() - started, 3)
         log.bytes_in = self.net.stats.bytes_in - before[0]
         log.bytes_out = self.net.stats.bytes_out - before[1]
+        if self.stop.is_set() and self.cycle <= number:  # stopped before this cycle's reduce: nothing to report
+            logger.info("stopped in cycle %d before its reduce; no summary for it", number)
+            return
         self.finish(cycle)
         self.wait_until(self.clock.cycle_start(number + 1))
 

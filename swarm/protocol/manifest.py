@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from swarm.errors import SwarmError
-from swarm.net.identity import normalize_public_key, parse_public_key
+from swarm.net.keys import check_public_key, normalize_public_key
 from swarm.protocol.clock import PHASES, Clock
 
 
@@ -73,6 +73,10 @@ class Timings(_Strict):
     def phases(self) -> list[tuple[str, float]]:
         """The (name, seconds) list Clock takes."""
         return [(name, getattr(self, name)) for name in PHASES]
+
+    def max_clock_skew(self) -> float:
+        """How far a peer's clock may be from the swarm's: a quarter of the shortest phase."""
+        return min(seconds for _, seconds in self.phases()) / 4
 
 
 class InnerSpec(_Strict):
@@ -141,7 +145,7 @@ class Manifest(_Strict):
         out = []
         for i, key in enumerate(keys):
             try:
-                parse_public_key(key)
+                check_public_key(key)
             except SwarmError:
                 raise ValueError(
                     f"entry {i} is not an RSA public key: paste the line printed by python -m swarm.keygen"

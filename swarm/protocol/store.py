@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from swarm.errors import SwarmError
-from teft.state import atomic_write, state_hash
+from teft.files import atomic_write
+from teft.files import content_hash as state_hash
 
 
 @dataclass

@@ -156,7 +156,9 @@ class Validator(Role):
             return
         p, log, c = self.peer, cycle.log, cycle.number
         seed = self.evaluation_seed(c)
+        started = p.now()
         stick = yardstick(p.rt, p.state, seed)
+        cost = p.now() - started  # one evaluation measures what the yardstick measured: about as long
         log.base_loss = stick.base_loss
         candidates = self.order(c, seed, self.candidates(cycle))
         cap = p.manifest.max_submissions
@@ -175,7 +177,7 @@ class Validator(Role):
                 result = rejected(pid, digest, error or "payload not received")
             elif evaluated >= cap:
                 continue  # arrived, but the cycle's evaluations are spent: like any later candidate, unranked
-            elif p.now() >= deadline:
+            elif p.now() + cost >= deadline:  # the ranking must be out before the phase ends, for every reader
                 result = rejected(pid, digest, "no time left in the evaluate phase")
             else:
                 evaluated += 1

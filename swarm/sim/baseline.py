@@ -21,6 +21,7 @@ import torch
 
 from swarm.protocol.runtime import Runtime, report_batches
 from swarm.roles.miner import train_submission
+from swarm.sim.report import BASELINES
 from teft.data import iterate_batches
 from teft.outer import OuterConfig
 from teft.pol import mean_loss
@@ -179,9 +180,9 @@ def token_budget(rt: Runtime, cycles: int, miners: int, methods=("teft", "full")
 
 
 def run_baselines(rt: Runtime, cycles: int, miners: int, full_lr: float | None = None,
-                  plan: InnerPlan | None = None) -> dict:
-    """{method: [{cycle, target_loss, general_loss, ...}]} for `teft`, `full`, `lone` and `dense_diloco`, plus
-    the base model; the model is back at its base weights afterwards."""
+                  plan: InnerPlan | None = None, which: tuple[str, ...] = BASELINES) -> dict:
+    """{method: [{cycle, target_loss, general_loss, ...}]} for each of `which` (`teft`, `full`, `lone`,
+    `dense_diloco`), plus the base model; the model is back at its base weights afterwards."""
     target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
     steps_per_cycle = miners * rt.manifest.inner.steps
     plan = plan or plan_from_manifest(rt.manifest, cycles)
@@ -189,9 +190,14 @@ def run_baselines(rt: Runtime, cycles: int, miners: int, full_lr: float | None =
                rt.manifest.inner.batch_size * rt.train_blocks.shape[1],
                "inner_plan": plan.label, "outer": vars(rt.outer),
                "base": {"target_loss": mean_loss(rt.model, target), "general_loss": mean_loss(rt.model, general)}}
-    results |= token_budget(rt, cycles, miners, full_lr=full_lr)
-    print(f"baseline: a lone miner ({cycles} x {rt.manifest.inner.steps} steps, {plan.label})", flush=True)
-    results["lone"] = lone_miner(rt, cycles, plan)
-    print(f"baseline: dense DiLoCo ({miners} workers x {rt.manifest.inner.steps} steps, all parameters)", flush=True)
-    results["dense_diloco"] = dense_diloco(rt, cycles, miners, plan, lr=full_lr)
+    budget = tuple(m for m in ("teft", "full") if m in which)
+    if budget:
+        results |= token_budget(rt, cycles, miners, methods=budget, full_lr=full_lr)
+    if "lone" in which:
+        print(f"baseline: a lone miner ({cycles} x {rt.manifest.inner.steps} steps, {plan.label})", flush=True)
+        results["lone"] = lone_miner(rt, cycles, plan)
+    if "dense_diloco" in which:
+        print(f"baseline: dense DiLoCo ({miners} workers x {rt.manifest.inner.steps} steps, all parameters)",
+              flush=True)
+        results["dense_diloco"] = dense_diloco(rt, cycles, miners, plan, lr=full_lr)
     return results

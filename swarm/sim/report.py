@@ -8,6 +8,7 @@ from pathlib import Path
 
 CURVES = (("lone", "s--", "lone miner (H steps per cycle)"), ("dense_diloco", "^--", "dense DiLoCo (all parameters)"),
           ("teft", "d:", "single-process TEFT, same tokens"), ("full", "v:", "full fine-tuning, same tokens"))
+BASELINES = tuple(name for name, _, _ in CURVES)  # what `swarm.simulate --baseline` can run
 
 
 def metrics(peer) -> dict[int, dict]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from swarm.errors import SwarmError
 from swarm.sim.adversaries import EXTRA, SHOWN, role_kind
+from swarm.sim.report import BASELINES
 
 KINDS = SHOWN
 # dozens of peers starting at once on two cores take well over the interactive default to reach the bootstrap
@@ -190,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=6, help="cycles to run (default 6)")
     parser.add_argument("--adversary", nargs="*", default=[], metavar="KIND",
                         help=f"misbehaving peers to add, one process each: {', '.join(KINDS)}, or all")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also run full fine-tuning and single-process TEFT with the same token budget")
+    parser.add_argument("--baseline", nargs="?", const="all", default=None, metavar="KINDS",
+                        help="after the swarm, also run baselines on the same data: single-process TEFT and full "
+                             "fine-tuning on the swarm's token budget, a lone miner and dense DiLoCo (default all; "
+                             f"or a comma list of {','.join(BASELINES)})")
     parser.add_argument("--out", required=True, help="output directory (report.json, plots, summary.md, logs)")
     parser.add_argument("--start-in", "--start_in", type=float, default=None,
                         help="seconds until genesis, for every process to start (default: 30 + 6 per peer)")
@@ -216,12 +219,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown adversary {', '.join(unknown)}; choose from {', '.join(KINDS)} or all",
               file=sys.stderr)
         return 2
+    baselines = _baselines(args.baseline)
+    if baselines is None:
+        print(f"error: --baseline {args.baseline}: choose all or a comma list of {','.join(BASELINES)}",
+              file=sys.stderr)
+        return 2
+    args.baseline = baselines
     out = Path(args.out)
     try:
         return run(args, kinds, out)
     except SwarmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _baselines(value: str | None) -> tuple[str, ...] | None:
+    """The baselines a --baseline value names; () for none, None if it names an unknown one."""
+    if value is None:
+        return ()
+    names = BASELINES if value == "all" else tuple(v.strip() for v in value.split(",") if v.strip())
+    return names if names and set(names) <= set(BASELINES) else None
 
 
 def run(args, kinds: list[str], out: Path) -> int:
@@ -308,7 +325,7 @@ def run(args, kinds: list[str], out: Path) -> int:
     if args.baseline and not interrupted:
         from swarm.sim.baseline import run_baselines
 
-        baseline = run_baselines(rt, cycles=args.cycles, miners=args.miners)
+        baseline = run_baselines(rt, cycles=args.cycles, miners=args.miners, which=args.baseline)
     report = build_report(swarm, args.cycles, rt.payload_size, dense_bytes, baseline)
     if args.metrics:
         report["last_scrape"] = last_scrape

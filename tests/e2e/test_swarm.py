@@ -1,9 +1,10 @@
 """End to end: whole swarms of real peer processes on 127.0.0.1, driven by `python -m swarm.simulate`.
 
-Two runs share the work: one with misbehaving peers, one with crashes and a late joiner. Each run's report
-is checked for the protocol's promises in a form that can fail. Every adversary kind is also driven
-through whole cycles in one process by tests/test_cycle.py; here they meet real processes, real p2pd
-daemons and real transfers.
+One swarm does the work: honest peers, the adversaries whose attack is on the real transport (an oversize
+payload, a Sybil flood, a server that stalls, idle streams), a SIGKILL and restart, a late joiner and
+`swarm.status`. Its report is checked for the protocol's promises in a form that can fail. Every adversary
+kind, those included, is also driven through whole cycles in one process by tests/test_cycle.py and
+tests/test_attacks.py; here the transport ones meet real processes, real p2pd daemons and real transfers.
 """
 
 import json
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TIMINGS = "sync=3,train=16,commit=3,reveal=4,evaluate=16,reduce=6"
+TIMINGS = "sync=3,train=14,commit=3,reveal=4,evaluate=13,reduce=5"
+START_IN = "75"  # 10 peers starting at once on 2 cores are ready in about 45 s
 # a flood just under the evaluation cap (16), so every throwaway key costs each validator a real fetch attempt;
 # the cap itself, with 200 keys, is tested in one process (tests/test_attacks.py, scripts/bench_sybil.py)
 SYBILS = "9"
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.timeout(900)
 def simulate(out: Path, *args: str, timeout: float = 800, during=None) -> dict:
     """Run a simulation to the end; `during(out)` is called once while its peers are running."""
     proc = subprocess.Popen([sys.executable, "-m", "swarm.simulate", "--out", str(out), "--timings", TIMINGS,
-                             "--steps", "8", *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                             "--start-in", START_IN, "--steps", "8", *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         if during is not None:
@@ -60,11 +62,11 @@ def no_p2pd_left():
 @pytest.fixture(scope="module")
 def adversarial(tmp_path_factory):
     """One swarm for every end-to-end promise: misbehaving peers, a miner SIGKILLed and restarted in cycle 1,
-    a miner that joins in cycle 2, `swarm.status` asked during cycle 2, and the baselines."""
+    a miner that joins in cycle 1, `swarm.status` asked during cycle 1, and full fine-tuning beside it."""
     out = tmp_path_factory.mktemp("adversarial") / "run"
-    kinds = ["poison", "oversize", "copycat", "late", "liar", "sybil-flood", "slow-server", "slowloris"]
-    return out, simulate(out, "--miners", "3", "--validators", "2", "--cycles", "3", "--baseline",
-                         "--kill-restart", "miner-0@1", "--late-miner", "2", "--adversary", *kinds,
+    kinds = ["oversize", "sybil-flood", "slow-server", "slowloris"]
+    return out, simulate(out, "--miners", "3", "--validators", "2", "--cycles", "2", "--baseline", "full",
+                         "--kill-restart", "miner-0@1", "--late-miner", "1", "--adversary", *kinds,
                          during=_status_in_cycle_2)
 
 
@@ -72,8 +74,8 @@ def test_honest_peers_agree_and_learn(adversarial):
     out, report = adversarial
     rows = report["per_cycle"]
     assert report["all_cycles_agree"], [(r["cycle"], r["honest_peers_reporting"]) for r in rows]
-    # 3 miners + 2 validators every cycle (the restarted one too), and the late miner from cycle 2 on
-    assert [r["honest_peers_reporting"] for r in rows] == [5, 5, 6]
+    # 3 miners + 2 validators every cycle (the restarted one too), and the late miner from cycle 1 on
+    assert [r["honest_peers_reporting"] for r in rows] == [5, 6]
     assert all(r["quorum_met"] for r in rows)
     assert rows[-1]["target_loss"] < report["base"]["target_loss"] - 0.05
     assert any(report["honest_miners_ever_merged"].values())
@@ -85,7 +87,7 @@ def test_honest_peers_agree_and_learn(adversarial):
 def test_drift_is_reported_next_to_full_fine_tuning_and_is_smaller(adversarial):
     out, report = adversarial
     rows = report["per_cycle"]
-    assert len(report["baseline"]["full"]) == len(report["baseline"]["teft"]) == 4 * len(rows)
+    assert len(report["baseline"]["full"]) == 4 * len(rows)
     assert all(r["general_drift"] is not None for r in rows)
     counts = report["drift_vs_full_ft"]
     assert counts["cycles_compared"] >= 2, rows  # the swarm's target loss lies within the baseline's reach
@@ -103,28 +105,15 @@ def test_no_adversary_is_ever_merged(adversarial):
         assert set(row["merged"]) <= honest, row["merged"]
 
 
-def test_malformed_submissions_score_zero_with_a_reason(adversarial):
+def test_an_oversize_payload_is_refused_by_the_transfer_layer(adversarial):
     _, report = adversarial
     reasons = {}
     for row in report["per_cycle"]:
-        assert row["combined"].get("miner-poison", 0.0) == 0.0  # the flipped update raises the loss
         for miner, why in row["rejected"].items():
             reasons.setdefault(miner, why)
         assert row["combined"].get("miner-oversize", 0.0) == 0.0
     # the real transfer layer refuses the extra bytes before reading them
     assert "over the asked maximum" in reasons["miner-oversize"] or "more than" in reasons["miner-oversize"]
-    # the copycat either finds another payload to claim, which does not match its commit, or finds none
-    assert reasons["miner-copycat"] in ("reveal does not match its commit", "committed but did not reveal")
-
-
-def test_late_commits_are_ignored_and_the_liar_outvoted(adversarial):
-    _, report = adversarial
-    for row in report["per_cycle"]:
-        assert "miner-late" not in row["combined"]  # never even ranked: its commit came after the commit phase
-        assert "validator-liar" in row["scores"]  # the allowlisted liar is counted, and outvoted
-        liar = row["scores"]["validator-liar"]
-        if liar:
-            assert max(liar, key=liar.get) not in row["merged"]
 
 
 def test_a_flood_a_staller_and_a_slowloris_cost_their_own_slots(adversarial):
@@ -141,19 +130,24 @@ def test_a_flood_a_staller_and_a_slowloris_cost_their_own_slots(adversarial):
 
 
 def test_miner_upload_is_whole_payloads(adversarial):
-    _, report = adversarial
+    """A miner serves its own payload, whole, and at most whole checkpoints to peers catching up (the
+    restarted miner and the late joiner): never a partial or padded object."""
+    out, report = adversarial
     size = report["payload_bytes"]
+    checkpoints = {path.stat().st_size for path in (out / "peers" / "validator-0" / "checkpoints").iterdir()}
     for row in report["per_cycle"]:
         for name in ("miner-0", "miner-1", "miner-2"):
             if name == "miner-0" and row["cycle"] == 1:
                 continue  # killed in that cycle's train phase
             sent = row["bytes"][name]["out"]
-            assert sent % size == 0 and sent >= size, (row["cycle"], name, sent)
+            whole = any((sent - k * c) % size == 0 and sent - k * c >= size
+                        for c in checkpoints for k in range(3))
+            assert whole, (row["cycle"], name, sent, size, checkpoints)
     assert report["dense_model_bytes"] > 5 * size
 
 
 def _status_in_cycle_2(out: Path) -> None:
-    """`python -m swarm.status` against the running swarm, once cycle 2 has begun."""
+    """`python -m swarm.status` against the running swarm, once cycle 1 has begun."""
     from swarm.protocol.manifest import load
 
     deadline = time.time() + 600
@@ -161,7 +155,7 @@ def _status_in_cycle_2(out: Path) -> None:
         time.sleep(1)
     manifest = load(out / "run.yaml")
     clock = manifest.clock()
-    while time.time() < clock.phase_start(2, "train") and time.time() < deadline:
+    while time.time() < clock.phase_start(1, "train") and time.time() < deadline:
         time.sleep(1)
     proc = subprocess.run([sys.executable, "-m", "swarm.status", "--config", str(out / "run.yaml"),
                            "--initial-peers", (out / "join.txt").read_text().strip(), "--json"], cwd=REPO,
@@ -177,20 +171,20 @@ def test_crash_restart_late_joiner_and_status(adversarial):
     out, report = adversarial
     from swarm.protocol.manifest import load, run_id
 
-    assert _STATUS["run_id"] == run_id(load(out / "run.yaml")) and _STATUS["cycle"] == 2
-    assert sorted(_STATUS["peers"].values()).count("validator") == 3  # the liar is a validator too
+    assert _STATUS["run_id"] == run_id(load(out / "run.yaml")) and _STATUS["cycle"] == 1
+    assert sorted(_STATUS["peers"].values()).count("validator") == 2
     last = _STATUS["last_cycle"]
-    assert last["cycle"] == 1 and last["quorum_met"] and last["merged"]
-    assert list(last["state_hashes"])[0] == report["per_cycle"][1]["state_hash"]
+    assert last["cycle"] == 0 and last["quorum_met"] and last["merged"]
+    assert list(last["state_hashes"])[0] == report["per_cycle"][0]["state_hash"]
     rows = report["per_cycle"]
     assert report["peers"]["miner-0"]["restarts"], "the kill never happened"
     log = [json.loads(line) for line in (out / "peers" / "miner-0" / "metrics.jsonl").read_text().splitlines()]
     by_cycle = {r["cycle"]: r["state_hash"] for r in log if r["state_hash"]}
-    assert by_cycle[2] == rows[2]["state_hash"]  # after the crash it computes the same state as everyone else
+    assert by_cycle[1] == rows[1]["state_hash"]  # after the crash it computes the same state as everyone else
     late = [json.loads(line) for line in (out / "peers" / "miner-latecomer" / "metrics.jsonl").read_text()
             .splitlines()]
-    assert late and min(r["cycle"] for r in late) >= 2
-    assert any(r["cycle"] == 2 and r["state_hash"] == rows[2]["state_hash"] for r in late)
+    assert late and min(r["cycle"] for r in late) >= 1
+    assert any(r["cycle"] == 1 and r["state_hash"] == rows[1]["state_hash"] for r in late)
 
 
 def _peer(*args, timeout=60):
@@ -219,7 +213,7 @@ def test_unreachable_bootstrap(tmp_path):
     line = _one_error_line(_peer("--role", "miner", "--config", str(_manifest(tmp_path)), "--initial-peers",
                                  "/ip4/127.0.0.1/tcp/9/p2p/QmVqZZ9H5iuvn4F5HXSzBJrskDESXE5dCHUkhPRo7SiSav",
                                  "--identity", str(tmp_path / "m.key"), "--workdir", str(tmp_path / "w"),
-                                 "--startup-timeout", "10"))
+                                 "--startup-timeout", "5"))
     assert "could not reach any initial peer" in line
     assert time.monotonic() - start < 60
     assert no_p2pd_left()
