@@ -16,7 +16,7 @@ from swarm.net.identity import load_or_create
 from swarm.protocol.metrics import scrape_url
 from swarm.sim.simulate import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(90)
