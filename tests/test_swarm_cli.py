@@ -106,3 +106,15 @@ def test_restart_after_the_reduce_waits_instead_of_stepping_back(tmp_path, caplo
     rows = (miner.store.root / "metrics.jsonl").read_text().splitlines()
     assert rows and all('"cycle": 2,' in r for r in rows)  # nothing was redone for cycle 1
     assert miner.store.load_progress().cycle >= 2
+
+
+def test_simulate_runs_the_baselines_named_and_refuses_others_before_any_work(tmp_path, capsys):
+    from swarm.sim import simulate
+    from swarm.sim.report import BASELINES
+
+    assert simulate._baselines(None) == () and simulate._baselines("all") == BASELINES
+    assert simulate._baselines("full, teft") == ("full", "teft")
+    assert simulate._baselines("full,bogus") is None and simulate._baselines(",") is None
+    out = tmp_path / "run"
+    assert simulate.main(["--out", str(out), "--baseline", "bogus"]) == 2
+    assert "--baseline bogus" in capsys.readouterr().err and not out.exists()
