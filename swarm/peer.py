@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
                         record_validators=validators, startup_timeout=args.startup_timeout, run_id=rid,
                         horizon=manifest.horizon())
         net = Network(dht, rid, store.find, args.fetch_timeout)
-        check_clock(net, dht, manifest, args.initial_peers, identity.peer_key)
+        check_clock(net, dht, manifest, rid, args.initial_peers, identity.peer_key)
         rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype)
         logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
@@ -130,14 +130,13 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
     return 0
 
 
-def check_clock(net, dht, manifest, initial_peers: list[str], me: str) -> None:
+def check_clock(net, dht, manifest, rid: str, initial_peers: list[str], me: str) -> None:
     """Refuse to run on a clock that is off the swarm's by more than a quarter of the shortest phase, as told by
     the peers this operator trusts: the initial peers given and the allowlisted validators announced so far."""
     from swarm.net.dht import dht_time
     from swarm.net.identity import peer_key_of
     from swarm.net.records import get_records
     from swarm.net.timesync import clock_verdict
-    from swarm.protocol.manifest import run_id
 
     trusted: dict[str, list[str] | None] = {}
     for maddr in initial_peers:
@@ -146,7 +145,7 @@ def check_clock(net, dht, manifest, initial_peers: list[str], me: str) -> None:
     cycle = max(manifest.clock().where(dht_time()).cycle, 0)
     for c in {max(cycle - 1, 0), cycle}:
         try:
-            announced = get_records(dht, run_id(manifest), c, "peers")
+            announced = get_records(dht, rid, c, "peers")
         except SwarmError:
             announced = {}
         for pid, signed in announced.items():

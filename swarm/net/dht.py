@@ -1,13 +1,4 @@
-"""Start a hivemind DHT node that validates swarm records and never outlives its parent.
-
-Cleanup works in two layers (swarm/net/reap.py), both installed inside the DHT child process by SwarmDHT.run:
-  * p2pd is spawned with PR_SET_PDEATHSIG=SIGTERM (asyncio's create_subprocess_exec is
-    wrapped in the child only), so the kernel ends p2pd whenever the DHT child exits,
-    however it exits (shutdown, SIGTERM from multiprocessing at exit, SIGKILL, crash).
-  * a watchdog thread polls os.getppid(); once the process that created the DHT is gone
-    (SIGKILL leaves the DHT child running, reparented), it terminates the child's own
-    children (p2pd) explicitly, reaps them, and exits.
-"""
+"""Start a hivemind DHT node that validates swarm records and never outlives its parent (how: swarm/net/reap.py)."""
 
 from __future__ import annotations
 

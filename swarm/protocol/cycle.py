@@ -36,8 +36,6 @@ from teft.outer import checkpoint_bytes, from_checkpoint
 from teft.pol import state_loss
 from teft.state import ExpertState, check_state
 
-_MEASURED: dict[tuple, tuple[float, float | None]] = {}  # (checkpoint hash, blocks) -> losses
-_MEASURING = threading.Lock()
 logger = logging.getLogger("swarm.peer")
 
 
@@ -66,6 +64,7 @@ class Peer:
         self.clock = self.manifest.clock()
         self.me = identity.peer_key
         self.cycle = -1  # the cycle whose start state we hold
+        self._measured: tuple[str, tuple[float, float | None]] = ("", (0.0, None))  # (checkpoint hash, losses)
         self.state: ExpertState = rt.initial_state
         self.momentum: ExpertState = {}
         self.progress = Progress()
@@ -146,7 +145,7 @@ class Peer:
         local = {digest: self.store.find(digest) for digest, _ in wanted}
         requests = [FetchRequest(digest, size, [holder], exact=True, maddrs=maddrs)
                     for digest, holder in wanted if local[digest] is None]
-        results = self.net.fetch_many(requests, budget_s, max_parallel=4, timeout=max(budget_s / 4, 1.0)) \
+        results = self.net.fetch_many(requests, budget_s, timeout=max(budget_s / 4, 1.0)) \
             if requests else []
         fetched = {r.request.payload_hash: (r.data, r.error) for r in results}
         return [(local[digest], None) if local[digest] is not None else fetched[digest] for digest, _ in wanted]
@@ -228,20 +227,16 @@ class Peer:
         return True
 
     def measure(self) -> tuple[float, float | None]:
-        """Target and general validation loss of the held state on fixed blocks (for reports); measured once
-        per state (a carried-forward cycle, or peers of one process holding the same state, reuse it)."""
-        rt = self.rt
-        key = (self.progress.checkpoint_hash, id(rt.validation_blocks), id(rt.general_blocks))
-        with _MEASURING:
-            if key not in _MEASURED:
-                target = state_loss(rt.model, rt.layout, self.state, report_batches(rt.validation_blocks))
-                general = None
-                if rt.general_blocks is not None:
-                    general = state_loss(rt.model, rt.layout, self.state, report_batches(rt.general_blocks))
-                while len(_MEASURED) >= 8:
-                    _MEASURED.pop(next(iter(_MEASURED)))
-                _MEASURED[key] = (target, general)
-            return _MEASURED[key]
+        """Target and general validation loss of the held state on fixed blocks (for reports); a state carried
+        forward unchanged is not measured again."""
+        if self._measured[0] != self.progress.checkpoint_hash:
+            rt = self.rt
+            target = state_loss(rt.model, rt.layout, self.state, report_batches(rt.validation_blocks))
+            general = None
+            if rt.general_blocks is not None:
+                general = state_loss(rt.model, rt.layout, self.state, report_batches(rt.general_blocks))
+            self._measured = (self.progress.checkpoint_hash, (target, general))
+        return self._measured[1]
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:

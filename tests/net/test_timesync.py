@@ -76,10 +76,10 @@ def test_a_peer_with_a_skewed_clock_refuses_to_start(make_identity, tmp_path):
     net = Network(dht, "run", lambda _: None, timeout=5.0)
     try:
         with pytest.raises(SwarmError, match=r"clock is 20\.\ds behind the swarm's \(median of 1 trusted"):
-            check_clock(net, dht, manifest, visible_maddrs(boot)[:1], me.peer_key)
+            check_clock(net, dht, manifest, "run", visible_maddrs(boot)[:1], me.peer_key)
         loop.run(server.stop(), timeout=5)
         loop.run(TimeServer(boot_p2p).start(), timeout=30)  # the same peer with a right clock: no complaint
-        check_clock(net, dht, manifest, visible_maddrs(boot)[:1], me.peer_key)
+        check_clock(net, dht, manifest, "run", visible_maddrs(boot)[:1], me.peer_key)
     finally:
         net.close()
         dht.shutdown()

@@ -59,11 +59,15 @@ class PayloadMiner(Miner):
         return Submission(honest.state, payload, honest.losses)
 
 
-class FreeRider(Miner):
-    """Submits Phi_t unchanged, hoping to be merged for nothing."""
+class Untrained(Miner):
+    """A misbehaving miner whose attack is not in the update: it submits Phi_t and spends no CPU training."""
 
     def submission(self, cycle: Cycle) -> Submission | None:
         return untrained(self.peer)
+
+
+class FreeRider(Untrained):
+    """Submits Phi_t unchanged, hoping to be merged for nothing."""
 
 
 class Replay(FreeRider):
@@ -86,12 +90,9 @@ def wait_into_reveal(peer, number: int) -> None:
     peer.wait_until(start + (end - start) / 2)
 
 
-class Late(Miner):
+class Late(Untrained):
     """Commits halfway through the reveal phase, long after the commit deadline (never evaluated, so it
     need not train)."""
-
-    def submission(self, cycle: Cycle) -> Submission | None:
-        return untrained(self.peer)
 
     def on_commit(self, cycle: Cycle) -> None:
         pass

@@ -17,8 +17,8 @@ from contextlib import suppress
 
 from swarm.net.identity import peer_key_of
 from swarm.protocol.cyclelog import Cycle
-from swarm.roles.miner import Miner, Submission
-from swarm.sim.adversaries.payload import untrained
+from swarm.roles.miner import Miner
+from swarm.sim.adversaries.payload import Untrained
 
 logger = logging.getLogger("swarm.peer")
 
@@ -27,7 +27,7 @@ IDLE_STREAMS = 200  # per validator, per round
 ROUND_S = 2.0  # a new round of idle streams this often: the server's header deadline ends the last one
 
 
-class SlowServer(Miner):
+class SlowServer(Untrained):
     """Commits and reveals a payload, then serves it so slowly that it never arrives (so it need not train)."""
 
     def __init__(self, peer):
@@ -42,9 +42,6 @@ class SlowServer(Miner):
             return honest(digest)
 
         holder.lookup = lookup
-
-    def submission(self, cycle: Cycle) -> Submission | None:
-        return untrained(self.peer)
 
     def on_train(self, cycle: Cycle) -> None:
         super().on_train(cycle)
