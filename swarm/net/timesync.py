@@ -8,7 +8,8 @@ libp2p stream each, and refuses to run when the median offset is beyond the tole
 never asked, so a Sybil cannot talk a peer into a wrong clock.
 
 Wire: the asker opens a stream on TIME_PROTOCOL and reads one 8-byte big-endian IEEE double (the
-server's time.time()); nothing is sent the other way. The server answers at once and closes.
+server's time.time()), then closes; nothing is sent the other way. The server answers at once and closes
+once the asker has (or after two seconds).
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ class TimeServer:
         except Exception:  # noqa: BLE001 - the daemon may already be gone
             pass
 
-    async def _handle(self, _stream_info, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, _stream_info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             writer.write(struct.pack(_FORMAT, self.now()))
             await asyncio.wait_for(writer.drain(), 2.0)
-        except Exception:  # noqa: BLE001 - a client that vanished costs nothing
+            # close only once the asker has: a stream closed right after its last write can lose that write
+            # (HIVEMIND_NOTES.md); an asker that never closes costs this coroutine two seconds
+            await asyncio.wait_for(reader.read(1), 2.0)
+        except Exception:  # noqa: BLE001 - a client that vanished or lingers costs nothing more
             pass
         finally:
             writer.close()

@@ -86,3 +86,44 @@ def test_a_peer_with_a_skewed_clock_refuses_to_start(make_identity, tmp_path):
         loop.run(boot_p2p.shutdown(), timeout=5)
         loop.close()
         boot.shutdown()
+
+
+def test_an_outsider_cannot_stall_or_poison_the_clock_check():
+    """Hundreds of streams that never read, a peer that answers garbage and one that never answers: an honest
+    asker still gets the honest clock, within its timeout, and the bad answers are simply left out."""
+
+    async def garbage(_info, _reader, writer):
+        writer.write(b"\x7f\xf8\x00\x00")  # half a NaN
+        await writer.drain()
+        writer.close()
+
+    async def stall(_info, reader, _writer):
+        await reader.read(1)  # never answers; the asker's timeout ends it
+
+    async def main():
+        honest = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        liar = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        slow = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        outsider = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+                                    initial_peers=await honest.get_visible_maddrs())
+        me = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        idle = []
+        try:
+            await TimeServer(honest).start()
+            await liar.add_binary_stream_handler("/teft/time/1", garbage)
+            await slow.add_binary_stream_handler("/teft/time/1", stall)
+            where = {p.peer_id.to_base58(): [str(m) for m in await p.get_visible_maddrs()]
+                     for p in (honest, liar, slow)}
+            for _ in range(200):
+                idle.append(await outsider.call_binary_stream_handler(honest.peer_id, "/teft/time/1"))
+            started = time.monotonic()
+            samples = await sample_clocks(me, where, timeout=2.0)
+            assert time.monotonic() - started < 5
+            assert [s.peer for s in samples] == [honest.peer_id.to_base58()] and abs(samples[0].offset) < 0.5
+        finally:
+            for _, _, writer in idle:
+                writer.close()
+            for p in (honest, liar, slow, outsider, me):
+                await p.shutdown()
+
+    asyncio.run(main())
