@@ -27,7 +27,7 @@ def metrics(swarm: Swarm, name: str) -> dict[int, dict]:
 
 def build(root, kinds) -> Swarm:
     validators = ["validator-0", "validator-1"]
-    swarm = Swarm.tiny(root, validators, {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 8}})
+    swarm = Swarm.tiny(root, validators, {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
     for v in validators:
         swarm.add(v, Validator)
     for i in range(3):
