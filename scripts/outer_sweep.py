@@ -88,7 +88,7 @@ def swarm_run(rt: Runtime, v: Variant, miners: int, cycles: int, steps: int, hor
     """`cycles` cycles of M honest miners, one validator's scores, the swarm's merge rule and outer step."""
     plan = InnerPlan(v.keep_moments, v.schedule, horizon)
     target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
-    n_val = int(rt.manifest.data.get("validation_blocks", 32))
+    n_val = rt.manifest.data.validation_blocks
     state, buffer, moments, curve = rt.initial_state, None, [None] * miners, []
     for cycle in range(cycles):
         subs = []

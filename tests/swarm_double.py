@@ -147,17 +147,16 @@ class MemoryNetwork:
             raise TransferError(f"fetch {digest[:12]} from {self.me[:8]}: timed out")
         return box[0] if box else None
 
-    def fetch_many(self, requests, budget_s, max_parallel=4, timeout=None):
-        """The same per-request outcome as the transfer layer's fetch_many (time costs nothing here)."""
+    def fetch_stream(self, requests, budget_s, max_parallel=4, timeout=None):
+        """The same per-request outcome as the transfer layer's fetch_stream, in request order (time costs
+        nothing here)."""
         from swarm.net.transfer import FetchResult
 
-        results = []
         for r in requests:
             try:
-                results.append(FetchResult(r, self.fetch(list(r.peers), r.payload_hash, r.expected_size, {}, r.exact)))
+                yield FetchResult(r, self.fetch(list(r.peers), r.payload_hash, r.expected_size, {}, r.exact))
             except TransferError as err:
-                results.append(FetchResult(r, None, str(err)))
-        return results
+                yield FetchResult(r, None, str(err))
 
 
 def heldout_math_blocks(path: Path, rt):

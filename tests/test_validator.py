@@ -52,4 +52,7 @@ def test_without_private_data_the_public_split_is_the_yardstick(rt):
     public_only.private_blocks = None
     stick = yardstick(public_only, rt.initial_state, b"seed")
     assert stick.public is None
-    assert [b.tolist() for b in stick.batches] == [b.tolist() for b in yardstick(rt, rt.initial_state, b"seed").public]
+    # with private data, the overfit check measures a quarter of those same public blocks
+    scoring = {tuple(row) for b in stick.batches for row in b.tolist()}
+    check = [tuple(row) for b in yardstick(rt, rt.initial_state, b"seed").public for row in b.tolist()]
+    assert len(check) == len(scoring) // 4 and set(check) <= scoring

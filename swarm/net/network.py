@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from swarm.net.dht import visible_maddrs
 from swarm.net.server import PayloadServer
 from swarm.net.timesync import ClockSample, TimeServer, sample_clocks
-from swarm.net.transfer import BackgroundLoop, FetchRequest, FetchResult, fetch_any, fetch_many
+from swarm.net.transfer import BackgroundLoop, FetchRequest, FetchResult, fetch_any, fetch_stream
 from swarm.net.wire import TransferStats
 
 
@@ -29,12 +29,12 @@ class Network:
                                        stats=self.stats, maddrs=maddrs, exact=exact),
                              timeout=self.timeout * max(len(peers), 1) + 5)
 
-    def fetch_many(self, requests: list[FetchRequest], budget_s: float, max_parallel: int = 4,
-                   timeout: float | None = None) -> list[FetchResult]:
-        """Several payloads at once under one wall-clock budget; a slow or silent peer costs its own slot only
-        (for at most `timeout`, default the peer's fetch timeout)."""
-        return self.loop.run(fetch_many(self.p2p, requests, budget_s, max_parallel, timeout=timeout or self.timeout,
-                                        run_id=self.run_id, stats=self.stats), timeout=budget_s + 10.0)
+    def fetch_stream(self, requests: list[FetchRequest], budget_s: float, max_parallel: int = 4,
+                     timeout: float | None = None) -> Iterator[FetchResult]:
+        """Several payloads at once under one wall-clock budget, each handed over as soon as it is final; a
+        slow or silent peer costs its own slot only (for at most `timeout`, default the peer's fetch timeout)."""
+        return fetch_stream(self.loop, self.p2p, requests, budget_s, max_parallel, timeout=timeout or self.timeout,
+                            run_id=self.run_id, stats=self.stats)
 
     def clock_samples(self, peers: dict[str, list[str] | None], timeout: float = 3.0) -> list[ClockSample]:
         """How far each of `peers` (peer id -> maddrs) that answers in time is from this clock."""
@@ -47,3 +47,4 @@ class Network:
             except Exception:  # noqa: BLE001 - shutting down anyway
                 pass
         self.loop.close()
+

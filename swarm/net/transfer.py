@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import queue
 import threading
-from collections.abc import Awaitable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -196,12 +198,15 @@ async def fetch_many(
     timeout: float,
     run_id: str,
     stats: TransferStats | None = None,
+    on_result: Callable[[FetchResult], None] | None = None,
 ) -> list[FetchResult]:
     """Fetch every request, at most max_parallel at once, started in the given order, all within budget_s.
 
     Each try at one peer gets at most `timeout`; whatever is still running when the budget is spent is
     cancelled. Never raises for a peer's failure: result i (same order as requests) holds the bytes
-    or an error line, so one slow peer costs its own slot and nothing else.
+    or an error line, so one slow peer costs its own slot and nothing else. `on_result` (called on this
+    loop) sees each result once, as soon as it is final, so a caller can use the first while the rest
+    are still on their way.
     """
     loop = asyncio.get_running_loop()
     stats = stats if stats is not None else TransferStats()
@@ -209,11 +214,16 @@ async def fetch_many(
     results = [FetchResult(r) for r in requests]
     pending = iter(results)  # shared by the workers: each takes the next request in the caller's order
 
+    def final(result: FetchResult) -> None:
+        if on_result is not None:
+            on_result(result)
+
     async def worker() -> None:
         for result in pending:
             req = result.request
             if loop.time() >= deadline:
                 result.error = f"fetch {req.payload_hash[:12]}: not started, budget of {budget_s:g}s spent"
+                final(result)
                 continue
             result.started, start = True, loop.time()
             try:
@@ -227,9 +237,16 @@ async def fetch_many(
                 result.error = f"fetch {str(req.payload_hash)[:12]}: " + (" ".join(str(e).split()) or type(e).__name__)
             finally:
                 result.seconds = loop.time() - start
+                if result.data is not None or result.error is not None:  # not when cancelled: reported below
+                    final(result)
 
     workers = [asyncio.create_task(worker()) for _ in range(max(1, min(max_parallel, len(results))))]
-    _, late = await asyncio.wait(workers, timeout=max(deadline - loop.time(), 0.0))
+    try:
+        _, late = await asyncio.wait(workers, timeout=max(deadline - loop.time(), 0.0))
+    except asyncio.CancelledError:  # the caller gave up: its fetches must not run on without it
+        for task in workers:
+            task.cancel()
+        raise
     for task in late:
         task.cancel()
     if late:
@@ -240,7 +257,43 @@ async def fetch_many(
                 stats.fetch_failed += 1
             state = "cut off" if result.started else "not started"
             result.error = f"fetch {result.request.payload_hash[:12]}: {state}, budget of {budget_s:g}s spent"
+            final(result)
     return results
+
+
+def fetch_stream(
+    background: BackgroundLoop,
+    p2p: P2P,
+    requests: Sequence[FetchRequest],
+    budget_s: float,
+    max_parallel: int,
+    *,
+    timeout: float,
+    run_id: str,
+    stats: TransferStats | None = None,
+) -> Iterator[FetchResult]:
+    """fetch_many on a background loop, started now, for a synchronous reader: each result is handed over as
+    soon as it is final, in the order they finish, so a validator judges the first payload while the others
+    are still arriving. Closing the iterator early cancels what is still running."""
+    done: queue.SimpleQueue[FetchResult | None] = queue.SimpleQueue()
+    future = background.submit(fetch_many(p2p, requests, budget_s, max_parallel, timeout=timeout, run_id=run_id,
+                                          stats=stats, on_result=done.put))
+    future.add_done_callback(lambda _: done.put(None))
+    give_up = time.monotonic() + budget_s + 10.0  # fetch_many ends within its budget and a few seconds of cleanup
+
+    def results() -> Iterator[FetchResult]:
+        try:
+            for _ in range(len(requests)):
+                item = done.get(timeout=max(give_up - time.monotonic(), 0.01))
+                if item is None:
+                    return
+                yield item
+        except queue.Empty:
+            return
+        finally:
+            future.cancel()
+
+    return results()
 
 
 class BackgroundLoop:
@@ -250,6 +303,10 @@ class BackgroundLoop:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
+
+    def submit(self, coro: Awaitable[T]) -> concurrent.futures.Future[T]:
+        """Start a coroutine on the loop without waiting for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
 
     def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop and wait for it (cancelled on timeout)."""

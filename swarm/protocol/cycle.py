@@ -11,12 +11,13 @@ or a validator does in each phase is in swarm/roles/, top to bottom.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time as wallclock
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Protocol
 
@@ -48,8 +49,8 @@ class NetworkLike(Protocol):
     def fetch(self, peers: list[str], digest: str, size: int, maddrs: dict[str, list[str]],
               exact: bool) -> bytes: ...
 
-    def fetch_many(self, requests: list, budget_s: float, max_parallel: int = 4,
-                   timeout: float | None = None) -> list: ...
+    def fetch_stream(self, requests: list, budget_s: float, max_parallel: int = 4,
+                     timeout: float | None = None) -> Iterator: ...
 
 
 class Peer:
@@ -135,20 +136,32 @@ class Peer:
         holders = [h for h in holders if h != self.me]
         return self.net.fetch(holders, digest, max_size, self.addresses(cycle), exact=exact)
 
-    def fetch_each(self, wanted: list[tuple[str, str]], cycle: int, size: int, budget_s: float
-                   ) -> list[tuple[bytes | None, str | None]]:
-        """(bytes, None) or (None, why) for each (hash, holder), fetched in parallel within `budget_s`; one
-        holder may take a quarter of the budget at most, so a few stalling peers cannot use all of it."""
+    def fetch_stream(self, wanted: list[tuple[str, str]], cycle: int, size: int, budget_s: float,
+                     max_parallel: int = 8) -> Iterator[tuple[int, bytes | None, str | None]]:
+        """(i, bytes, None) or (i, None, why) for each wanted[i] = (hash, holder), as each arrives: what our
+        store holds first, then the network's in the order they finish. Fetching starts now, in parallel,
+        within `budget_s`; one holder may take a quarter of the budget at most, so a few stalling peers
+        cannot use all of it."""
         from swarm.net.transfer import FetchRequest
 
         maddrs = self.addresses(cycle)
-        local = {digest: self.store.find(digest) for digest, _ in wanted}
-        requests = [FetchRequest(digest, size, [holder], exact=True, maddrs=maddrs)
-                    for digest, holder in wanted if local[digest] is None]
-        results = self.net.fetch_many(requests, budget_s, timeout=max(budget_s / 4, 1.0)) \
-            if requests else []
-        fetched = {r.request.payload_hash: (r.data, r.error) for r in results}
-        return [(local[digest], None) if local[digest] is not None else fetched[digest] for digest, _ in wanted]
+        local, requests, position = [], [], {}
+        for i, (digest, holder) in enumerate(wanted):
+            data = self.store.find(digest)
+            if data is not None:
+                local.append((i, data, None))
+                continue
+            requests.append(FetchRequest(digest, size, [holder], exact=True, maddrs=maddrs))
+            position[id(requests[-1])] = i
+        stream = self.net.fetch_stream(requests, budget_s, max_parallel, timeout=max(budget_s / 4, 1.0)) \
+            if requests else iter(())
+
+        def arrivals():
+            yield from local
+            with contextlib.closing(stream):
+                for result in stream:
+                    yield position[id(result.request)], result.data, result.error
+        return arrivals()
 
     # -- the agreed state -----------------------------------------------------------------------
     def adopt(self, cycle: int, data: bytes) -> None:

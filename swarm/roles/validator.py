@@ -6,9 +6,9 @@
     reveal    publish the seed
     evaluate  combine the allowlisted validators' revealed seeds into the evaluation seed, draw the
               validation subset from it, order the commits that revealed in time (last cycle's merged
-              miners first, then by the seed), fetch at most 4 x max_submissions of them in parallel under
-              a budget, check the first max_submissions that arrived (keys, shapes, dtype, finiteness,
-              delta norm) and score them by Proof-of-Loss; publish the ranking of the positive scores
+              miners first, then by the seed), fetch at most 4 x max_submissions of them in parallel and
+              judge the first max_submissions as they arrive (keys, shapes, dtype, finiteness, delta norm,
+              Proof-of-Loss) while time is left; publish the ranking of the positive scores
     reduce    like every peer (roles.base), then measure Phi_{c+1} for the report
 
 The subset comes from seeds revealed only after miners committed, so nobody could train on it.
@@ -16,6 +16,7 @@ The subset comes from seeds revealed only after miners committed, so nobody coul
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -48,10 +49,15 @@ def combined_seed(revealed: dict[str, str]) -> bytes:
 OVERFIT_SLACK = 0.01  # nats: gains this close together are never called overfit, whatever their ratio
 
 
-def validation_batches(rt: Runtime, seed: bytes, blocks: torch.Tensor | None = None) -> list[torch.Tensor]:
+OVERFIT_CHECK_SHARE = 4  # the public-split check measures this fraction of the scoring blocks: it only has to
+#                          see a gain far above the held-out one, and every judgement pays for its blocks
+
+
+def validation_batches(rt: Runtime, seed: bytes, blocks: torch.Tensor | None = None,
+                       count: int | None = None) -> list[torch.Tensor]:
     """This cycle's Proof-of-Loss subset of `blocks` (default: the public validation split), in batches."""
     spec = rt.manifest.data
-    chosen = subset(rt.validation_blocks if blocks is None else blocks, seed, spec.validation_blocks)
+    chosen = subset(rt.validation_blocks if blocks is None else blocks, seed, count or spec.validation_blocks)
     return [chosen[i:i + spec.eval_batch_size] for i in range(0, len(chosen), spec.eval_batch_size)]
 
 
@@ -70,7 +76,8 @@ def yardstick(rt: Runtime, state: ExpertState, seed: bytes) -> Yardstick:
     batches = validation_batches(rt, seed, rt.private_blocks)
     stick = Yardstick(batches, state_loss(rt.model, rt.layout, state, batches))
     if rt.private_blocks is not None:
-        stick.public = validation_batches(rt, seed)
+        count = max(rt.manifest.data.validation_blocks // OVERFIT_CHECK_SHARE, rt.manifest.data.eval_batch_size)
+        stick.public = validation_batches(rt, seed, count=count)
         stick.public_base_loss = state_loss(rt.model, rt.layout, state, stick.public)
     return stick
 
@@ -156,43 +163,56 @@ class Validator(Role):
             return
         p, log, c = self.peer, cycle.log, cycle.number
         seed = self.evaluation_seed(c)
-        started = p.now()
-        stick = yardstick(p.rt, p.state, seed)
-        cost = p.now() - started  # one evaluation measures what the yardstick measured: about as long
-        log.base_loss = stick.base_loss
         candidates = self.order(c, seed, self.candidates(cycle))
         cap = p.manifest.max_submissions
         deadline = p.clock.phase_end(c, "evaluate") - 1.0
-        # fetch up to FETCHES_PER_SLOT x the cap in that order (a payload that never arrives costs a failed
-        # fetch, not an evaluation), then score the first `cap` that arrived: a flood of keys that serve
-        # nothing cannot crowd out the miners that do
+        # try up to FETCHES_PER_SLOT x the cap in that order (a payload that never arrives costs a failed fetch,
+        # not an evaluation) and judge the first `cap` that arrive, as they arrive: a flood of keys that serve
+        # nothing cannot crowd out the miners that do, and fetching runs beside the judging, never before it
         tried = candidates[:FETCHES_PER_SLOT * cap]
-        fetched = p.fetch_each([(digest, pid) for pid, digest in tried], c, p.rt.payload_size,
-                               budget_s=max(deadline - p.now(), 0.0) / 2)
         if len(candidates) > len(tried):
             log.note += f"{len(candidates) - len(tried)} submissions over the fetch cap of {len(tried)} not tried; "
-        scores, evaluated = [], 0
-        for (pid, digest), (data, error) in zip(tried, fetched, strict=True):
-            if data is None:
-                result = rejected(pid, digest, error or "payload not received")
-            elif evaluated >= cap:
-                continue  # arrived, but the cycle's evaluations are spent: like any later candidate, unranked
-            elif p.now() + cost >= deadline:  # the ranking must be out before the phase ends, for every reader
-                result = rejected(pid, digest, "no time left in the evaluate phase")
-            else:
-                evaluated += 1
-                log.evaluated.append(pid)
-                p.store.save_payload(data)
-                result = judge(p.rt, p.state, stick, pid, digest, data)
-            if result.reason:
-                log.rejected[pid] = result.reason
-                logger.warning("cycle %d: %s scores 0: %s", c, pid[:12], result.reason)
-            log.scores[pid] = result.score
-            scores.append(result)
+        arrivals = p.fetch_stream([(digest, pid) for pid, digest in tried], c, p.rt.payload_size,
+                                  budget_s=max(deadline - p.now(), 0.0))
+        started = p.now()
+        stick = yardstick(p.rt, p.state, seed)
+        cost = p.now() - started  # a judgement measures what the yardstick measured: about as long
+        log.base_loss = stick.base_loss
+        scores, handled = [], set()
+        with contextlib.closing(arrivals):
+            for i, data, error in arrivals:
+                pid, digest = tried[i]
+                if data is None:
+                    result = rejected(pid, digest, error or "payload not received")
+                elif p.now() + cost >= deadline:  # the ranking must be out before the phase ends, for every reader
+                    break
+                else:
+                    log.evaluated.append(pid)
+                    p.store.save_payload(data)
+                    began = p.now()
+                    result = judge(p.rt, p.state, stick, pid, digest, data)
+                    cost = p.now() - began
+                handled.add(i)
+                self.record(c, log, result, scores)
+                if len(log.evaluated) >= cap:
+                    break  # the cycle's evaluations are spent: what arrives later stays unranked, like any later
+        if len(log.evaluated) < cap:
+            for i in sorted(set(range(len(tried))) - handled):
+                self.record(c, log, rejected(*tried[i], "no time left in the evaluate phase"), scores)
+        logger.info("cycle %d: judged %d of %d submissions (%d tried) in %.1fs, one judgement ~%.1fs", c,
+                    len(log.evaluated), len(candidates), len(tried), p.now() - started, cost)
         p.put(c, "ranking", ranking_record(self.ranking(scores)))
         seen = p.progress.seen_payloads
         for digest in [d for d, first in seen.items() if first < c - 10]:
             del seen[digest]
+
+    @staticmethod
+    def record(c: int, log, result: Score, scores: list[Score]) -> None:
+        if result.reason:
+            log.rejected[result.miner] = result.reason
+            logger.warning("cycle %d: %s scores 0: %s", c, result.miner[:12], result.reason)
+        log.scores[result.miner] = result.score
+        scores.append(result)
 
     def candidates(self, cycle: Cycle) -> list[tuple[str, str]]:
         """(miner, payload hash) of every commit seen in time whose reveal matches it and is not a replay."""

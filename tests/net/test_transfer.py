@@ -15,7 +15,7 @@ from hivemind.p2p import P2P
 
 from swarm.errors import TransferError
 from swarm.net.server import PayloadServer
-from swarm.net.transfer import BackgroundLoop, FetchRequest, fetch, fetch_any, fetch_many
+from swarm.net.transfer import BackgroundLoop, FetchRequest, fetch, fetch_any, fetch_many, fetch_stream
 from swarm.net.wire import (
     CHUNK,
     DATA,
@@ -403,6 +403,56 @@ def test_fetch_many_from_a_background_loop():
             assert results[0].data is None and "not found" in results[0].error
         finally:
             for p in (client, server):
+                loop.run(p.shutdown(), timeout=10)
+    finally:
+        loop.close()
+
+
+async def _fetch_tasks() -> list[str]:
+    """The fetch coroutines still running on this loop."""
+    return [t.get_coro().__qualname__ for t in asyncio.all_tasks()
+            if t is not asyncio.current_task() and "fetch_many" in t.get_coro().__qualname__]
+
+
+def test_fetch_stream_hands_over_results_as_they_finish():
+    """A validator judges what has arrived while a silent peer still holds its slot; each result comes once,
+    and closing the stream early cancels the fetches still running."""
+    payload = os.urandom(300_000)
+    loop = BackgroundLoop()
+    try:
+
+        async def make():
+            silent = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+            honest = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+            client = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+            await silent.add_binary_stream_handler(protocol_name(RUN), _stalling_handler)
+            await PayloadServer(honest, store_of(payload), RUN).start()
+            maddrs = {p.peer_id.to_base58(): [str(m) for m in await p.get_visible_maddrs()] for p in (silent, honest)}
+            return silent, honest, client, maddrs
+
+        silent, honest, client, maddrs = loop.run(make(), timeout=30)
+        try:
+            stalled = FetchRequest("cd" * 32, 1000, [silent.peer_id.to_base58()], maddrs=maddrs)
+            good = FetchRequest(payload_hash(payload), len(payload), [honest.peer_id.to_base58()], maddrs=maddrs)
+            start = time.perf_counter()
+            got = list(fetch_stream(loop, client, [stalled, good], 10.0, 2, timeout=2.0, run_id=RUN))
+            assert [r.request for r in got] == [good, stalled]  # finish order, not request order
+            assert got[0].data == payload and got[1].data is None and "timed out after 2s" in got[1].error
+            assert time.perf_counter() - start < 5.0
+            # the reader stops after the first result: the silent peer's fetch (30 s allowed) is cancelled
+            stats = TransferStats()
+            stream = fetch_stream(loop, client, [stalled, good], 20.0, 2, timeout=30.0, run_id=RUN, stats=stats)
+            first = next(stream)
+            start = time.perf_counter()
+            stream.close()
+            assert first.data == payload and time.perf_counter() - start < 1.0
+            for _ in range(40):  # the cancelled fetch is gone from the loop within a moment
+                if not loop.run(_fetch_tasks(), timeout=5):
+                    break
+                time.sleep(0.05)
+            assert not loop.run(_fetch_tasks(), timeout=5) and stats.fetched == 1, stats
+        finally:
+            for p in (client, honest, silent):
                 loop.run(p.shutdown(), timeout=10)
     finally:
         loop.close()
