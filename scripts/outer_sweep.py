@@ -141,7 +141,8 @@ def fmt(x, spec=".3f") -> str:
 def write_markdown(results: dict, path: Path) -> None:
     base = results["base"]
     lines = ["# Outer-loop study: does the swarm turn more miners into faster progress?", "",
-             f"In-process swarm on `configs/tiny.yaml` (model `tiny`, target math, batch 8 x 128 tokens), honest "
+             f"In-process swarm on `{results.get('config', 'configs/tiny.yaml')}` (model `tiny`, target math, inner "
+             f"batch {results.get('batch', '8 x 128 tokens')}, inner lr {results.get('inner_lr', 1e-3):g}), honest "
              f"miners only, one validator's Proof-of-Loss scores and the swarm's merge rule. Base model: math "
              f"{base['target_loss']:.4f}, general {base['general_loss']:.4f}. Speedup = cycles a lone miner (same "
              "H, same inner loop) needs to reach the swarm's loss / the swarm's cycles; the headline column uses "
@@ -214,6 +215,9 @@ def main() -> None:
     results["commands"] = [c for c in results["commands"] if not any(p in c for p in args.phases)]
     results["commands"].append("python scripts/outer_sweep.py " + shlex.join(sys.argv[1:]))
     rt = load_tiny(args.config)
+    inner = rt.manifest.inner
+    results.update(config=args.config, batch=f"{inner.batch_size} x {rt.manifest.data.seq_len} tokens",
+                   inner_lr=inner.lr)
     target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
     base = {k: state_loss(rt.model, rt.layout, rt.initial_state, b)
             for k, b in (("target_loss", target), ("general_loss", general))}

@@ -8,10 +8,11 @@ slowloris needs real libp2p streams: tests/net/test_transfer.py and the end-to-e
 from __future__ import annotations
 
 import pytest
-from swarm_double import Swarm
+from swarm_double import FEW_STEPS, Swarm
 
 from swarm.net.identity import load_or_create
 from swarm.roles import Miner, Validator
+from swarm.roles.validator import FETCHES_PER_SLOT
 from swarm.sim.adversaries import role_for
 from swarm.sim.adversaries.flood import SYBILS_ENV, MultiKeySigner, throwaway_keys
 from teft.errors import TeftError
@@ -27,7 +28,8 @@ def metrics(swarm: Swarm, name: str) -> dict[int, dict]:
 
 def build(root, kinds) -> Swarm:
     validators = ["validator-0", "validator-1"]
-    swarm = Swarm.tiny(root, validators, {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
+    swarm = Swarm.tiny(root, validators, {"inner": {**FEW_STEPS, "steps": 4}, "quorum": 2,
+                                          "data": {"validation_blocks": 16}})
     for v in validators:
         swarm.add(v, Validator)
     for i in range(3):
@@ -109,7 +111,7 @@ def test_the_public_validation_split_buys_no_outsized_score(attacked):
 
 def test_a_sybil_flood_is_admitted_but_bounded(flooded):
     """Every throwaway key's commit and reveal were accepted (so the flood is real), yet each validator tried
-    at most 4 x max_submissions fetches and scored at most max_submissions, merged no Sybil, and met the
+    at most FETCHES_PER_SLOT x max_submissions fetches and scored at most max_submissions, merged no Sybil, and met the
     quorum every cycle."""
     cap = flooded.manifest.max_submissions
     flood = flooded.peers["miner-sybil-flood"]
@@ -117,7 +119,7 @@ def test_a_sybil_flood_is_admitted_but_bounded(flooded):
     assert len(sybils) == SYBILS
     for v in ("validator-0", "validator-1"):
         for cycle, row in metrics(flooded, v).items():
-            assert len(row["evaluated"]) <= cap and len(row["scores"]) <= 4 * cap, (v, cycle)
+            assert len(row["evaluated"]) <= cap and len(row["scores"]) <= FETCHES_PER_SLOT * cap, (v, cycle)
             assert not sybils & set(row["evaluated"])  # they served nothing: a failed fetch, no evaluation
             assert not sybils & set(row["merged"]) and row["quorum_met"], (v, cycle)
             assert all(s == 0.0 for pid, s in row["scores"].items() if pid in sybils)

@@ -8,7 +8,7 @@ commit never counts), in seconds, on the in-memory DHT and network of tests/swar
 from __future__ import annotations
 
 import pytest
-from swarm_double import Swarm
+from swarm_double import FEW_STEPS, Swarm
 
 from swarm.net.identity import load_or_create
 from swarm.roles import Miner, Validator
@@ -27,7 +27,7 @@ def metrics(swarm: Swarm, name: str) -> dict[int, dict]:
 def adversarial(tmp_path_factory):
     root = tmp_path_factory.mktemp("cycle")
     swarm = Swarm.tiny(root, ["validator-0", "validator-1", "validator-liar"],
-                       {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 8}})
+                       {"inner": {**FEW_STEPS, "steps": 4}, "quorum": 2, "data": {"validation_blocks": 8}})
     for v in ("validator-0", "validator-1"):
         swarm.add(v, Validator)
     swarm.add("validator-liar", role_for("liar"))
@@ -86,7 +86,7 @@ def test_late_commits_and_unlisted_validators_do_not_count(adversarial):
 
 def test_operators_can_admit_listed_miners_only(tmp_path):
     keys = {n: load_or_create(tmp_path / f"{n}.key") for n in ("validator", "listed", "unlisted")}
-    swarm = Swarm.tiny(tmp_path, ["validator"], {"inner": {"steps": 2}, "quorum": 1,
+    swarm = Swarm.tiny(tmp_path, ["validator"], {"inner": {**FEW_STEPS, "steps": 2}, "quorum": 1,
                                                  "miners": [keys["listed"].public_key_str],
                                                  "data": {"validation_blocks": 8, "private_validation": False}})
     swarm.add("validator", Validator, identity=keys["validator"])
@@ -100,7 +100,7 @@ def test_operators_can_admit_listed_miners_only(tmp_path):
 
 def test_a_swarm_that_missed_a_cycle_carries_the_state_forward(tmp_path):
     """Every peer started during cycle 1: nobody reduced cycle 0, so Phi_0 carries forward and cycle 1 runs."""
-    swarm = Swarm.tiny(tmp_path, ["validator"], {"inner": {"steps": 2}, "quorum": 1,
+    swarm = Swarm.tiny(tmp_path, ["validator"], {"inner": {**FEW_STEPS, "steps": 2}, "quorum": 1,
                                                  "data": {"validation_blocks": 8, "private_validation": False}})
     swarm.add("validator", Validator)
     swarm.add("miner", Miner)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from swarm_double import heldout_math_blocks
+from swarm_double import FEW_STEPS, heldout_math_blocks
 
 from swarm.launch import write_manifest
 from swarm.net.identity import load_or_create
@@ -23,7 +23,7 @@ def rt(tmp_path_factory):
     root = tmp_path_factory.mktemp("validator")
     key = load_or_create(root / "v.key").public_key_str
     path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", [key], 1.9e9,
-                          {"quorum": 1, "inner": {"steps": 8}})
+                          {"quorum": 1, "inner": {**FEW_STEPS, "steps": 8}})
     rt = load_runtime(load(path))
     rt.private_blocks = heldout_math_blocks(root / "heldout.jsonl.gz", rt)
     return rt

@@ -38,6 +38,7 @@ from teft.pol import state_loss
 from teft.state import ExpertState, check_state
 
 logger = logging.getLogger("swarm.peer")
+ADDRESS_TTL_S = 5.0  # how long a peer reuses the multiaddrs it read from the peers records
 
 
 class NetworkLike(Protocol):
@@ -66,6 +67,7 @@ class Peer:
         self.me = identity.peer_key
         self.cycle = -1  # the cycle whose start state we hold
         self._measured: tuple[str, tuple[float, float | None]] = ("", (0.0, None))  # (checkpoint hash, losses)
+        self._addresses: tuple[float, int, dict[str, list[str]]] = (0.0, -1, {})  # (read at, cycle, maddrs)
         self.state: ExpertState = rt.initial_state
         self.momentum: ExpertState = {}
         self.progress = Progress()
@@ -120,12 +122,17 @@ class Peer:
             self.metrics.observe_dht("get", wallclock.monotonic() - started)
 
     def addresses(self, cycle: int) -> dict[str, list[str]]:
-        """peer id -> multiaddrs, from this and the previous cycle's peers records."""
-        found: dict[str, list[str]] = {}
+        """peer id -> multiaddrs, from this and the previous cycle's peers records; read again after
+        ADDRESS_TTL_S (every fetch wants them, and two DHT reads per fetch cost seconds under load)."""
+        at, for_cycle, found = self._addresses
+        if for_cycle == cycle and wallclock.monotonic() - at < ADDRESS_TTL_S:
+            return found
+        found = {}
         for c in (cycle - 1, cycle):
             if c >= 0:
                 for pid, signed in self.get(c, "peers").items():
                     found[pid] = list(signed.record.maddrs)
+        self._addresses = (wallclock.monotonic(), cycle, found)
         return found
 
     def fetch(self, digest: str, holders: list[str], cycle: int, max_size: int, exact: bool) -> bytes:
@@ -136,31 +143,34 @@ class Peer:
         holders = [h for h in holders if h != self.me]
         return self.net.fetch(holders, digest, max_size, self.addresses(cycle), exact=exact)
 
-    def fetch_stream(self, wanted: list[tuple[str, str]], cycle: int, size: int, budget_s: float,
-                     max_parallel: int = 8) -> Iterator[tuple[int, bytes | None, str | None]]:
-        """(i, bytes, None) or (i, None, why) for each wanted[i] = (hash, holder), as each arrives: what our
-        store holds first, then the network's in the order they finish. Fetching starts now, in parallel,
-        within `budget_s`; one holder may take a quarter of the budget at most, so a few stalling peers
-        cannot use all of it."""
+    def fetch_stream(self, wanted: list[tuple[str, list[str]]], cycle: int, size: int, budget_s: float,
+                     max_parallel: int = 8, timeout: float | None = None
+                     ) -> Iterator[tuple[int, bytes | None, str | None]]:
+        """(i, bytes, None) or (i, None, why) for each wanted[i] = (hash, holders tried in turn), as each
+        arrives: what our store holds first, then the network's in the order they finish. Fetching starts
+        now, in parallel, within `budget_s`; one holder may take `timeout` at most (default a quarter of the
+        budget), so a few stalling peers cannot use all of it."""
         from swarm.net.transfer import FetchRequest
 
         maddrs = self.addresses(cycle)
         local, requests, position = [], [], {}
-        for i, (digest, holder) in enumerate(wanted):
+        for i, (digest, holders) in enumerate(wanted):
             data = self.store.find(digest)
             if data is not None:
                 local.append((i, data, None))
                 continue
-            requests.append(FetchRequest(digest, size, [holder], exact=True, maddrs=maddrs))
+            requests.append(FetchRequest(digest, size, [h for h in holders if h != self.me], exact=True,
+                                         maddrs=maddrs))
             position[id(requests[-1])] = i
-        stream = self.net.fetch_stream(requests, budget_s, max_parallel, timeout=max(budget_s / 4, 1.0)) \
-            if requests else iter(())
+        stream = self.net.fetch_stream(requests, budget_s, max_parallel, timeout=timeout or max(budget_s / 4, 1.0)) \
+            if requests else None
 
         def arrivals():
             yield from local
-            with contextlib.closing(stream):
-                for result in stream:
-                    yield position[id(result.request)], result.data, result.error
+            if stream is not None:
+                with contextlib.closing(stream):
+                    for result in stream:
+                        yield position[id(result.request)], result.data, result.error
         return arrivals()
 
     # -- the agreed state -----------------------------------------------------------------------

@@ -7,20 +7,23 @@ Nesterov outer step, hold Phi_{c+1}, and publish its hash so the quorum's agreem
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import time
 
 from swarm import VERSION
-from swarm.errors import TransferError
 from swarm.net import records
 from swarm.net.identity import peer_key_of
 from swarm.protocol.consensus import decide, reduce
 from swarm.protocol.cycle import Peer
 from swarm.protocol.cyclelog import Cycle
+from teft.errors import TeftError
 from teft.outer import checkpoint_bytes
 from teft.state import check_state, from_bytes, state_hash
 
 logger = logging.getLogger("swarm.peer")
+MERGED_FETCH_BUDGET_S = 60.0  # for every merged payload of a cycle together; one holder gets a quarter of it
 
 
 class Role:
@@ -66,26 +69,41 @@ class Role:
         for (miner, _), median in decision.medians.items():
             log.medians[miner] = max(median, log.medians.get(miner, 0.0))
         validators = [peer_key_of(v) for v in decision.validators]
-        submissions = []
+        wanted = []
         for merged in decision.merged:
             # validators already hold it: ask them first so the miner uploads as little as possible, each
             # peer in its own order so the load spreads over the validators
             order = sorted(validators, key=lambda v: hashlib.sha256(f"{p.me}/{v}/{merged.payload_hash}".encode())
                            .digest())
+            wanted.append((merged.payload_hash, [*order, merged.miner]))
+        started, got = time.monotonic(), {}
+        with contextlib.closing(p.fetch_stream(wanted, c, p.rt.payload_size, MERGED_FETCH_BUDGET_S)) as arrivals:
+            for i, data, error in arrivals:  # all at once: one at a time cost a round of DHT and stream setup each
+                if data is None:
+                    logger.warning("cycle %d: cannot fetch merged payload %s: %s; will fetch the agreed state",
+                                   c, wanted[i][0][:12], error)
+                    log.note += "missing a merged payload; "
+                    return
+                got[i] = data
+        if len(got) < len(wanted):
+            log.note += "missing a merged payload; "
+            return
+        submissions = []
+        for i, merged in enumerate(decision.merged):  # in the decision's order: the outer step sums in it
+            reason = None
             try:
-                state = from_bytes(p.fetch(merged.payload_hash, [*order, merged.miner], c, p.rt.payload_size,
-                                           exact=True))
-            except TransferError as err:
-                logger.warning("cycle %d: cannot fetch merged payload %s: %s; will fetch the agreed state",
-                               c, merged.payload_hash[:12], err)
-                log.note += "missing a merged payload; "
-                return
-            reason = check_state(state, p.rt.layout, p.rt.expert_map)
+                state = from_bytes(got[i])
+                reason = check_state(state, p.rt.layout, p.rt.expert_map)
+            except TeftError as err:
+                reason = str(err)
             if reason is not None:  # the validators checked it; a peer checks again before it trusts bytes
                 logger.warning("cycle %d: merged payload %s is unusable (%s)", c, merged.payload_hash[:12], reason)
                 log.note += "unusable merged payload; "
                 return
             submissions.append(state)
+        if wanted:
+            logger.info("cycle %d: %d merged payload(s) in hand after %.1fs", c, len(wanted),
+                        time.monotonic() - started)
         log.merged = [m.miner for m in decision.merged]
         new_state, new_momentum = reduce(p.state, p.momentum, submissions, p.rt.outer)
         data = checkpoint_bytes(new_state, new_momentum)

@@ -6,7 +6,7 @@
     reveal    publish the seed
     evaluate  combine the allowlisted validators' revealed seeds into the evaluation seed, draw the
               validation subset from it, order the commits that revealed in time (last cycle's merged
-              miners first, then by the seed), fetch at most 4 x max_submissions of them in parallel and
+              miners first, then by the seed), fetch at most 16 x max_submissions of them, 8 at once, and
               judge the first max_submissions as they arrive (keys, shapes, dtype, finiteness, delta norm,
               Proof-of-Loss) while time is left; publish the ranking of the positive scores
     reduce    like every peer (roles.base), then measure Phi_{c+1} for the report
@@ -96,6 +96,8 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
                          max_norm=rt.manifest.max_delta_norm, reference=base)
     if reason:
         return Score(miner, payload_hash, float("inf"), 0.0, reason)
+    if all(torch.equal(state[k], base[k].to(state[k].dtype)) for k in base):  # free-riding costs no forward pass
+        return Score(miner, payload_hash, float("inf"), 0.0, "no update: the cycle's start state sent back")
     loss = state_loss(rt.model, rt.layout, state, stick.batches)
     gain = score(stick.base_loss, loss)
     if stick.public is not None:
@@ -106,7 +108,8 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
     return Score(miner, payload_hash, loss, gain)
 
 
-FETCHES_PER_SLOT = 4  # payloads a validator may try to fetch per evaluation it may spend
+FETCHES_PER_SLOT = 16  # payloads a validator may try to fetch per evaluation it may spend: a key that serves
+#                        nothing costs a failed connect (~0.1 s, 8 at once), and the phase's clock bounds the rest
 
 
 def rejected(miner: str, payload_hash: str, reason: str) -> Score:
@@ -172,7 +175,7 @@ class Validator(Role):
         tried = candidates[:FETCHES_PER_SLOT * cap]
         if len(candidates) > len(tried):
             log.note += f"{len(candidates) - len(tried)} submissions over the fetch cap of {len(tried)} not tried; "
-        arrivals = p.fetch_stream([(digest, pid) for pid, digest in tried], c, p.rt.payload_size,
+        arrivals = p.fetch_stream([(digest, [pid]) for pid, digest in tried], c, p.rt.payload_size,
                                   budget_s=max(deadline - p.now(), 0.0))
         started = p.now()
         stick = yardstick(p.rt, p.state, seed)
