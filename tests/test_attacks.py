@@ -110,19 +110,23 @@ def test_the_public_validation_split_buys_no_outsized_score(attacked):
 
 
 def test_a_sybil_flood_is_admitted_but_bounded(flooded):
-    """Every throwaway key's commit and reveal were accepted (so the flood is real), yet each validator tried
-    at most FETCHES_PER_SLOT x max_submissions fetches and scored at most max_submissions, merged no Sybil, and met the
-    quorum every cycle."""
+    """Every throwaway key's commit and reveal were accepted (so the flood is real); the keys that announced no
+    addresses were refused before any fetch, the others cost a failed fetch each, never an evaluation; each
+    validator tried at most FETCHES_PER_SLOT x max_submissions fetches and scored at most max_submissions,
+    merged no Sybil, and met the quorum every cycle."""
     cap = flooded.manifest.max_submissions
     flood = flooded.peers["miner-sybil-flood"]
     sybils = {t.peer_key for t in flood.role.sybils}
+    announcing = {t.peer_key for t in flood.role.sybils[::2]}
     assert len(sybils) == SYBILS
     for v in ("validator-0", "validator-1"):
         for cycle, row in metrics(flooded, v).items():
             assert len(row["evaluated"]) <= cap and len(row["scores"]) <= FETCHES_PER_SLOT * cap, (v, cycle)
             assert not sybils & set(row["evaluated"])  # they served nothing: a failed fetch, no evaluation
             assert not sybils & set(row["merged"]) and row["quorum_met"], (v, cycle)
-            assert all(s == 0.0 for pid, s in row["scores"].items() if pid in sybils)
+            silent = {pid for pid, why in row["rejected"].items() if why.startswith("announced no addresses")}
+            assert silent == sybils - announcing, (v, cycle)
+            assert announcing <= set(row["scores"]) and not any(row["scores"][pid] for pid in announcing)
 
 
 def test_honest_miners_are_merged_every_cycle_of_a_flood(flooded):

@@ -152,16 +152,18 @@ class Peer:
         budget), so a few stalling peers cannot use all of it."""
         from swarm.net.transfer import FetchRequest
 
-        maddrs = self.addresses(cycle)
         local, requests, position = [], [], {}
         for i, (digest, holders) in enumerate(wanted):
             data = self.store.find(digest)
             if data is not None:
                 local.append((i, data, None))
                 continue
-            requests.append(FetchRequest(digest, size, [h for h in holders if h != self.me], exact=True,
-                                         maddrs=maddrs))
+            requests.append(FetchRequest(digest, size, [h for h in holders if h != self.me], exact=True))
             position[id(requests[-1])] = i
+        if requests:  # a DHT read costs seconds under load: none when our store holds everything
+            maddrs = self.addresses(cycle)
+            for request in requests:
+                request.maddrs = maddrs
         stream = self.net.fetch_stream(requests, budget_s, max_parallel, timeout=timeout or max(budget_s / 4, 1.0)) \
             if requests else None
 

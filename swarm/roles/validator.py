@@ -218,10 +218,12 @@ class Validator(Role):
         scores.append(result)
 
     def candidates(self, cycle: Cycle) -> list[tuple[str, str]]:
-        """(miner, payload hash) of every commit seen in time whose reveal matches it and is not a replay."""
+        """(miner, payload hash) of every commit seen in time from a peer that announced its addresses, whose
+        reveal matches it and is not a replay."""
         p, log, c = self.peer, cycle.log, cycle.number
         reveals = p.get(c, "reveal")
         admitted = None if p.manifest.miners is None else set(p.manifest.miners)
+        announced = p.addresses(c)
         found = []
         for pid, commit in sorted(self.seen["commit"].items()):
             if admitted is not None and commit.owner not in admitted:
@@ -229,6 +231,10 @@ class Validator(Role):
             reveal = reveals.get(pid)
             if reveal is None:
                 log.rejected[pid] = "committed but did not reveal"
+                continue
+            if pid not in announced:  # every peer announces its addresses in sync; trying to route to a key
+                # that never did costs a DHT lookup in the daemon, and a flood of them slowed every judgement
+                log.rejected[pid] = "announced no addresses (no peers record this cycle or the last)"
                 continue
             digest = reveal.record.payload_hash
             if records.commit_digest(p.run_id, c, pid, digest) != commit.record.digest:

@@ -20,6 +20,7 @@ from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.serializer import MSGPackSerializer
 
+from swarm import VERSION
 from swarm.net import records
 from swarm.net.identity import Identity, _wrap, owner_subkey, peer_key_of
 from swarm.net.validation import SchemaCheck
@@ -136,6 +137,15 @@ class SybilFlood(Miner):
         self.sybils = throwaway_keys(peer.identity, sybil_count())
         self.fakes: dict[str, str] = {}  # sybil peer key -> this cycle's payload hash
 
+    def on_sync(self, cycle: Cycle) -> None:
+        """Every other throwaway key announces this process's own addresses, so that validators try to fetch
+        from it (the libp2p handshake then fails: the daemon there has another peer id); the rest announce
+        nothing and are refused before any fetch."""
+        super().on_sync(cycle)
+        maddrs = self.peer.net.maddrs[:16]
+        self.flood(cycle, "peers", lambda t: records.PeerRecord(role="miner", version=VERSION, maddrs=maddrs),
+                   self.sybils[::2])
+
     def on_train(self, cycle: Cycle) -> None:
         if cycle.fresh:
             self.fakes = {t.peer_key: secrets.token_hex(32) for t in self.sybils}
@@ -152,8 +162,9 @@ class SybilFlood(Miner):
             self.flood(cycle, "reveal", lambda t: records.RevealRecord(payload_hash=self.fakes[t.peer_key],
                                                                                size=size))
 
-    def flood(self, cycle: Cycle, kind: str, make) -> None:
+    def flood(self, cycle: Cycle, kind: str, make, keys: list[Throwaway] | None = None) -> None:
         p, number = self.peer, cycle.number
-        entries = [(records.make_value(p.run_id, number, kind, make(t)), t.subkey) for t in self.sybils]
+        keys = self.sybils if keys is None else keys
+        entries = [(records.make_value(p.run_id, number, kind, make(t)), t.subkey) for t in keys]
         stored = store_as(p.dht, records.record_key(p.run_id, number, kind), entries, p.clock.cycle_start(number + 3))
         cycle.log.note += f"{kind}: {stored} of {len(entries)} sybil records stored; "
