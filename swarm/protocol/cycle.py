@@ -38,7 +38,7 @@ from teft.pol import state_loss
 from teft.state import ExpertState, check_state
 
 logger = logging.getLogger("swarm.peer")
-ADDRESS_TTL_S = 5.0  # how long a peer reuses the multiaddrs it read from the peers records
+PEERS_TTL_S = 30.0  # how long a peer reuses the peers records (addresses, roles) it read for a cycle
 
 
 class NetworkLike(Protocol):
@@ -67,7 +67,7 @@ class Peer:
         self.me = identity.peer_key
         self.cycle = -1  # the cycle whose start state we hold
         self._measured: tuple[str, tuple[float, float | None]] = ("", (0.0, None))  # (checkpoint hash, losses)
-        self._addresses: tuple[float, int, dict[str, list[str]]] = (0.0, -1, {})  # (read at, cycle, maddrs)
+        self._peers: dict[int, tuple[float, dict[str, SignedRecord]]] = {}  # cycle -> (read at, records)
         self.state: ExpertState = rt.initial_state
         self.momentum: ExpertState = {}
         self.progress = Progress()
@@ -121,18 +121,23 @@ class Peer:
         finally:
             self.metrics.observe_dht("get", wallclock.monotonic() - started)
 
+    def peer_records(self, cycle: int) -> dict[str, SignedRecord]:
+        """The peers records of one cycle, read from the DHT at most once per PEERS_TTL_S: every fetch wants
+        addresses and every summary counts roles, and each DHT read costs seconds under load."""
+        at, found = self._peers.get(cycle, (0.0, None))
+        if found is None or wallclock.monotonic() - at >= PEERS_TTL_S:
+            found = self.get(cycle, "peers")
+            self._peers = {c: v for c, v in self._peers.items() if c >= cycle - 2}
+            self._peers[cycle] = (wallclock.monotonic(), found)
+        return found
+
     def addresses(self, cycle: int) -> dict[str, list[str]]:
-        """peer id -> multiaddrs, from this and the previous cycle's peers records; read again after
-        ADDRESS_TTL_S (every fetch wants them, and two DHT reads per fetch cost seconds under load)."""
-        at, for_cycle, found = self._addresses
-        if for_cycle == cycle and wallclock.monotonic() - at < ADDRESS_TTL_S:
-            return found
-        found = {}
+        """peer id -> multiaddrs, from this and the previous cycle's peers records."""
+        found: dict[str, list[str]] = {}
         for c in (cycle - 1, cycle):
             if c >= 0:
-                for pid, signed in self.get(c, "peers").items():
+                for pid, signed in self.peer_records(c).items():
                     found[pid] = list(signed.record.maddrs)
-        self._addresses = (wallclock.monotonic(), cycle, found)
         return found
 
     def fetch(self, digest: str, holders: list[str], cycle: int, max_size: int, exact: bool) -> bytes:
@@ -318,7 +323,7 @@ class Peer:
         lo.agreed_hash = self.agreed_hash(cycle.number)[0] or ""
         if not lo.merged:
             lo.note += f"nothing merged: {why_nothing_merged(lo, self.manifest)}; "
-        roles = Counter(s.record.role for s in self.get(cycle.number, "peers").values())
+        roles = Counter(s.record.role for s in self.peer_records(cycle.number).values())
         start, end = self.window(cycle.number, "evaluate")
         self.metrics.record_cycle(lo, dict(roles), end - start)
         with open(self.store.root / "metrics.jsonl", "a") as fh:

@@ -275,6 +275,11 @@ def run(args, kinds: list[str], out: Path) -> int:
     last_scrape: dict = {}
     print(f"simulating {len(swarm.peers)} peers for {args.cycles} cycles of {clock.cycle_length:.0f}s; "
           f"logs in {out / 'logs'}", flush=True)
+
+    def on_sigterm(*_):  # a SIGTERM (kill, timeout, a supervisor) stops every peer as Ctrl-C does, never orphans them
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         swarm.start_bootstrap()
         for peer in swarm.peers:
