@@ -16,7 +16,7 @@ from swarm import VERSION
 from swarm.net import records
 from swarm.net.identity import peer_key_of
 from swarm.protocol.consensus import decide, reduce
-from swarm.protocol.cycle import PEERS_TTL_S, Peer
+from swarm.protocol.cycle import Peer
 from swarm.protocol.cyclelog import Cycle
 from teft.errors import TeftError
 from teft.outer import checkpoint_bytes
@@ -58,11 +58,7 @@ class Role:
         pass
 
     def on_evaluate(self, cycle: Cycle) -> None:
-        """Nothing to judge: read the addresses the reduce will dial now, while the DHT is quiet, not in the
-        reduce, when every peer reads at once."""
-        p = self.peer
-        p.wait_until(max(p.window(cycle.number, "evaluate")[1] - PEERS_TTL_S / 2, p.now()))
-        p.addresses(cycle.number)
+        pass
 
     def on_reduce(self, cycle: Cycle) -> None:
         """Merge what the allowlisted validators' rankings decided; every honest peer computes the same bytes."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 
@@ -194,7 +195,8 @@ class Validator(Role):
                     p.store.save_payload(data)
                     began = p.now()
                     result = judge(p.rt, p.state, stick, pid, digest, data)
-                    cost = p.now() - began
+                    if math.isfinite(result.loss):  # a forward pass ran: the next judgement costs about as much
+                        cost = p.now() - began
                 handled.add(i)
                 self.record(c, log, result, scores)
                 if len(log.evaluated) >= cap:
