@@ -40,12 +40,13 @@ def timed_validator():
 
 
 def run(sybils: int, cycles: int, miners: int, root: Path, admit: bool = False) -> dict:
-    from swarm_double import Swarm
+    from swarm_double import FEW_STEPS, Swarm
 
     from swarm.launch import write_manifest
     from swarm.net.identity import load_or_create
     from swarm.protocol.manifest import load
     from swarm.roles import Miner
+    from swarm.roles.validator import FETCHES_PER_SLOT
     from swarm.sim.adversaries import role_for
     from swarm.sim.adversaries.flood import SYBILS_ENV
 
@@ -53,7 +54,7 @@ def run(sybils: int, cycles: int, miners: int, root: Path, admit: bool = False) 
     validators = ["validator-0", "validator-1"]
     keys = [load_or_create(root / f"{v}.key").public_key_str for v in validators]
     miner_keys = [load_or_create(root / f"miner-{i}.key") for i in range(miners)]
-    overrides = {"inner": {"steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}}
+    overrides = {"inner": {**FEW_STEPS, "steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}}
     if admit:  # the operators' miner allowlist (admission, off by default)
         overrides["miners"] = [k.public_key_str for k in miner_keys]
     path = write_manifest(REPO / "configs" / "tiny.yaml", root / "run" / "run.yaml", keys, GENESIS, overrides)
@@ -75,10 +76,13 @@ def run(sybils: int, cycles: int, miners: int, root: Path, admit: bool = False) 
         rows = [r for r in rows if r["cycle"] < cycles]
         per_validator[v] = {
             "evaluate_wall_s": [float(r["note"].split("evaluate_wall_s=")[1].split(";")[0]) for r in rows],
-            "evaluated": [len(r["scores"]) for r in rows],
-            "honest_evaluated": [len(honest & set(r["scores"])) for r in rows],
-            "candidates_over_cap": [int(r["note"].split(" submissions over the cap")[0].split()[-1])
-                                    if "over the cap" in r["note"] else 0 for r in rows],
+            "tried_or_refused": [len(r["scores"]) for r in rows],
+            "judged": [len(r["evaluated"]) for r in rows],
+            "honest_judged": [len(honest & set(r["evaluated"])) for r in rows],
+            "refused_without_fetch": [sum(why.startswith("announced no addresses") for why in r["rejected"].values())
+                                      for r in rows],
+            "candidates_over_fetch_cap": [int(r["note"].split(" submissions over the fetch cap")[0].split()[-1])
+                                          if "over the fetch cap" in r["note"] else 0 for r in rows],
         }
     ref = [json.loads(line) for line in (swarm.peers["validator-0"].store.root / "metrics.jsonl").read_text()
            .splitlines()]
@@ -88,6 +92,7 @@ def run(sybils: int, cycles: int, miners: int, root: Path, admit: bool = False) 
         "sybils": sybils, "honest_miners": miners, "miner_allowlist": admit, "validators": len(validators),
         "cycles": cycles,
         "cap_max_submissions": manifest.max_submissions,
+        "fetch_cap": FETCHES_PER_SLOT * manifest.max_submissions,
         "evaluate_phase_s": manifest.timings.evaluate,
         "per_validator": per_validator,
         "honest_merged_per_cycle": merged_honest,
@@ -117,8 +122,10 @@ def main() -> int:
             results.append(run(args.sybils, args.cycles, args.miners, Path(tmp), args.admit_miners))
     merged = [m for r in results for m in r["honest_merged_per_cycle"]]
     summary = {"runs": results, "honest_merged_fraction": sum(merged) / len(merged),
-               "max_evaluated_per_validator_cycle": max(n for r in results for v in r["per_validator"].values()
-                                                        for n in v["evaluated"]),
+               "max_judged_per_validator_cycle": max(n for r in results for v in r["per_validator"].values()
+                                                     for n in v["judged"]),
+               "max_tried_or_refused_per_validator_cycle": max(n for r in results for v in r["per_validator"].values()
+                                                               for n in v["tried_or_refused"]),
                "max_evaluate_wall_s": max(s for r in results for v in r["per_validator"].values()
                                           for s in v["evaluate_wall_s"])}
     text = json.dumps(summary, indent=1)
