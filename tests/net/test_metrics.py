@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/swarm_double.py
 
-from swarm_double import MemoryDHT, Swarm  # noqa: E402
+from swarm_double import FEW_STEPS, MemoryDHT, Swarm  # noqa: E402
 
 from swarm.launch import write_manifest  # noqa: E402
 from swarm.net.identity import load_or_create  # noqa: E402
@@ -38,7 +38,7 @@ def observed(tmp_path_factory):
     root = tmp_path_factory.mktemp("observed")
     keys = [load_or_create(root / f"{v}.key").public_key_str for v in ("validator", "absent")]
     path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", keys, GENESIS,
-                          {"inner": {"steps": 3}, "quorum": 1, "data": {"validation_blocks": 8}})
+                          {"inner": {**FEW_STEPS, "steps": 3}, "quorum": 1, "data": {"validation_blocks": 8}})
     swarm = Swarm(load(path), root)
     swarm.add("validator", Validator, identity=load_or_create(root / "validator.key"))
     miner = swarm.add("miner", Miner)
