@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up (.venv) and run the main job: a whole TEFT swarm on localhost on the embedded default
 # (tiny model, math as the new domain): 4 honest miners, 3 validators, one of each adversary, 6 cycles,
-# plus full fine-tuning and single-process TEFT baselines on the same token budget.
+# plus every baseline: full fine-tuning and single-process TEFT on the same tokens, a lone miner, dense DiLoCo.
 # Output: runs/main-<time>/ (summary.md, report.json, plots, logs). Extra arguments go to swarm.simulate.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.timeout(900)
 def simulate(out: Path, *args: str, timeout: float = 800, during=None) -> dict:
     """Run a simulation to the end; `during(out)` is called once while its peers are running."""
     proc = subprocess.Popen([sys.executable, "-m", "swarm.simulate", "--out", str(out), "--timings", TIMINGS,
-                             "--start-in", START_IN, "--steps", "8", *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                             "--start-in", START_IN, *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         if during is not None:
