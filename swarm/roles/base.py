@@ -34,6 +34,7 @@ class Role:
 
     def __init__(self, peer: Peer):
         self.peer = peer
+        self.decided: tuple[int, set[str]] = (-1, set())  # (cycle, miners its reduce decided to merge)
 
     @classmethod
     def record_validators(cls, identity, run_id: str, horizon) -> list | None:
@@ -64,6 +65,7 @@ class Role:
         """Merge what the allowlisted validators' rankings decided; every honest peer computes the same bytes."""
         p, log, c = self.peer, cycle.log, cycle.number
         decision = decide(p.get(c, "ranking"), p.manifest)
+        self.decided = (c, {m.miner for m in decision.merged})
         log.quorum_met = decision.quorum_met
         log.rankings = {peer_key_of(v): s for v, s in decision.scores.items()}
         for (miner, _), median in decision.medians.items():

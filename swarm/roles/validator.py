@@ -255,11 +255,11 @@ class Validator(Role):
         validator computes the same order, so the medians compare the same submissions."""
         p = self.peer
         proven = set()
-        if number > 0:
+        if self.decided[0] == number - 1:  # our own reduce decided it: no DHT read on the evaluate phase's clock
+            proven = self.decided[1]
+        elif number > 0:  # joined or restarted since
             proven = {m.miner for m in decide(p.get(number - 1, "ranking"), p.manifest).merged}
-        order = sorted(candidates, key=lambda pc: (pc[0] not in proven, hashlib.sha256(seed + pc[0].encode())
-                                                   .digest()))
-        return order
+        return sorted(candidates, key=lambda pc: (pc[0] not in proven, hashlib.sha256(seed + pc[0].encode()).digest()))
 
     def evaluation_seed(self, number: int) -> bytes:
         """The combined seed of the allowlisted validators whose reveal matches the commit seen in time."""
