@@ -54,6 +54,9 @@ async def _connect(p2p: P2P, peer_id: PeerID, maddrs: Sequence[str | Multiaddr] 
         await p2p._client.connect(peer_id, [Multiaddr(str(m).split("/p2p/", 1)[0]) for m in maddrs])
 
 
+FIRST_BYTE_S = 3.0  # dial, open a stream, and the answer's first frame: an honest server needs well under this
+
+
 async def _fetch(
     p2p: P2P,
     peer_id: PeerID,
@@ -64,13 +67,26 @@ async def _fetch(
     stats: TransferStats,
     maddrs: Sequence[str | Multiaddr] | None,
 ) -> bytes:
-    await _connect(p2p, peer_id, maddrs)
-    _, reader, writer = await p2p.call_binary_stream_handler(peer_id, name)
+    async def opened():
+        await _connect(p2p, peer_id, maddrs)
+        return await p2p.call_binary_stream_handler(peer_id, name)
+
+    try:  # an address that accepts and never answers would otherwise hold a slot for the whole timeout
+        _, reader, writer = await asyncio.wait_for(opened(), FIRST_BYTE_S)
+    except TimeoutError:
+        raise ConnectionError(f"no stream within {FIRST_BYTE_S:g}s") from None
     try:
         await send_frame(writer, REQ, encode_request(wanted, expected_size))
         receiver = Receiver(wanted, expected_size, exact)
+        first = True
         while True:
-            length = receiver.body_length(await reader.readexactly(FRAME_HEAD))
+            head = reader.readexactly(FRAME_HEAD)
+            try:
+                head = await (asyncio.wait_for(head, FIRST_BYTE_S) if first else head)
+            except TimeoutError:
+                raise ConnectionError(f"no answer within {FIRST_BYTE_S:g}s of the request") from None
+            first = False
+            length = receiver.body_length(head)
             before = len(receiver.buf)
             data = receiver.take(await reader.readexactly(length))
             stats.bytes_in += len(receiver.buf) - before
