@@ -55,14 +55,12 @@ def _reader(dht, rid: str) -> Callable:
 def finished_cycle(read: Callable, manifest, c: int) -> dict:
     """A finished cycle: commits, rankings, the merge decision, state hashes and the silent validators."""
     from swarm.net.identity import peer_key_of
-    from swarm.protocol.consensus import decide
+    from swarm.protocol.consensus import agree_on_state, decide
 
     rankings = read(c, "ranking")
     decision = decide(rankings, manifest)
     states = read(c, "state")
-    allowlist = set(manifest.validators)
-    votes = Counter(s.record.state_hash for s in states.values() if s.owner in allowlist)
-    agreed = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if votes else None
+    vote = agree_on_state(states, manifest.validators, manifest.quorum)
     ranked = {s.owner for s in rankings.values()}
     return {
         "cycle": c,
@@ -74,7 +72,10 @@ def finished_cycle(read: Callable, manifest, c: int) -> dict:
         "quorum_met": decision.quorum_met,
         "merged": [{"miner": m.miner, "payload": m.payload_hash, "score": round(m.score, 5)} for m in decision.merged],
         "state_hashes": dict(Counter(s.record.state_hash for s in states.values()).most_common()),
-        "agreed_hash": agreed,
+        "agreed_hash": vote.agreed,
+        "state_votes": {peer_key_of(v): h for v, h in sorted(vote.votes.items())},
+        "dissenting_validators": [peer_key_of(v) for v in vote.dissent],
+        "validators_without_state": [peer_key_of(v) for v in vote.silent],
         "silent_validators": sorted(peer_key_of(k) for k in manifest.validators if k not in ranked),
     }
 
@@ -105,6 +106,16 @@ def render(status: dict) -> str:
         if last.get("agreed_hash"):
             lines.append(f"  agreed state {last['agreed_hash'][:16]} ({hashes.get(last['agreed_hash'], 0)} of "
                          f"{sum(hashes.values())} peers)")
+        elif last.get("state_votes"):
+            shown = ", ".join(f"{h[:12]} x{n}" for h, n in Counter(last["state_votes"].values()).most_common())
+            lines.append(f"  NO agreed state: allowlisted validators published {shown} (a strict quorum of "
+                         f"{last.get('quorum', '?')} needed); peers keep their own reduce result")
+        dissent = last.get("dissenting_validators") or []
+        if dissent:
+            lines.append(f"  validators that published another state: {', '.join(v[:12] for v in dissent)}")
+        quiet = last.get("validators_without_state") or []
+        if quiet:
+            lines.append(f"  validators that published no state: {', '.join(v[:12] for v in quiet)}")
         silent = last.get("silent_validators") or []
         lines.append(f"  silent validators: {', '.join(v[:12] for v in silent) if silent else 'none'}")
     return "\n".join(lines)

@@ -119,7 +119,7 @@ class MemoryNetwork:
         self.stats = Stats()
         everyone[me] = self
 
-    def fetch(self, peers, digest, size, maddrs, exact):
+    def fetch(self, peers, digest, size, maddrs, exact, on_failure=None):
         reasons = []
         for pid in peers:
             other = self.everyone.get(pid)

@@ -11,6 +11,7 @@ import pytest
 from swarm_double import FEW_STEPS, Swarm
 
 from swarm.net.identity import load_or_create
+from swarm.protocol.consensus import agree_on_state
 from swarm.roles import Miner, Validator
 from swarm.roles.validator import FETCHES_PER_SLOT
 from swarm.sim.adversaries import role_for
@@ -155,3 +156,89 @@ def test_throwaway_keys_survive_a_restart_and_sign_for_their_owner(tmp_path):
         assert RSASignatureValidator(me.private_key).validate(signed)  # any node's check accepts it
         other = dataclasses.replace(signed, subkey=MSGPackSerializer.dumps(first[0 if t is not first[0] else 1].subkey))
         assert not RSASignatureValidator(me.private_key).validate(other)  # and it binds to its own key only
+
+
+GRINDER_KEYS = 100
+
+
+@pytest.fixture(scope="module")
+def ground(tmp_path_factory):
+    """A flood that reveals only the keys the validators' seeds order before every honest miner, as many as
+    a validator tries (max_submissions 1: 16 tries): without a reveal deadline before the seeds are out, no
+    honest miner would ever be tried."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(SYBILS_ENV, str(GRINDER_KEYS))
+        root = tmp_path_factory.mktemp("ground")
+        validators = ["validator-0", "validator-1"]
+        swarm = Swarm.tiny(root, validators, {"inner": {**FEW_STEPS, "steps": 4}, "quorum": 2,
+                                              "max_submissions": 1, "data": {"validation_blocks": 16}})
+        for v in validators:
+            swarm.add(v, Validator)
+        for i in range(3):
+            swarm.add(f"miner-{i}", Miner)
+        swarm.add("miner-seed-grinder", role_for("seed-grinder"))
+        swarm.run(cycles=CYCLES)
+    return swarm
+
+
+def test_a_selective_reveal_after_the_seeds_gains_nothing(ground):
+    honest = {ground.peers[f"miner-{i}"].me for i in range(3)}
+    grinder = ground.peers["miner-seed-grinder"]
+    sybils = {t.peer_key for t in throwaway_keys(grinder.identity, GRINDER_KEYS)}
+    for cycle in range(CYCLES):
+        hashes = {metrics(ground, n)[cycle]["state_hash"] for n in HONEST}
+        assert len(hashes) == 1 and "" not in hashes, (cycle, hashes)
+        assert "sybil records stored" in metrics(ground, "miner-seed-grinder")[cycle]["note"]  # it did reveal
+        for v in ("validator-0", "validator-1"):
+            row = metrics(ground, v)[cycle]
+            assert row["quorum_met"] and set(row["merged"]) <= honest and row["merged"], (v, cycle, row["merged"])
+            late = [pid for pid, why in row["rejected"].items() if why == "revealed after the reveal deadline"]
+            assert late and set(late) <= sybils, (v, cycle, row["rejected"])
+            assert not set(row["evaluated"]) & sybils
+
+
+class StateRecordLost(Validator):
+    """An honest validator whose state record of cycle 0 never reaches the DHT (down for that reduce)."""
+
+    def on_reduce(self, cycle):
+        if cycle.number != 0:
+            return super().on_reduce(cycle)
+        self.peer.put = lambda *args, **kwargs: False  # this reduce's writes are lost
+        try:
+            super().on_reduce(cycle)
+        finally:
+            del self.peer.put
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+    """Allowlist of 3, quorum 2: an honest validator, one whose cycle-0 state record is lost, and an allowlisted
+    forger that publishes a zeroed-experts checkpoint ground to sort before the honest hash: a 1:1 tie."""
+    root = tmp_path_factory.mktemp("tied")
+    swarm = Swarm.tiny(root, ["validator-0", "validator-1", "validator-state-forger"],
+                       {"inner": {**FEW_STEPS, "steps": 4}, "quorum": 2, "data": {"validation_blocks": 16}})
+    swarm.add("validator-0", Validator)
+    swarm.add("validator-1", StateRecordLost)
+    swarm.add("validator-state-forger", role_for("state-forger"))
+    for i in range(3):
+        swarm.add(f"miner-{i}", Miner)
+    swarm.run(cycles=CYCLES)
+    return swarm
+
+
+def test_a_tie_on_the_state_adopts_nothing_crafted(tied):
+    forged = metrics(tied, "validator-state-forger")
+    assert all("published crafted state" in forged[c]["note"] for c in range(CYCLES))
+    for cycle in range(CYCLES):
+        hashes = {metrics(tied, n)[cycle]["state_hash"] for n in HONEST}
+        assert len(hashes) == 1 and "" not in hashes, (cycle, hashes)
+    first = metrics(tied, "validator-0")[0]
+    assert first["agreed_hash"] == "" and "no quorum on the state" in first["note"], first["note"]
+    assert tied.peers["validator-1"].me in first["state_silent"]
+    second = metrics(tied, "validator-0")[1]
+    assert second["state_hash"] in (second["agreed_hash"], "")
+    v0 = tied.peers["validator-0"]  # with validator-1 back, 2 of 3 agree, and the forger is named
+    vote = agree_on_state(v0.get(1, "state"), v0.manifest.validators, v0.manifest.quorum)
+    assert vote.agreed == second["state_hash"] and vote.dissent == [tied.peers["validator-state-forger"].identity
+                                                                     .public_key_str]
+    assert second["target_loss"] < first["start_target_loss"] - 0.01  # it learned; zeroed experts would not

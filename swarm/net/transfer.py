@@ -183,6 +183,65 @@ async def fetch_any(
     raise TransferError(f"fetch {payload_hash[:12]} from {len(reasons)} peer(s) failed: " + " | ".join(reasons))
 
 
+async def fetch_first(
+    p2p: P2P,
+    peer_ids: Sequence[PeerID | str],
+    payload_hash: str,
+    expected_size: int,
+    timeout: float,
+    *,
+    run_id: str,
+    max_parallel: int = 4,
+    stats: TransferStats | None = None,
+    maddrs: Mapping[str, Sequence[str | Multiaddr]] | None = None,
+    exact: bool = True,
+    on_failure: Callable[[str, str], None] | None = None,
+) -> bytes:
+    """Ask up to max_parallel holders at once, starting the next as one fails; the first verified copy wins
+    and the other tries are cancelled. Holders that stall cost their own try, not a turn each: tried in turn,
+    k holders that send a header and then nothing held a late joiner up for k whole timeouts.
+
+    on_failure(peer id, reason) hears of every holder that failed, so the caller can rank it last next time.
+    """
+    if not peer_ids:
+        raise TransferError(f"fetch {payload_hash[:12]}: no peer holds it")
+    waiting = list(peer_ids)
+    running: dict[asyncio.Task, str] = {}
+    reasons: list[str] = []
+
+    def start_next() -> None:
+        while waiting and len(running) < max(1, max_parallel):
+            peer_id = waiting.pop(0)
+            key = peer_id.to_base58() if isinstance(peer_id, PeerID) else str(peer_id)
+            task = asyncio.create_task(fetch(p2p, peer_id, payload_hash, expected_size, timeout, run_id=run_id,
+                                             stats=stats, maddrs=(maddrs or {}).get(key), exact=exact))
+            running[task] = key
+
+    start_next()
+    try:
+        while running:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                key = running.pop(task)
+                error = task.exception()
+                if error is None:
+                    return task.result()
+                reason = str(error).split(" from ", 1)[-1]
+                reasons.append(reason)
+                logger.info("%s; trying another holder", error)
+                if on_failure is not None:
+                    on_failure(key, reason)
+            start_next()
+    finally:
+        for task, key in running.items():  # slower than the winner: asked later next time too
+            task.cancel()
+            if on_failure is not None:
+                on_failure(key, "slower than another holder")
+        if running:
+            await asyncio.wait(running, timeout=5.0)
+    raise TransferError(f"fetch {payload_hash[:12]} from {len(reasons)} peer(s) failed: " + " | ".join(reasons))
+
+
 @dataclass
 class FetchRequest:
     """One payload a caller wants, by hash, from these peers (tried in turn)."""

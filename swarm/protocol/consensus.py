@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from swarm.net.records import MAX_RANKED, RankingRecord, SignedRecord
@@ -104,6 +104,41 @@ def decide(rankings: dict[str, SignedRecord], manifest) -> Decision:
                 if isinstance(signed.record, RankingRecord)}
     return combine(by_owner, manifest.validators, manifest.quorum, manifest.outer.top_k,
                    manifest.outer.min_relative_score)
+
+
+@dataclass
+class StateVote:
+    """What the allowlisted validators' state records say of one cycle's Phi_{c+1}."""
+
+    agreed: str | None  # the hash a strict quorum published, or None
+    votes: dict[str, str]  # allowlisted validator public key -> the hash it published
+    dissent: list[str]  # allowlisted validators that published a hash other than the agreed one
+    silent: list[str]  # allowlisted validators that published none
+
+
+def agree_on_state(records: dict[str, SignedRecord], allowlist: list[str] | set[str], quorum: int) -> StateVote:
+    """The agreed Phi hash: one that at least `quorum` allowlisted validators published and more than published
+    any other. No tie is ever broken: a tie, or too few votes, agrees on nothing, and a peer then keeps its
+    own reduce result (or stays on the last agreed state), because any tie-break (lowest hash, first key)
+    is a value an attacker can grind."""
+    allowed = set(allowlist)
+    votes = {s.owner: s.record.state_hash for s in records.values() if s.owner in allowed}
+    counts = Counter(votes.values()).most_common()
+    agreed = None
+    if counts and counts[0][1] >= max(quorum, 1) and (len(counts) == 1 or counts[0][1] > counts[1][1]):
+        agreed = counts[0][0]
+    dissent = sorted(v for v, h in votes.items() if agreed is not None and h != agreed)
+    return StateVote(agreed, votes, dissent, sorted(allowed - set(votes)))
+
+
+def step_bound(cfg: OuterConfig, max_delta_norm: float, cycles: int) -> tuple[float, float]:
+    """How far `cycles` outer steps can move Phi, and how large the momentum can be, in L2 norm, when every
+    merged delta is within `max_delta_norm`: a checkpoint beyond either was not computed by this run's reduce,
+    whoever voted for it. The buffer is a geometric sum of bounded deltas (|m| <= N / (1 - mu)), and a
+    Nesterov update delta + mu*m is at most N / (1 - mu) too."""
+    mu = min(max(cfg.momentum, 0.0), 0.999)
+    momentum = max_delta_norm / (1.0 - mu)
+    return cycles * cfg.lr * momentum * 1.001 + 1e-4, momentum * 1.001 + 1e-4
 
 
 def reduce(base: ExpertState, momentum: ExpertState | None, submissions: list[ExpertState],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import threading
 import time as wallclock
 from collections import Counter
@@ -24,9 +25,10 @@ from typing import Protocol
 from swarm import VERSION
 from swarm.errors import SwarmError, TransferError
 from swarm.net import records
+from swarm.net.identity import peer_key_of
 from swarm.net.records import SignedRecord
 from swarm.protocol.clock import PHASES, DHTTime, Timekeeper
-from swarm.protocol.consensus import why_nothing_merged
+from swarm.protocol.consensus import StateVote, agree_on_state, step_bound, why_nothing_merged
 from swarm.protocol.cyclelog import Cycle, CycleLog
 from swarm.protocol.manifest import run_id as manifest_run_id
 from swarm.protocol.metrics import Metrics
@@ -48,7 +50,7 @@ class NetworkLike(Protocol):
     stats: object
 
     def fetch(self, peers: list[str], digest: str, size: int, maddrs: dict[str, list[str]],
-              exact: bool) -> bytes: ...
+              exact: bool, on_failure: Callable[[str, str], None] | None = None) -> bytes: ...
 
     def fetch_stream(self, requests: list, budget_s: float, max_parallel: int = 4,
                      timeout: float | None = None) -> Iterator: ...
@@ -68,6 +70,8 @@ class Peer:
         self.cycle = -1  # the cycle whose start state we hold
         self._measured: tuple[str, tuple[float, float | None]] = ("", (0.0, None))  # (checkpoint hash, losses)
         self._peers: dict[int, tuple[float, dict[str, SignedRecord]]] = {}  # cycle -> (read at, records)
+        self.failed_holders: Counter[str] = Counter()  # peer id -> checkpoint fetches it failed: asked last
+        self._no_quorum_said = -1  # the cycle whose missing state quorum was last logged
         self.state: ExpertState = rt.initial_state
         self.momentum: ExpertState = {}
         self.progress = Progress()
@@ -141,12 +145,21 @@ class Peer:
         return found
 
     def fetch(self, digest: str, holders: list[str], cycle: int, max_size: int, exact: bool) -> bytes:
-        """The one fetch path: our own store first, then the holders in the order given."""
+        """The one fetch path: our own store first, then several holders at once, the allowlisted validators
+        first, the rest in a random order (a peer id ground to sort first gains nothing), and holders that
+        failed us before last."""
         local = self.store.find(digest)
         if local is not None:
             return local
-        holders = [h for h in holders if h != self.me]
-        return self.net.fetch(holders, digest, max_size, self.addresses(cycle), exact=exact)
+        trusted = {peer_key_of(v) for v in self.manifest.validators}
+        shuffled = [h for h in holders if h != self.me]
+        random.shuffle(shuffled)
+        ordered = sorted(shuffled, key=lambda h: (h not in trusted, self.failed_holders[h]))
+
+        def failed(holder: str, _reason: str) -> None:
+            self.failed_holders[holder] += 1
+
+        return self.net.fetch(ordered, digest, max_size, self.addresses(cycle), exact=exact, on_failure=failed)
 
     def fetch_stream(self, wanted: list[tuple[str, list[str]]], cycle: int, size: int, budget_s: float,
                      max_parallel: int = 8, timeout: float | None = None
@@ -210,33 +223,72 @@ class Peer:
         self.adopt(0, checkpoint_bytes(self.rt.initial_state, None))
         logger.info("starting from Phi_0 (%s)", self.progress.checkpoint_hash[:12])
 
-    def agreed_hash(self, cycle: int) -> tuple[str | None, list[str]]:
-        """The Phi_{cycle+1} hash most allowlisted validators published, and every peer that holds it.
+    def state_vote(self, cycle: int) -> tuple[StateVote, list[str]]:
+        """What the allowlisted validators say Phi_{cycle+1} is (consensus.agree_on_state: a strict quorum,
+        no tie-break), and every peer that holds the agreed hash.
 
         Only the allowlist votes: any number of throwaway keys can publish a state hash, so counting them
         would let a Sybil flood choose what honest peers download. Holders may be anyone: bytes are
-        checked against the hash, and the checkpoint against the expert map, before use.
+        checked against the hash, and the checkpoint against the expert map and the step bound, before use.
         """
         recs = self.get(cycle, "state")
-        allowlist = set(self.manifest.validators)
-        voters = {pid: s for pid, s in recs.items() if s.owner in allowlist}
-        if not voters:
-            return None, []
-        counts = Counter(s.record.state_hash for s in voters.values())
-        best = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-        holders = sorted(pid for pid, s in recs.items() if s.record.state_hash == best)
-        return best, holders
+        vote = agree_on_state(recs, self.manifest.validators, self.manifest.quorum)
+        holders = sorted(pid for pid, s in recs.items() if vote.agreed and s.record.state_hash == vote.agreed)
+        return vote, holders
+
+    def agreed_hash(self, cycle: int) -> tuple[str | None, list[str]]:
+        """The Phi_{cycle+1} hash a strict quorum of allowlisted validators published (or None), and its holders."""
+        vote, holders = self.state_vote(cycle)
+        return vote.agreed, holders
+
+    def within_reach(self, cycle: int, data: bytes) -> str | None:
+        """Why a checkpoint for `cycle` cannot have come from this run's reduce, starting from the state we
+        hold: further from it than the outer steps in between can move Phi with every merged delta within
+        the manifest's norm bound, or a momentum larger than such deltas can build. None if it can."""
+        try:
+            state, momentum = from_checkpoint(data)
+        except TeftError as err:
+            return str(err)
+        reason = check_state(state, self.rt.layout, self.rt.expert_map)
+        if reason is not None:
+            return reason
+        steps = max(cycle - self.cycle, 0) + 1  # a peer that disagrees at the same cycle is one step off at most
+        move, buffer = step_bound(self.rt.outer, self.manifest.max_delta_norm, steps)
+        moved = sum(float((state[k].double() - self.state[k].double()).pow(2).sum()) for k in state) ** 0.5
+        if moved > move:
+            return f"it moves Phi by {moved:.4g}, over the {move:.4g} that {steps} outer step(s) can"
+        size = sum(float(v.double().pow(2).sum()) for v in momentum.values()) ** 0.5
+        if size > buffer:
+            return f"its momentum norm {size:.4g} is over the {buffer:.4g} bounded deltas can build"
+        return None
 
     def sync_to(self, cycle: int) -> bool:
         """Hold the agreed Phi_cycle: keep ours if it matches the quorum, else download it by hash.
 
         When no allowlisted validator published a state for the previous cycle by the end of this cycle's
         sync phase, nothing was merged anywhere: Phi carries forward unchanged (what an empty reduce
-        computes), so a swarm whose peers all missed a cycle goes on instead of waiting forever.
+        computes), so a swarm whose peers all missed a cycle goes on instead of waiting forever. When some
+        published but no strict quorum agrees (a tie, or too few), a peer that computed its own reduce keeps
+        it, and one that did not stays on the last agreed state and waits for a cycle that has a quorum.
         """
         if cycle == 0:
             return self.cycle == 0
-        digest, holders = self.agreed_hash(cycle - 1)
+        vote, holders = self.state_vote(cycle - 1)
+        digest = vote.agreed
+        if digest is None and vote.votes:
+            said = self._no_quorum_said != cycle
+            self._no_quorum_said = cycle
+            counts = ", ".join(f"{h[:12]} x{n}" for h, n in Counter(vote.votes.values()).most_common())
+            if self.cycle == cycle:
+                if said:
+                    logger.warning("no quorum of allowlisted validators on the state of cycle %d (%s; quorum %d): "
+                                   "keeping our own reduce result", cycle - 1, counts, self.manifest.quorum)
+                return True
+            if said:
+                logger.warning("no quorum of allowlisted validators on the state of cycle %d (%s; quorum %d): "
+                               "staying on cycle %d's state until a cycle has one", cycle - 1, counts,
+                               self.manifest.quorum, self.cycle)
+            return False
         if digest is None:
             if self.cycle < cycle and self.now() >= self.clock.phase_end(cycle, "sync"):
                 data = self.store.load_checkpoint(self.cycle, self.progress.checkpoint_hash)
@@ -250,6 +302,9 @@ class Peer:
         logger.warning("state for cycle %d %s; fetching %s from %d peer(s)", cycle, why, digest[:12], len(holders))
         try:
             data = self.fetch(digest, holders, cycle, 4 * self.rt.payload_size + 65536, exact=False)
+            reason = self.within_reach(cycle, data)
+            if reason is not None:
+                raise TeftError(f"refusing the checkpoint: {reason}")
             self.adopt(cycle, data)
         except (TransferError, TeftError) as err:
             logger.warning("could not adopt the agreed state %s: %s", digest[:12], err)
@@ -320,7 +375,13 @@ class Peer:
     def finish(self, cycle: Cycle) -> None:
         """Write the cycle's line to metrics.jsonl, its summary to the log, and its numbers to the metrics."""
         lo = cycle.log
-        lo.agreed_hash = self.agreed_hash(cycle.number)[0] or ""
+        vote, _ = self.state_vote(cycle.number)
+        lo.agreed_hash = vote.agreed or ""
+        lo.state_dissent = [peer_key_of(v) for v in vote.dissent]
+        lo.state_silent = [peer_key_of(v) for v in vote.silent]
+        if vote.agreed is None and vote.votes:
+            lo.note += (f"no quorum on the state ({len(vote.votes)} allowlisted vote(s), no hash with "
+                        f"{self.manifest.quorum} and more than any other); ")
         if not lo.merged:
             lo.note += f"nothing merged: {why_nothing_merged(lo, self.manifest)}; "
         roles = Counter(s.record.role for s in self.peer_records(cycle.number).values())

@@ -25,6 +25,8 @@ class CycleLog:
     quorum_met: bool = False
     state_hash: str = ""
     agreed_hash: str = ""
+    state_dissent: list[str] = field(default_factory=list)  # allowlisted validators that published another state
+    state_silent: list[str] = field(default_factory=list)  # allowlisted validators that published no state
     target_loss: float | None = None  # of Phi_{c+1}, on fixed blocks (validators)
     general_loss: float | None = None
     start_target_loss: float | None = None  # of Phi_c, measured once when a validator starts

@@ -3,15 +3,19 @@
     sync      draw a fresh secret seed (and, in cycle 0, measure the start state for the report)
     commit    publish H(seed, cycle, validator id); watch the miners' and validators' commits until
               just after the commit phase ends: a commit first seen later never counts
-    reveal    publish the seed
+    reveal    watch the miners' reveals until the middle of the reveal phase (a reveal first seen later
+              never counts), then publish the seed
     evaluate  combine the allowlisted validators' revealed seeds into the evaluation seed, draw the
               validation subset from it, order the commits that revealed in time (last cycle's merged
-              miners first, then by the seed), fetch at most 16 x max_submissions of them, 8 at once, and
-              judge the first max_submissions as they arrive (keys, shapes, dtype, finiteness, delta norm,
-              Proof-of-Loss) while time is left; publish the ranking of the positive scores
+              miners first, then by the seed, one key per announced address first), fetch at most
+              16 x max_submissions of them, 8 at once, and judge the first max_submissions as they arrive
+              (keys, shapes, dtype, finiteness, delta norm, Proof-of-Loss) while time is left; publish the
+              ranking of the positive scores
     reduce    like every peer (roles.base), then measure Phi_{c+1} for the report
 
-The subset comes from seeds revealed only after miners committed, so nobody could train on it.
+The subset comes from seeds revealed only after miners committed, so nobody could train on it; and the
+seeds are revealed only after the miners' reveals stopped counting, so the order they give cannot be
+chosen by revealing only the keys it puts first.
 """
 
 from __future__ import annotations
@@ -113,6 +117,18 @@ FETCHES_PER_SLOT = 16  # payloads a validator may try to fetch per evaluation it
 #                        nothing costs a failed connect (~0.1 s, 8 at once), and the phase's clock bounds the rest
 
 
+def reveal_deadline(clock, number: int) -> float:
+    """The last moment a miner's reveal counts: the middle of the reveal phase. Validators reveal their
+    seeds only then, so the evaluation order is fixed by randomness nobody knew while reveals counted."""
+    start, end = clock.phase_start(number, "reveal"), clock.phase_end(number, "reveal")
+    return start + (end - start) / 2
+
+
+def endpoint(maddr: str) -> str:
+    """Where a multiaddr points, without the peer id: keys behind one listener share it."""
+    return str(maddr).split("/p2p/", 1)[0]
+
+
 def rejected(miner: str, payload_hash: str, reason: str) -> Score:
     return Score(miner, payload_hash, float("inf"), 0.0, reason)
 
@@ -145,10 +161,13 @@ class Validator(Role):
         Polls through the commit phase and keeps the first record it saw from each peer; a commit that first
         appears later is never evaluated, whatever its author claims about its timing.
         """
+        start, end = self.peer.window(number, "reveal")
+        return self.watch(number, ("commit", "seed-commit"), start + min(1.0, (end - start) / 4))
+
+    def watch(self, number: int, kinds: tuple[str, ...], deadline: float) -> dict[str, dict[str, SignedRecord]]:
+        """The first record seen from each peer, per kind, polling about once a second until `deadline`."""
         p = self.peer
-        start, end = p.window(number, "reveal")
-        deadline = start + min(1.0, (end - start) / 4)
-        seen: dict[str, dict[str, SignedRecord]] = {"commit": {}, "seed-commit": {}}
+        seen: dict[str, dict[str, SignedRecord]] = {kind: {} for kind in kinds}
         while not p.stop.is_set():
             for kind, found in seen.items():
                 for pid, signed in p.get(number, kind).items():
@@ -159,8 +178,11 @@ class Validator(Role):
         return seen
 
     def on_reveal(self, cycle: Cycle) -> None:
-        if self.seen:
-            self.peer.put(cycle.number, "seed-reveal", records.SeedReveal(seed=self.seed.hex()))
+        if not self.seen:
+            return
+        p = self.peer
+        self.seen["reveal"] = self.watch(cycle.number, ("reveal",), reveal_deadline(p.clock, cycle.number))["reveal"]
+        p.put(cycle.number, "seed-reveal", records.SeedReveal(seed=self.seed.hex()))
 
     def on_evaluate(self, cycle: Cycle) -> None:
         if not self.seen:
@@ -223,7 +245,8 @@ class Validator(Role):
         """(miner, payload hash) of every commit seen in time from a peer that announced its addresses, whose
         reveal matches it and is not a replay."""
         p, log, c = self.peer, cycle.log, cycle.number
-        reveals = p.get(c, "reveal")
+        reveals = self.seen.get("reveal", {})
+        late = p.get(c, "reveal")  # only to say why a commit is not tried: these reveals never count
         admitted = None if p.manifest.miners is None else set(p.manifest.miners)
         announced = p.addresses(c)
         found = []
@@ -232,7 +255,8 @@ class Validator(Role):
                 continue  # the operators admit only listed miners: others are not even logged
             reveal = reveals.get(pid)
             if reveal is None:
-                log.rejected[pid] = "committed but did not reveal"
+                log.rejected[pid] = "revealed after the reveal deadline" if pid in late \
+                    else "committed but did not reveal"
                 continue
             if pid not in announced:  # every peer announces its addresses in sync; trying to route to a key
                 # that never did costs a DHT lookup in the daemon, and a flood of them slowed every judgement
@@ -251,15 +275,25 @@ class Validator(Role):
 
     def order(self, number: int, seed: bytes, candidates: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """The order submissions are tried in, which no miner chooses: the miners the swarm merged last cycle
-        first (a flood of fresh keys cannot crowd out proven ones), then by the combined seed. Every
-        validator computes the same order, so the medians compare the same submissions."""
+        first (a flood of fresh keys cannot crowd out proven ones), then by the combined seed, which nobody
+        knew while reveals still counted; a key that announced an address an earlier key in that order
+        announced too goes after every key with an address of its own (a thousand keys behind one listener
+        cost one try before the others). Every validator computes the same order, so the medians compare
+        the same submissions."""
         p = self.peer
         proven = set()
         if self.decided[0] == number - 1:  # our own reduce decided it: no DHT read on the evaluate phase's clock
             proven = self.decided[1]
         elif number > 0:  # joined or restarted since
             proven = {m.miner for m in decide(p.get(number - 1, "ranking"), p.manifest).merged}
-        return sorted(candidates, key=lambda pc: (pc[0] not in proven, hashlib.sha256(seed + pc[0].encode()).digest()))
+        by_seed = sorted(candidates, key=lambda pc: (pc[0] not in proven,
+                                                     hashlib.sha256(seed + pc[0].encode()).digest()))
+        announced, taken, rank = p.addresses(number), set(), {}
+        for i, (pid, _) in enumerate(by_seed):
+            places = {endpoint(m) for m in announced.get(pid, [])}
+            rank[pid] = (pid not in proven, bool(places & taken), i)
+            taken |= places
+        return sorted(by_seed, key=lambda pc: rank[pc[0]])
 
     def evaluation_seed(self, number: int) -> bytes:
         """The combined seed of the allowlisted validators whose reveal matches the commit seen in time."""

@@ -5,9 +5,11 @@ that flag), so the honest code path holds no adversary branch at all. Each one a
 promise; the tests and the report check that it is stopped.
 
     payload    malformed or unearned payloads, late and copied commits, a lying validator
-    flood      sybil-flood: many throwaway keys commit and reveal what nobody serves
+    flood      sybil-flood: many throwaway keys commit and reveal what nobody serves; seed-grinder: reveals
+               only the keys the validators' seeds order first, each at an address that never speaks
     stalling   slow-server (never sends what it revealed), slowloris (idle streams to validators)
-    state      state-liar: a crafted state hash, claimed ahead, served as a checkpoint that does not fit
+    state      state-liar: a crafted state hash, claimed ahead, served as a checkpoint that does not fit;
+               state-forger: an allowlisted validator's crafted state of the right shapes, ground to win a tie
     dhtabuse   dht-blinder (a non-canonical subkey), subkey-spammer (1000 subkeys under one key)
     overfit    val-overfit: trains on the public validation split
 """
@@ -15,11 +17,11 @@ promise; the tests and the report check that it is stopped.
 from __future__ import annotations
 
 from swarm.sim.adversaries.dhtabuse import DhtBlinder, SubkeySpammer
-from swarm.sim.adversaries.flood import SybilFlood
+from swarm.sim.adversaries.flood import SeedGrinder, SybilFlood
 from swarm.sim.adversaries.overfit import ValOverfit
 from swarm.sim.adversaries.payload import Copycat, FreeRider, Late, Liar, PayloadMiner, Replay, corrupt
 from swarm.sim.adversaries.stalling import Slowloris, SlowServer
-from swarm.sim.adversaries.state import StateLiar
+from swarm.sim.adversaries.state import StateForger, StateLiar
 
 _PAYLOAD_KINDS = ("noise", "poison", "nan", "oversize", "wrong-shape", "extra-keys")
 ADVERSARIES: dict[str, type] = {
@@ -31,14 +33,17 @@ ADVERSARIES: dict[str, type] = {
     "liar": Liar,
     "stranger": Liar,  # the same liar, left off the allowlist by the simulator
     "sybil-flood": SybilFlood,
+    "seed-grinder": SeedGrinder,
     "slow-server": SlowServer,
     "slowloris": Slowloris,
     "state-liar": StateLiar,
+    "state-forger": StateForger,
     "dht-blinder": DhtBlinder,
     "subkey-spammer": SubkeySpammer,
     "val-overfit": ValOverfit,
 }
-NEW = ("sybil-flood", "slow-server", "slowloris", "state-liar", "dht-blinder", "subkey-spammer", "val-overfit")
+NEW = ("sybil-flood", "seed-grinder", "slow-server", "slowloris", "state-liar", "state-forger", "dht-blinder",
+       "subkey-spammer", "val-overfit")
 SHOWN = ("free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late", "liar", *NEW)  # `all`
 EXTRA = ("wrong-shape", "extra-keys", "stranger")  # for the tests
 

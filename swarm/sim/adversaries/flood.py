@@ -1,4 +1,5 @@
-"""Sybil flood: one process commits and reveals under many throwaway keys, every cycle.
+"""Sybil floods: one process commits and reveals under many throwaway keys, every cycle (sybil-flood), or
+commits under all of them and reveals only those the validators' seeds put first (seed-grinder).
 
 Keys cost nothing, so an outsider can bring as many miners as it likes. Each throwaway key's records are
 validly signed by that key: the role hands its DHT node a validator that signs for every key it holds
@@ -9,8 +10,10 @@ hashes it reveals are never served, so all a validator can do with them is spend
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import secrets
+import socket
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -26,6 +29,7 @@ from swarm.net.identity import Identity, _wrap, owner_subkey, peer_key_of
 from swarm.net.validation import SchemaCheck
 from swarm.protocol.cyclelog import Cycle
 from swarm.roles.miner import Miner
+from swarm.roles.validator import FETCHES_PER_SLOT, combined_seed
 from teft.files import atomic_write
 
 SYBILS_ENV = "TEFT_SYBILS"  # how many throwaway keys a flood uses
@@ -168,3 +172,68 @@ class SybilFlood(Miner):
         entries = [(records.make_value(p.run_id, number, kind, make(t)), t.subkey) for t in keys]
         stored = store_as(p.dht, records.record_key(p.run_id, number, kind), entries, p.clock.cycle_start(number + 3))
         cycle.log.note += f"{kind}: {stored} of {len(entries)} sybil records stored; "
+
+
+class SeedGrinder(SybilFlood):
+    """A flood that reveals selectively: every throwaway key commits, and once the validators' seeds are out it
+    reveals only the keys the combined seed orders first (as many as a validator tries), each announced at an
+    address of its own that accepts TCP and never speaks, so every try costs a validator a stalled dial.
+
+    Committing is free and revealing optional, so without a reveal deadline before the seeds are known the
+    order validators fetch in would be the attacker's choice; with it, these reveals come too late to count.
+    """
+
+    def __init__(self, peer):
+        super().__init__(peer)
+        self.listeners: list[socket.socket] = []
+
+    def on_sync(self, cycle: Cycle) -> None:
+        Miner.on_sync(self, cycle)
+        if not self.listeners:  # the kernel completes the handshake from the backlog; nobody ever accepts
+            for _ in self.sybils:
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", 0))
+                sock.listen(64)
+                self.listeners.append(sock)
+        p = self.peer
+        entries = [(records.make_value(p.run_id, cycle.number, "peers", records.PeerRecord(
+            role="miner", version=VERSION, maddrs=[f"/ip4/127.0.0.1/tcp/{sock.getsockname()[1]}"])), t.subkey)
+            for t, sock in zip(self.sybils, self.listeners, strict=True)]
+        store_as(p.dht, records.record_key(p.run_id, cycle.number, "peers"), entries,
+                 p.clock.cycle_start(cycle.number + 3))
+
+    def on_reveal(self, cycle: Cycle) -> None:
+        if not self.fakes:
+            return
+        p, c = self.peer, cycle.number
+        seed = self.wait_for_seeds(c)
+        if seed is None:
+            cycle.log.note += "no validator seed seen in the reveal phase; revealed nothing; "
+            return
+        mine = {t.peer_key for t in self.sybils} | {p.me}
+        place = {pid: hashlib.sha256(seed + pid.encode()).digest() for pid in p.get(c, "commit")}
+        first_honest = min((h for pid, h in place.items() if pid not in mine), default=None)
+        ranked = sorted(self.sybils, key=lambda t: hashlib.sha256(seed + t.peer_key.encode()).digest())
+        ahead = [t for t in ranked if first_honest is None or
+                 hashlib.sha256(seed + t.peer_key.encode()).digest() < first_honest]  # tried before any honest one
+        chosen = (ahead or ranked)[:FETCHES_PER_SLOT * p.manifest.max_submissions]
+        size = p.rt.payload_size
+        self.flood(cycle, "reveal", lambda t: records.RevealRecord(payload_hash=self.fakes[t.peer_key], size=size),
+                   chosen)
+
+    def wait_for_seeds(self, c: int) -> bytes | None:
+        """The combined evaluation seed, computed as validators do, once every allowlisted validator that
+        committed a seed has revealed it (or at the end of the reveal phase with what is out by then)."""
+        p = self.peer
+        allowlist = set(p.manifest.validators)
+        end = p.clock.phase_end(c, "reveal")
+        seeds: dict[str, str] = {}
+        while not p.stop.is_set() and p.now() < end - 0.2:
+            commits = {pid: s for pid, s in p.get(c, "seed-commit").items() if s.owner in allowlist}
+            reveals = p.get(c, "seed-reveal")
+            seeds = {pid: reveals[pid].record.seed for pid, commit in commits.items() if pid in reveals
+                     and records.seed_digest(reveals[pid].record.seed, c, pid) == commit.record.digest}
+            if commits and len(seeds) == len(commits):
+                break
+            p.wait_until(min(p.now() + 0.25, end - 0.2))
+        return combined_seed(seeds) if seeds else None

@@ -84,10 +84,11 @@ class Replay(FreeRider):
         return Submission({}, data)
 
 
-def wait_into_reveal(peer, number: int) -> None:
-    """Sleep to the middle of the reveal phase, where honest reveals are visible and commits long closed."""
+def wait_into_reveal(peer, number: int, share: float = 0.5) -> None:
+    """Sleep to `share` of the reveal phase (default its middle, where reveals stop counting), where honest
+    reveals are visible and commits long closed."""
     start, end = peer.window(number, "reveal")
-    peer.wait_until(start + (end - start) / 2)
+    peer.wait_until(start + (end - start) * share)
 
 
 class Late(Untrained):
@@ -114,7 +115,7 @@ class Copycat(Miner):
     def on_reveal(self, cycle: Cycle) -> None:
         if not self.payload:
             return
-        wait_into_reveal(self.peer, cycle.number)
+        wait_into_reveal(self.peer, cycle.number, 0.3)  # while reveals still count: only the commit binds it
         others = {pid: s for pid, s in self.peer.get(cycle.number, "reveal").items() if pid != self.peer.me}
         if others:
             self.reveal(cycle.number, others[sorted(others)[0]].record.payload_hash)

@@ -1,0 +1,68 @@
+"""Catching up past holders that stall: a late joiner asks several holders of the agreed checkpoint at once.
+
+The stallers are raw libp2p peers of the test's own that answer a request with a header and then nothing,
+under peer ids listed before the honest holder; tried in turn, each cost a whole fetch timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import msgpack
+import pytest
+from hivemind.p2p import P2P
+
+from swarm.net.server import PayloadServer
+from swarm.net.transfer import fetch_first
+from swarm.net.wire import FRAME_HEAD, HDR, payload_hash, protocol_name, request_length, send_frame
+
+RUN = "feedfacecafebeef"
+STALLERS = 4
+TIMEOUT = 30.0
+pytestmark = pytest.mark.timeout(90)
+
+
+async def _stall(size: int, _info, reader, writer) -> None:
+    """Read a request, announce the full size, then send nothing until the asker gives up."""
+    await reader.readexactly(request_length(await reader.readexactly(FRAME_HEAD)))
+    await send_frame(writer, HDR, msgpack.packb({"size": size}))
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        writer.close()
+
+
+def test_stalling_holders_cost_a_late_joiner_no_turns():
+    payload = os.urandom(1 << 20)
+    digest = payload_hash(payload)
+
+    async def main():
+        honest = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        maddrs = [str(m) for m in await honest.get_visible_maddrs()]
+        stallers = [await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs)
+                    for _ in range(STALLERS)]
+        joiner = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs)
+        try:
+            await PayloadServer(honest, {digest: payload}.get, RUN).start()
+            for staller in stallers:
+                await staller.add_binary_stream_handler(protocol_name(RUN), lambda *a: _stall(len(payload), *a))
+            holders = [s.peer_id.to_base58() for s in stallers] + [honest.peer_id.to_base58()]
+            where = {}
+            for p in [*stallers, honest]:
+                where[p.peer_id.to_base58()] = [str(m).split("/p2p/")[0] for m in await p.get_visible_maddrs()]
+            failed = {}
+            start = time.perf_counter()
+            got = await fetch_first(joiner, holders, digest, len(payload), TIMEOUT, run_id=RUN, max_parallel=8,
+                                    maddrs=where, on_failure=lambda peer, why: failed.setdefault(peer, why))
+            elapsed = time.perf_counter() - start
+            assert got == payload
+            assert elapsed < 10.0, elapsed  # tried in turn: STALLERS x TIMEOUT = 120 s
+            assert set(failed) == set(holders[:STALLERS]), failed  # ranked last next time
+            print(f"\ncheckpoint fetched past {STALLERS} stalling holders in {elapsed:.2f}s")
+        finally:
+            for p in (joiner, *stallers, honest):
+                await p.shutdown()
+
+    asyncio.run(main())
