@@ -87,3 +87,40 @@ def test_ranking_size_does_not_grow_with_the_swarm():
     record = ranking_record(flood)
     assert len(record.entries) == MAX_RANKED and record.entries[0][0] == flood[0].miner
     make_value("r" * 16, 123456, "ranking", record)  # raises if over the 4 KB cap
+
+
+def _states(votes: dict[str, str]) -> dict:
+    from swarm.net.records import SignedRecord, StateRecord
+
+    return {f"pid-{v}": SignedRecord(v, f"pid-{v}", StateRecord(state_hash=h * 64)) for v, h in votes.items()}
+
+
+def test_the_state_needs_a_strict_quorum_and_no_tie_is_broken():
+    from swarm.protocol.consensus import agree_on_state
+
+    allow = ["v1", "v2", "v3"]
+    tie = agree_on_state(_states({"v1": "b", "v3": "0"}), allow, quorum=2)  # "0..." would win a lowest-hash tie-break
+    assert tie.agreed is None and tie.dissent == [] and tie.silent == ["v2"]
+    too_few = agree_on_state(_states({"v1": "b"}), allow, quorum=2)
+    assert too_few.agreed is None
+    outvoted = agree_on_state(_states({"v1": "b", "v2": "b", "v3": "0", "stranger": "0"}), allow, quorum=2)
+    assert outvoted.agreed == "b" * 64 and outvoted.dissent == ["v3"] and outvoted.silent == []
+    strangers = agree_on_state(_states({"v1": "b", "s1": "0", "s2": "0", "s3": "0"}), allow, quorum=1)
+    assert strangers.agreed == "b" * 64  # keys off the allowlist never vote
+
+
+def test_the_step_bound_holds_for_the_worst_merges_and_is_not_loose():
+    from swarm.protocol.consensus import step_bound
+
+    cfg = OuterConfig(lr=1.0, momentum=0.5, nesterov=True)
+    norm = 2.0
+    key = "layers.0.experts.0.w"
+    base = {key: torch.zeros(8)}
+    state, momentum = base, None
+    direction = torch.ones(8) / 8 ** 0.5  # every cycle the largest delta the norm bound lets through, one way
+    for cycles in range(1, 6):
+        new = {key: state[key] - norm * direction}
+        state, momentum = reduce(state, momentum, [new], cfg)
+        moved = float(state[key].norm())
+        move, buffer = step_bound(cfg, norm, cycles)
+        assert 0.7 * move <= moved <= move and float(momentum[key].norm()) <= buffer, (cycles, moved, move)
