@@ -50,9 +50,11 @@ class PeerRecord(_Record):
 
 
 class CommitRecord(_Record):
-    """A miner's binding commitment: commit_digest(run, cycle, miner, payload_hash)."""
+    """A miner's binding commitment: commit_digest(run, cycle, miner, payload_hash), and the proof of work on it
+    (swarm/protocol/work.py) the run asks for."""
 
     digest: Hex64
+    nonce: int = Field(default=0, ge=0, lt=1 << 64)
 
 
 class SeedCommitRecord(_Record):

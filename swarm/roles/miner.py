@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from swarm.net import records
 from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
+from swarm.protocol.work import solve
 from swarm.roles.base import Role
 from teft.data import iterate_batches
 from teft.state import ExpertState, load_state, to_bytes
@@ -52,16 +54,23 @@ def train_submission(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, 
     return Submission(result.state, to_bytes(result.state, rt.payload_dtype), result.losses, result.moments)
 
 
+def solve_in_phase(p, number: int, bound: str) -> int | None:
+    """The proof of work for a commit digest, given until the commit phase ends (None if it did not finish)."""
+    left = p.clock.phase_end(number, "commit") - p.now()
+    return solve(bound, p.manifest.commit_work_bits, p.stop.is_set, time.monotonic() + max(left, 0.0))
+
+
 class Miner(Role):
     kind = "miner"
 
     def __init__(self, peer):
         super().__init__(peer)
         self.payload: tuple[str, bytes] | None = None  # (hash, bytes) of this cycle's submission
+        self.nonce: int | None = None  # the proof of work of its commit
 
     def on_sync(self, cycle: Cycle) -> None:
         super().on_sync(cycle)
-        self.payload = None
+        self.payload, self.nonce = None, None
 
     def on_train(self, cycle: Cycle) -> None:
         p = self.peer
@@ -76,6 +85,9 @@ class Miner(Role):
             return
         self.payload = (p.store.save_payload(sub.payload), sub.payload)
         cycle.log.submitted = self.payload[0]
+        # the commit's proof of work now, in what is left of the train phase, not in the short commit phase
+        self.nonce = solve_in_phase(p, cycle.number, records.commit_digest(p.run_id, cycle.number, p.me,
+                                                                           self.payload[0]))
         cycle.log.train_loss = [sub.losses[0], sub.losses[-1]] if sub.losses else []
 
     def submission(self, cycle: Cycle) -> Submission | None:
@@ -94,11 +106,19 @@ class Miner(Role):
 
     def on_commit(self, cycle: Cycle) -> None:
         if cycle.fresh and self.payload:
-            self.commit(cycle.number, self.payload[0])
+            self.commit(cycle.number, self.payload[0], self.nonce)
 
-    def commit(self, number: int, digest: str) -> None:
+    def commit(self, number: int, digest: str, nonce: int | None = None) -> None:
+        """Publish the commit with its proof of work (solved here unless given)."""
         p = self.peer
-        p.put(number, "commit", records.CommitRecord(digest=records.commit_digest(p.run_id, number, p.me, digest)))
+        bound = records.commit_digest(p.run_id, number, p.me, digest)
+        if nonce is None:
+            nonce = solve_in_phase(p, number, bound)
+        if nonce is None:
+            logger.warning("cycle %d: the commit's proof of work (%d bits) did not finish in the commit phase",
+                           number, p.manifest.commit_work_bits)
+            return
+        p.put(number, "commit", records.CommitRecord(digest=bound, nonce=nonce))
 
     def on_reveal(self, cycle: Cycle) -> None:
         if self.payload:

@@ -34,6 +34,7 @@ from swarm.net.records import SignedRecord
 from swarm.protocol.consensus import Score, decide, ranking_record
 from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
+from swarm.protocol.work import meets
 from swarm.roles.base import Role
 from teft.data import subset
 from teft.errors import TeftError
@@ -242,8 +243,8 @@ class Validator(Role):
         scores.append(result)
 
     def candidates(self, cycle: Cycle) -> list[tuple[str, str]]:
-        """(miner, payload hash) of every commit seen in time from a peer that announced its addresses, whose
-        reveal matches it and is not a replay."""
+        """(miner, payload hash) of every commit seen in time, with the run's proof of work, from a peer that
+        announced its addresses, whose reveal was seen in time, matches it and is not a replay."""
         p, log, c = self.peer, cycle.log, cycle.number
         reveals = self.seen.get("reveal", {})
         late = p.get(c, "reveal")  # only to say why a commit is not tried: these reveals never count
@@ -253,6 +254,9 @@ class Validator(Role):
         for pid, commit in sorted(self.seen["commit"].items()):
             if admitted is not None and commit.owner not in admitted:
                 continue  # the operators admit only listed miners: others are not even logged
+            if not meets(commit.record.digest, commit.record.nonce, p.manifest.commit_work_bits):
+                log.rejected[pid] = f"commit without the run's proof of work ({p.manifest.commit_work_bits} bits)"
+                continue
             reveal = reveals.get(pid)
             if reveal is None:
                 log.rejected[pid] = "revealed after the reveal deadline" if pid in late \

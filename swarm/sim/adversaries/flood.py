@@ -14,6 +14,7 @@ import hashlib
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -28,6 +29,7 @@ from swarm.net import records
 from swarm.net.identity import Identity, _wrap, owner_subkey, peer_key_of
 from swarm.net.validation import SchemaCheck
 from swarm.protocol.cyclelog import Cycle
+from swarm.protocol.work import solve
 from swarm.roles.miner import Miner
 from swarm.roles.validator import FETCHES_PER_SLOT, combined_seed
 from teft.files import atomic_write
@@ -140,6 +142,7 @@ class SybilFlood(Miner):
         super().__init__(peer)
         self.sybils = throwaway_keys(peer.identity, sybil_count())
         self.fakes: dict[str, str] = {}  # sybil peer key -> this cycle's payload hash
+        self.work: dict[str, int] = {}  # sybil peer key -> the proof-of-work nonce of its commit
 
     def on_sync(self, cycle: Cycle) -> None:
         """Every other throwaway key announces this process's own addresses, so that validators try to fetch
@@ -151,20 +154,35 @@ class SybilFlood(Miner):
                    self.sybils[::2])
 
     def on_train(self, cycle: Cycle) -> None:
-        if cycle.fresh:
-            self.fakes = {t.peer_key: secrets.token_hex(32) for t in self.sybils}
+        """Fake payload hashes, and each key's proof of work, paid as an honest miner pays it, for as many keys
+        as it can until the commit phase ends: keys without it would be refused before any fetch."""
+        if not cycle.fresh:
+            return
+        p, c = self.peer, cycle.number
+        self.fakes, self.work = {}, {}
+        deadline = time.monotonic() + max(p.clock.phase_end(c, "commit") - 1.0 - p.now(), 0.0)
+        for t in self.sybils:
+            fake = secrets.token_hex(32)
+            nonce = solve(records.commit_digest(p.run_id, c, t.peer_key, fake), p.manifest.commit_work_bits,
+                          p.stop.is_set, deadline)
+            if nonce is None:
+                break
+            self.fakes[t.peer_key], self.work[t.peer_key] = fake, nonce
+        cycle.log.note += f"proof of work for {len(self.fakes)} of {len(self.sybils)} keys; "
 
     def on_commit(self, cycle: Cycle) -> None:
         if self.fakes:
             p, c = self.peer, cycle.number
             self.flood(cycle, "commit", lambda t: records.CommitRecord(
-                digest=records.commit_digest(p.run_id, c, t.peer_key, self.fakes[t.peer_key])))
+                digest=records.commit_digest(p.run_id, c, t.peer_key, self.fakes[t.peer_key]),
+                nonce=self.work[t.peer_key]), [t for t in self.sybils if t.peer_key in self.fakes])
 
     def on_reveal(self, cycle: Cycle) -> None:
         if self.fakes:
             size = self.peer.rt.payload_size
             self.flood(cycle, "reveal", lambda t: records.RevealRecord(payload_hash=self.fakes[t.peer_key],
-                                                                               size=size))
+                                                                       size=size),
+                       [t for t in self.sybils if t.peer_key in self.fakes])
 
     def flood(self, cycle: Cycle, kind: str, make, keys: list[Throwaway] | None = None) -> None:
         p, number = self.peer, cycle.number
@@ -213,7 +231,8 @@ class SeedGrinder(SybilFlood):
         mine = {t.peer_key for t in self.sybils} | {p.me}
         place = {pid: hashlib.sha256(seed + pid.encode()).digest() for pid in p.get(c, "commit")}
         first_honest = min((h for pid, h in place.items() if pid not in mine), default=None)
-        ranked = sorted(self.sybils, key=lambda t: hashlib.sha256(seed + t.peer_key.encode()).digest())
+        ranked = sorted((t for t in self.sybils if t.peer_key in self.fakes),
+                        key=lambda t: hashlib.sha256(seed + t.peer_key.encode()).digest())
         ahead = [t for t in ranked if first_honest is None or
                  hashlib.sha256(seed + t.peer_key.encode()).digest() < first_honest]  # tried before any honest one
         chosen = (ahead or ranked)[:FETCHES_PER_SLOT * p.manifest.max_submissions]
