@@ -22,6 +22,7 @@ from swarm.net.identity import load_or_create
 from swarm.net.records import get_records
 from swarm.net.timesync import TimeServer
 from swarm.net.transfer import BackgroundLoop
+from swarm.net.validation import run_horizon
 from swarm.protocol.manifest import load, run_id
 from swarm.protocol.metrics import Metrics
 
@@ -72,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser,
         "config",
         default=None,
-        help="run manifest YAML; when given, only records of that run are accepted",
+        help="run manifest YAML; when given, only records of that run, in its cycle window and (for validator "
+        "records) from its allowlist are accepted",
     )
     cli.startup_timeout_flag(parser)
     cli.metrics_flags(parser)
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             announce_maddrs=_maddr_list(args.announce_maddrs) or None,
             startup_timeout=args.startup_timeout,
             run_id=run,
-            horizon=manifest.horizon() if manifest else None,
+            horizon=run_horizon(manifest) if manifest else None,  # its window and allowlists, as every peer's
         )
     except SwarmError as e:
         return cli.fail(str(e))

@@ -105,10 +105,13 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         started = time.monotonic()  # join first: an unreachable bootstrap should fail before the model loads
         role = make_role or ROLES[args.role]
         hook = getattr(role, "record_validators", None)  # a role class; a plain factory keeps the defaults
-        validators = hook(identity, rid, manifest.horizon()) if hook is not None else None
+        from swarm.net.validation import run_horizon
+
+        horizon = run_horizon(manifest)  # the cycle window, expiry cap and allowlists every DHT node enforces
+        validators = hook(identity, rid, horizon) if hook is not None else None
         dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
                         record_validators=validators, startup_timeout=args.startup_timeout, run_id=rid,
-                        horizon=manifest.horizon())
+                        horizon=horizon)
         net = Network(dht, rid, store.find, args.fetch_timeout)
         check_clock(net, dht, manifest, rid, args.initial_peers, identity.peer_key)
         rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import signal
 import threading
@@ -19,7 +20,7 @@ from hivemind.utils.timed_storage import get_dht_time
 from swarm.errors import SwarmError
 from swarm.net.identity import Identity
 from swarm.net.reap import tie_subprocesses_to_this_process, watch_parent
-from swarm.net.validation import CycleHorizon, SchemaCheck
+from swarm.net.validation import BoundedStorage, CycleHorizon, OwnerKeyCheck, SchemaCheck, install_bounded_storage
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,9 @@ class SwarmDHT(DHT):
 
 def default_validators(identity: Identity, run_id: str | None = None,
                        horizon: CycleHorizon | None = None) -> list[RecordValidatorBase]:
-    """Signature check with this peer's key (signs our records) + swarm schema check."""
-    return [RSASignatureValidator(identity.private_key), SchemaCheck(run_id=run_id, horizon=horizon)]
+    """Canonical owner key first (OwnerKeyCheck, before any RSA check), the signature check with this peer's
+    key (signs our records), then the swarm schema check with the run's cycle window and allowlists."""
+    return [OwnerKeyCheck(), RSASignatureValidator(identity.private_key), SchemaCheck(run_id=run_id, horizon=horizon)]
 
 
 def _check_maddrs(maddrs: Sequence[str], what: str, need_peer_id: bool) -> list[str]:
@@ -139,7 +141,9 @@ def start_dht(
 ) -> SwarmDHT:
     """Start a DHT node under the identity's stable peer id, or raise a one-line SwarmError.
 
-    record_validators=None means default_validators(identity, run_id, horizon).
+    record_validators=None means default_validators(identity, run_id, horizon). Whatever the validators,
+    the node keeps its records in a validation.BoundedStorage (a cap per key and in all; the horizon's
+    allowlisted validators exempt), installed in the DHT process as soon as the node is up.
     """
     initial = _check_maddrs(initial_peers, "initial peer", need_peer_id=True)
     hosts = _check_maddrs(host_maddrs, "host address", need_peer_id=False)
@@ -199,6 +203,12 @@ def start_dht(
                 raise SwarmError(f"a host address in {', '.join(hosts)} is already in use: pick another port") \
                     from None
             raise SwarmError(f"the DHT node failed to start ({text}): check its addresses and identity") from None
+    storage = BoundedStorage(allowlist=horizon.validators if horizon is not None else ())
+    try:
+        dht.run_coroutine(functools.partial(install_bounded_storage, storage))
+    except BaseException:
+        dht.shutdown()
+        raise
     logger.info("DHT node %s up in %.2fs", identity.peer_key, time.monotonic() - started)
     return dht
 

@@ -19,12 +19,13 @@ from hivemind.proto import crypto_pb2
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
 from swarm.errors import SwarmError
-from swarm.net.keys import check_public_key, normalize_public_key
+from swarm.net.keys import canonical_public_key, load_public_key, normalize_public_key
 from teft.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
 P2P_SUFFIX = ".p2p"
+MAX_SUBKEY_BYTES = 1024  # `[owner:` + a canonical 4096-bit key + `]` is 732 bytes
 
 
 @dataclass(frozen=True)
@@ -52,23 +53,30 @@ def owner_subkey(public_key: bytes | str) -> bytes:
 
 
 def public_key_from_subkey(subkey: object) -> str | None:
-    """The owner public key of a DHT subkey that is exactly `[owner:<normalised key>]`, else None.
+    """The owner public key of a DHT subkey that is exactly `[owner:<canonical key>]`, else None.
 
-    The one owner-marker rule: records.SchemaCheck applies it before storing and get_records on read,
-    so a subkey accepted by one is never dropped by the other.
+    The one owner-marker rule: validation.OwnerKeyCheck and SchemaCheck apply it before storing (and before
+    any signature is checked) and get_records on read, so a subkey accepted by one is never dropped by the
+    other. Canonical (swarm.net.keys.canonical_public_key): the key's one OpenSSH encoding, exponent 65537,
+    2048-4096 bits; every other encoding of a key would be another subkey of the same owner.
     """
-    if not isinstance(subkey, bytes):
+    if not isinstance(subkey, bytes) or len(subkey) > MAX_SUBKEY_BYTES:
         return None
     found = RSASignatureValidator._PUBLIC_KEY_RE.fullmatch(subkey)
     if not found:
         return None
-    key = found.group(1).decode(errors="replace")
-    return key if normalize_public_key(key) == key else None
+    try:
+        key = found.group(1).decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return key if canonical_public_key(key) else None
 
 
 def parse_public_key(public_key: bytes | str) -> RSAPublicKey:
-    """Load an OpenSSH RSA public key as hivemind's wrapper, with a readable error for anything else."""
-    return RSAPublicKey(check_public_key(public_key))
+    """Load an OpenSSH RSA public key as hivemind's wrapper, with a readable error for anything else.
+
+    Any encoding parses: whether a key may own records is public_key_from_subkey's question."""
+    return RSAPublicKey(load_public_key(public_key))
 
 
 @functools.lru_cache(maxsize=1024)  # a peer reads the same few owners' records every second

@@ -5,9 +5,12 @@ cannot tell from the key alone which schema applies. Every value therefore carri
 envelope {"kind", "run", "cycle", ...fields}; SchemaCheck (swarm/net/validation.py) recomputes the
 key hash from the envelope and rejects the record unless it matches the hashed key it was stored under,
 the fields parse for that kind, the value is at most 4 KB, and the subkey is exactly one canonical owner
-marker (so RSASignatureValidator, which runs first, has verified the owner's signature, and an owner
-has one record per key). A record cannot be replayed under another run, cycle or kind. get_records checks
-every value again on read, because a peer that runs without SchemaCheck may still answer queries.
+marker: `[owner:<key>]` with the key in its one canonical OpenSSH encoding, e=65537, 2048-4096 bits
+(swarm.net.keys; checked before any signature is, by validation.OwnerKeyCheck), so RSASignatureValidator
+has verified the owner's signature and an owner has one record per key. A record cannot be replayed under
+another run, cycle or kind; validation.py also bounds its cycle, its expiry, who may write validator kinds
+and how much one node keeps. get_records checks every value again on read, because a peer that runs
+without SchemaCheck may still answer queries.
 """
 
 from __future__ import annotations
@@ -214,7 +217,11 @@ def store_record(
 
 
 def get_records(dht: DHTLike, run_id: str, cycle: int, kind: str, latest: bool = True) -> dict[str, SignedRecord]:
-    """All valid records of one kind and cycle, by owner peer id; bad ones are logged and dropped."""
+    """All valid records of one kind and cycle, by owner peer id; bad ones are logged and dropped.
+
+    An owner key counts only in its canonical form (public_key_from_subkey), so the one record of a peer id
+    is the one under its canonical subkey, whatever other encodings of the key a node may have kept.
+    """
     key = record_key(run_id, cycle, kind)
     found = dht.get(key, latest=latest)
     if found is None:

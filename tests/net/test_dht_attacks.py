@@ -1,7 +1,7 @@
-"""DHT abuse against real hivemind nodes on 127.0.0.1: a non-canonical subkey and a 1000-subkey spam.
+"""DHT abuse against real hivemind nodes on 127.0.0.1: other encodings of the owner key, and a 1000-subkey spam.
 
-Honest nodes (the default validators: signature + SchemaCheck) must refuse both, keep every honest record
-of the attacked key, and read it about as fast as before the spam.
+Honest nodes (the default validators: OwnerKeyCheck + signature + SchemaCheck) must refuse both, keep every
+honest record of the attacked key, and read it about as fast as before the spam. More in test_dht_keys.py.
 """
 
 from __future__ import annotations
