@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
     dht = net = server = None
     try:
         from swarm.net.dht import start_dht
-        from swarm.net.identity import load_or_create
+        from swarm.net.identity import load_or_create, peer_key_of
         from swarm.net.network import Network
         from swarm.protocol.cycle import Peer
         from swarm.protocol.metrics import Metrics
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
                         record_validators=validators, startup_timeout=args.startup_timeout, run_id=rid,
                         horizon=horizon)
-        net = Network(dht, rid, store.find, args.fetch_timeout)
+        net = Network(dht, rid, store.find, args.fetch_timeout, budget_window_s=manifest.clock().cycle_length,
+                      priority={peer_key_of(v) for v in manifest.validators})  # validators: reserved lanes
         check_clock(net, dht, manifest, rid, args.initial_peers, identity.peer_key)
         rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype)
         logger.info("run %s: %s", rid, describe(rt))

@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from swarm.net.dht import visible_maddrs
 from swarm.net.server import PayloadServer
 from swarm.net.timesync import ClockSample, TimeServer, sample_clocks
-from swarm.net.transfer import BackgroundLoop, FetchRequest, FetchResult, fetch_any, fetch_stream
-from swarm.net.wire import TransferStats
+from swarm.net.transfer import BackgroundLoop, FetchRequest, FetchResult, fetch_first, fetch_stream
+from swarm.net.wire import BUDGET_WINDOW_S, TransferStats
 
 
 class Network:
     """The payload server over the DHT's libp2p daemon, and the one fetch path every role uses."""
 
-    def __init__(self, dht, run_id: str, lookup: Callable[[str], bytes | None], timeout: float):
+    def __init__(self, dht, run_id: str, lookup: Callable[[str], bytes | None], timeout: float, *,
+                 priority: Iterable[str] = (), budget_window_s: float = BUDGET_WINDOW_S):
+        """`priority`: the peer ids the payload server serves from reserved lanes, exempt from its per-address
+        caps and byte budgets (the allowlisted validators); `budget_window_s`: the budgets' window (a cycle)."""
         self.run_id, self.timeout = run_id, timeout
         self.stats = TransferStats()
         self.loop = BackgroundLoop()
         self.p2p = self.loop.run(dht.replicate_p2p(), timeout=30)
-        self.server = self.loop.run(PayloadServer(self.p2p, lookup, run_id, self.stats).start(), timeout=30)
+        server = PayloadServer(self.p2p, lookup, run_id, self.stats, priority=priority, budget_window_s=budget_window_s)
+        self.server = self.loop.run(server.start(), timeout=30)
         self.time_server = self.loop.run(TimeServer(self.p2p).start(), timeout=30)
         self.maddrs = visible_maddrs(dht)
 
-    def fetch(self, peers: list[str], digest: str, size: int, maddrs: dict[str, list[str]], exact: bool) -> bytes:
-        """The bytes hashing to `digest` from the first of `peers` that serves them; TransferError if none."""
-        return self.loop.run(fetch_any(self.p2p, peers, digest, size, self.timeout, run_id=self.run_id,
-                                       stats=self.stats, maddrs=maddrs, exact=exact),
-                             timeout=self.timeout * max(len(peers), 1) + 5)
+    def fetch(self, peers: list[str], digest: str, size: int, maddrs: dict[str, list[str]], exact: bool,
+              on_failure: Callable[[str, str], None] | None = None, max_parallel: int = 8) -> bytes:
+        """The bytes hashing to `digest` from whichever of `peers` serves them first, asking up to max_parallel
+        at once in the order given; TransferError if none. on_failure hears of each holder that failed."""
+        rounds = -(-max(len(peers), 1) // max_parallel)
+        return self.loop.run(fetch_first(self.p2p, peers, digest, size, self.timeout, run_id=self.run_id,
+                                         max_parallel=max_parallel, stats=self.stats, maddrs=maddrs, exact=exact,
+                                         on_failure=on_failure),
+                             timeout=self.timeout * rounds + 10)
 
     def fetch_stream(self, requests: list[FetchRequest], budget_s: float, max_parallel: int = 4,
                      timeout: float | None = None) -> Iterator[FetchResult]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import re
 from dataclasses import dataclass
@@ -36,10 +37,18 @@ _MAX_CONTROL = 4096
 _END_LENGTH = 40
 MAX_PAYLOAD = 1 << 40  # sizes above this in a request or header are malformed, not just large
 HEADER_TIMEOUT = 3.0  # the whole request must arrive within this, before the stream may take a slot
-IO_TIMEOUT = 10.0  # any later read or write that makes no progress for this long ends the stream
-ACK_TIMEOUT = 10.0
-SLOT_TIMEOUT = 10.0  # a valid request waits this long for a free slot, then gets ERR "busy"
-MIN_RATE = 256 * 1024  # bytes/s: a client reading slower than this loses its slot
+IO_TIMEOUT = 10.0  # the longest any single control frame (ERR) may take to write
+ACK_TIMEOUT = 2.5  # after END: an honest client ACKs within milliseconds (its hash is computed as bytes arrive)
+SLOT_TIMEOUT = 5.0  # a valid request waits this long for a free slot, then gets ERR "busy"
+MIN_RATE = 256 * 1024  # bytes/s: a client reading slower than this on average loses its slot
+RATE_GRACE = 2.0  # seconds on top of size / MIN_RATE for the whole HDR..END, before the rate counts
+STALL_TIMEOUT = 2.0  # a payload write that makes no progress for this long ends the stream (reader stopped)
+WRITE_PIECE = 256 * 1024  # payload bytes are handed to p2pd this many at a time, each under STALL_TIMEOUT
+PRIORITY_LANE = 2  # serving slots reserved for each priority (allowlisted validator) peer, on top of the pool
+BUDGET_WINDOW_S = 600.0  # rolling window of the per-reader byte budgets (a peer passes its cycle length)
+BUDGET_PER_PEER = 8  # bytes one non-priority peer id may take per window, in units of the largest payload served
+BUDGET_PER_ADDRESS = 64  # the same for all non-priority peers behind one source address (IPv6: one /64)
+LOG_BURST_S = 10.0  # a repeated refusal or failure from one source costs one INFO line this often, the rest debug
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -58,7 +67,7 @@ class TransferStats:
     fetch_failed: int = 0
     served: int = 0
     serve_failed: int = 0
-    refused: int = 0  # streams closed before a slot: over the per-peer or open-stream cap, no/bad request
+    refused: int = 0  # streams closed before a slot: over a stream cap or the byte budget, no/bad request
 
 
 def protocol_name(run_id: str) -> str:
@@ -223,6 +232,25 @@ async def send_frame(
 
 async def read_head(reader: asyncio.StreamReader) -> tuple[bytes, int]:
     return parse_head(await reader.readexactly(FRAME_HEAD))
+
+
+def source_address(maddr: Any) -> str:
+    """The part of a stream's remote multiaddr that limits are counted by: the IPv4 address, the IPv6 /64
+    (one host gets a whole /64, so counting single v6 addresses would count nothing), else the text itself.
+
+    A relayed stream shows the relay's address, so every peer behind one relay shares one count."""
+    parts = str(maddr).split("/")
+    for kind, value in zip(parts, parts[1:], strict=False):
+        if kind == "ip4":
+            return value
+        if kind == "ip6":
+            try:
+                return str(ipaddress.ip_network(f"{value}/64", strict=False))
+            except ValueError:
+                return value
+        if kind in ("dns", "dns4", "dns6"):
+            return value
+    return str(maddr)[:100] or "unknown"
 
 
 def peer_str(peer_id: PeerID | str) -> str:
