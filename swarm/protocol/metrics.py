@@ -11,10 +11,17 @@ The Grafana dashboard (configs/grafana-dashboard.json) is built on exactly these
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+import selectors
+import socket
+import threading
+import time
+from email.utils import formatdate
+from urllib.parse import unquote
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 
 from swarm.protocol.clock import PHASES
 
@@ -138,19 +145,172 @@ class Metrics:
         """The text a Prometheus server would read."""
         return generate_latest(self.registry).decode()
 
-    def serve(self, port: int, host: str = "127.0.0.1"):
-        """Serve /metrics on host:port in a daemon thread; returns the HTTP server (its .server_port)."""
-        from prometheus_client import start_http_server
-
+    def serve(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve /metrics on host:port from one daemon thread; returns the server (its .server_port, .shutdown())."""
         from swarm.errors import SwarmError
 
         try:
-            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+            server = MetricsServer(self.registry, host, port)
         except OSError as err:
             raise SwarmError(f"cannot serve metrics on {host}:{port} ({err.strerror}): choose another "
                              "--metrics-port") from None
         logger.info("metrics on http://%s:%d/metrics", host, server.server_port)
         return server
+
+
+HTTP_TIMEOUT_S = 5.0  # a connection's whole request head must arrive, and its answer leave, within this
+HTTP_MAX_CONNECTIONS = 128  # connections held at once; a new one drops the oldest
+_MAX_HEAD = 16 * 1024  # request line and headers; a scrape sends a few hundred bytes
+
+
+class MetricsServer:
+    """The /metrics endpoint from one thread, however many clients connect.
+
+    prometheus_client's start_http_server spends a thread per connection for as long as the client keeps it
+    open, so idle connections cost threads without limit (2,000 of them: 1,273 threads). Here one thread waits
+    on every connection with a selector: a connection holds no thread, must send its whole request head and
+    take its answer within `timeout` seconds of being accepted, and at most `max_connections` are held (the
+    oldest is dropped for a new one, so a scrape is never locked out by connections that say nothing). The
+    answer comes from prometheus_client's own WSGI app, so its body and headers are start_http_server's.
+    One request per connection, as before (HTTP/1.0 semantics: the server closes after the answer).
+    """
+
+    def __init__(self, registry, host: str, port: int, timeout: float = HTTP_TIMEOUT_S,
+                 max_connections: int = HTTP_MAX_CONNECTIONS):
+        self.timeout, self.max_connections = timeout, max_connections
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                       flags=socket.AI_PASSIVE)[0]
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind(address)
+            self._listener.listen(128)
+            self._listener.setblocking(False)
+        except OSError:
+            self._listener.close()
+            raise
+        self.server_address = self._listener.getsockname()
+        self.server_port = self.server_address[1]
+        self._app = make_wsgi_app(registry)
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
+        self._conns: dict = {}  # socket -> [deadline, request bytes, answer bytes left]; in accept order
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-http", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop serving, close every connection and the port, and join the thread (idempotent)."""
+        self._stopping.set()
+        try:
+            self._wake_write.send(b"x")
+        except OSError:
+            pass
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+    def server_close(self) -> None:
+        self.shutdown()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                for key, _mask in self._selector.select(timeout=0.25):
+                    sock = key.fileobj
+                    if sock is self._listener:
+                        self._accept()
+                    elif sock is self._wake_read:
+                        continue
+                    elif sock in self._conns:
+                        self._step(sock)
+                now = time.monotonic()
+                for sock in [s for s, state in self._conns.items() if state[0] <= now]:
+                    self._drop(sock)  # in accept order, so the loop stops early in practice; at most 128
+        except Exception:  # noqa: BLE001 - the endpoint must never take the peer down: say so once and stop
+            logger.exception("metrics endpoint stopped")
+        finally:
+            for sock in list(self._conns):
+                self._drop(sock)
+            for sock in (self._listener, self._wake_read, self._wake_write):
+                try:
+                    self._selector.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                sock.close()
+            self._selector.close()
+
+    def _accept(self) -> None:
+        for _ in range(64):  # a burst is accepted over a few rounds, so the connections already in are served too
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of file descriptors: drop the oldest to make room, then try again
+                if self._conns:
+                    self._drop(next(iter(self._conns)))
+                return
+            while len(self._conns) >= self.max_connections:
+                self._drop(next(iter(self._conns)))
+            sock.setblocking(False)
+            self._conns[sock] = [time.monotonic() + self.timeout, bytearray(), None]
+            self._selector.register(sock, selectors.EVENT_READ, None)
+
+    def _drop(self, sock) -> None:
+        self._conns.pop(sock, None)
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        sock.close()
+
+    def _step(self, sock) -> None:
+        """Read more of a request, or write more of an answer."""
+        state = self._conns[sock]
+        try:
+            if state[2] is None:
+                data = sock.recv(65536)
+                if not data:
+                    self._drop(sock)
+                    return
+                state[1] += data
+                if b"\r\n\r\n" not in state[1]:
+                    if len(state[1]) > _MAX_HEAD:
+                        self._drop(sock)
+                    return
+                state[2] = memoryview(self._answer(bytes(state[1])))
+                self._selector.modify(sock, selectors.EVENT_WRITE, None)
+            sent = sock.send(state[2])
+            state[2] = state[2][sent:]
+            if not len(state[2]):
+                self._drop(sock)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(sock)
+
+    def _answer(self, request: bytes) -> bytes:
+        """The whole HTTP answer to one request head, from prometheus_client's WSGI app."""
+        head = request.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        parts = head[0].split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        method, target, version = parts
+        path, _, query = target.partition("?")
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": unquote(path), "QUERY_STRING": query,
+                   "SERVER_PROTOCOL": version, "SERVER_NAME": "teft", "SERVER_PORT": str(self.server_port),
+                   "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http", "wsgi.errors": io.StringIO()}
+        for line in head[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                environ["HTTP_" + name.strip().upper().replace("-", "_")] = value.strip()
+        started: list = []
+        body = b"".join(self._app(environ, lambda status, headers, exc_info=None: started.extend((status, headers))))
+        status, headers = started
+        lines = [f"HTTP/1.0 {status}", f"Date: {formatdate(usegmt=True)}", *(f"{k}: {v}" for k, v in headers),
+                 f"Content-Length: {len(body)}", "Connection: close"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def metric_names() -> set[str]:

@@ -98,3 +98,71 @@ def test_status_of_the_finished_cycles(observed):
     before = collect(dht, manifest, now=manifest.genesis - 5)
     assert before["cycle"] < 0 and before["peers_by_role"] == {"miner": 1, "validator": 1}
     assert "before genesis" in render(before) and "peers waiting: 2" in render(before)
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[bytes, dict]:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as response:
+        return response.read(), dict(response.headers)
+
+
+@pytest.mark.timeout(60)
+def test_idle_connections_cost_no_threads_and_a_scrape_still_answers():
+    """300 connections that never send a byte: the process's thread count stays where it was (before: one
+    thread per connection, about 300 more), and a scrape is answered at once; they are closed after the
+    per-connection deadline."""
+    import socket
+
+    from swarm.protocol.metrics import Metrics
+
+    metrics = Metrics("miner", "run", "peer")
+    metrics.set_phase(2, "commit")
+    server = metrics.serve(0)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    idle: list[socket.socket] = []
+    try:
+        before = threading.active_count()
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", server.server_port), timeout=5))
+        time.sleep(1.0)  # every connection reached the server
+        during = threading.active_count()
+        start = time.perf_counter()
+        body, _ = _get(url)
+        took = time.perf_counter() - start
+        assert during - before <= 2, (before, during)
+        assert took < 2.0, took
+        assert value(body.decode(), "teft_cycle") == 2
+        # the idle ones are closed by the server within its deadline (EOF on our side)
+        idle[-1].settimeout(server.timeout + 3)
+        assert idle[-1].recv(1) == b""
+    finally:
+        for s in idle:
+            s.close()
+        server.shutdown()
+    with pytest.raises(OSError):  # the port is closed with the server
+        socket.create_connection(("127.0.0.1", server.server_port), timeout=2).close()
+
+
+def test_metrics_output_is_prometheus_clients_own():
+    """Body and headers of /metrics (plain and gzip) are what prometheus_client's start_http_server sends."""
+    from prometheus_client import start_http_server
+
+    from swarm.protocol.metrics import Metrics
+
+    metrics = Metrics("validator", "run", "peer")
+    metrics.set_phase(1, "train")
+    metrics.observe_dht("get", 0.02)
+    ours = metrics.serve(0)
+    theirs, _ = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        for headers in ({}, {"Accept-Encoding": "gzip"}, {"Accept": "application/openmetrics-text"}):
+            mine, my_headers = _get(f"http://127.0.0.1:{ours.server_port}/metrics", headers)
+            reference, their_headers = _get(f"http://127.0.0.1:{theirs.server_port}/metrics", headers)
+            assert mine == reference, headers
+            for name in ("Content-Type", "Content-Encoding"):
+                assert my_headers.get(name) == their_headers.get(name), name
+        assert _get(f"http://127.0.0.1:{ours.server_port}/metrics?name[]=teft_cycle")[0] == \
+            _get(f"http://127.0.0.1:{theirs.server_port}/metrics?name[]=teft_cycle")[0]
+    finally:
+        ours.shutdown()
+        theirs.shutdown()
+        theirs.server_close()
