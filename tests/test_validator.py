@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from swarm_double import FEW_STEPS, heldout_math_blocks
 
 from swarm.launch import write_manifest
@@ -13,8 +15,10 @@ from swarm.net.identity import load_or_create
 from swarm.protocol.manifest import load
 from swarm.protocol.runtime import load_runtime
 from swarm.roles.miner import train_submission
-from swarm.roles.validator import judge, yardstick
+from swarm.roles.validator import judge, validation_batches, yardstick
+from swarm.sim.adversaries.drift import NORM_MARGIN, harm_state
 from swarm.sim.adversaries.overfit import within_norm
+from teft.pol import state_loss
 from teft.state import to_bytes
 
 
@@ -56,3 +60,32 @@ def test_without_private_data_the_public_split_is_the_yardstick(rt):
     scoring = {tuple(row) for b in stick.batches for row in b.tolist()}
     check = [tuple(row) for b in yardstick(rt, rt.initial_state, b"seed").public for row in b.tolist()]
     assert len(check) == len(scoring) // 4 and set(check) <= scoring
+
+
+def test_a_general_harm_update_passes_every_check_while_raising_general_loss_far_more_than_an_honest_one(rt):
+    """An open gap, pinned: Proof-of-Loss measures math alone, and no validator check measures general loss.
+
+    With the embedded default's inner loop, an update trained on L_math - 0.5 L_general (the general-harm
+    adversary) is scored like an honest one while its general loss rises several times as far. No general-loss
+    threshold was added: over 36 honest and 18 such updates (cycle 0, 3-4 seeds each) honest drift ranged
+    0.007-0.065 nats and the adversary's 0.065-0.19 on 8-block general subsets, with no margin between them
+    (0.055 / 0.072 on 16 blocks), and honest drift does not grow with the gain (swarm/sim/adversaries/drift.py).
+    When a check is added, this test must flip to expect the adversary's zero."""
+    default = copy.copy(rt)
+    default.private_blocks = None  # the public yardstick: deterministic, unlike freshly drawn held-out data
+    tiny_inner = yaml.safe_load(Path("configs/tiny.yaml").read_text())["inner"]
+    default.manifest = rt.manifest.model_copy(update={"inner": rt.manifest.inner.model_copy(update={
+        k: tiny_inner[k] for k in ("steps", "lr", "batch_size")})})
+    stick = yardstick(default, rt.initial_state, b"seed")
+    general = validation_batches(default, b"seed", rt.general_blocks, count=16)
+    general_base = state_loss(rt.model, rt.layout, rt.initial_state, general)
+
+    honest = train_submission(default, rt.initial_state, "honest", 0).state
+    harm = within_norm(harm_state(default, rt.initial_state, "harm", 0, rt.general_blocks), rt.initial_state,
+                       NORM_MARGIN * rt.manifest.max_delta_norm)
+    drift = {}
+    for name, state, digest in (("honest", honest, "h" * 64), ("harm", harm, "g" * 64)):
+        verdict = judge(default, rt.initial_state, stick, name, digest, to_bytes(state, rt.payload_dtype))
+        assert verdict.reason is None and verdict.score > 0, verdict
+        drift[name] = state_loss(rt.model, rt.layout, state, general) - general_base
+    assert drift["harm"] > 2 * max(drift["honest"], 0.0) and drift["harm"] > 0.05, drift  # 0.160 / 0.023
