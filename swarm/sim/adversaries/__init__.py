@@ -12,11 +12,13 @@ promise; the tests and the report check that it is stopped.
                state-forger: an allowlisted validator's crafted state of the right shapes, ground to win a tie
     dhtabuse   dht-blinder (a non-canonical subkey), subkey-spammer (1000 subkeys under one key)
     overfit    val-overfit: trains on the public validation split
+    drift      general-harm: trains on L_target - 0.5 L_general (not stopped: see README; not in `all`)
 """
 
 from __future__ import annotations
 
 from swarm.sim.adversaries.dhtabuse import DhtBlinder, SubkeySpammer
+from swarm.sim.adversaries.drift import GeneralHarm
 from swarm.sim.adversaries.flood import SeedGrinder, SybilFlood
 from swarm.sim.adversaries.overfit import ValOverfit
 from swarm.sim.adversaries.payload import Copycat, FreeRider, Late, Liar, PayloadMiner, Replay, corrupt
@@ -41,11 +43,12 @@ ADVERSARIES: dict[str, type] = {
     "dht-blinder": DhtBlinder,
     "subkey-spammer": SubkeySpammer,
     "val-overfit": ValOverfit,
+    "general-harm": GeneralHarm,
 }
 NEW = ("sybil-flood", "seed-grinder", "slow-server", "slowloris", "state-liar", "state-forger", "dht-blinder",
        "subkey-spammer", "val-overfit")
 SHOWN = ("free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late", "liar", *NEW)  # `all`
-EXTRA = ("wrong-shape", "extra-keys", "stranger")  # for the tests
+EXTRA = ("wrong-shape", "extra-keys", "stranger", "general-harm")  # for the tests; general-harm passes every check
 
 __all__ = ["ADVERSARIES", "EXTRA", "NEW", "SHOWN", "corrupt", "role_for", "role_kind"]
 
