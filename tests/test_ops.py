@@ -44,13 +44,15 @@ def test_a_cycle_log_sets_the_gauges():
     m = Metrics("validator", "run", "me")
     log = CycleLog(3, "validator", "me", scores={"minerA": 0.2, "minerB": 0.0}, rejected={"minerB": "x has dtype"},
                    medians={"minerA": 0.2}, merged=["minerA"], quorum_met=True, state_hash="h", agreed_hash="h",
+                   state_votes={"v1": "h", "v2": "h", "v3": "x"}, state_dissent=["v3"], state_silent=["v4"],
                    bytes_in=100, bytes_out=7, phase_seconds={"evaluate": 3.0})
     m.record_cycle(log, {"miner": 2, "validator": 1}, evaluate_length=15.0)
     text = m.scrape()
     for line in ('teft_submissions_total{stage="committed"} 2.0', 'teft_submissions_total{stage="fetched"} 2.0',
                  'teft_submissions_rejected_total{reason="dtype"} 1.0', 'teft_score{miner="minerA"} 0.2',
                  "teft_state_agreement 1.0", "teft_bytes_in_total 100.0", "teft_evaluate_time_used_ratio 0.2",
-                 'teft_peers_seen{role="miner"} 2.0'):
+                 'teft_peers_seen{role="miner"} 2.0', 'teft_state_validators{published="agreed"} 2.0',
+                 'teft_state_validators{published="other"} 1.0', 'teft_state_validators{published="none"} 1.0'):
         assert line in text, line
 
 

@@ -377,6 +377,7 @@ class Peer:
         lo = cycle.log
         vote, _ = self.state_vote(cycle.number)
         lo.agreed_hash = vote.agreed or ""
+        lo.state_votes = {peer_key_of(v): h for v, h in sorted(vote.votes.items())}
         lo.state_dissent = [peer_key_of(v) for v in vote.dissent]
         lo.state_silent = [peer_key_of(v) for v in vote.silent]
         if vote.agreed is None and vote.votes:

@@ -25,6 +25,7 @@ class CycleLog:
     quorum_met: bool = False
     state_hash: str = ""
     agreed_hash: str = ""
+    state_votes: dict[str, str] = field(default_factory=dict)  # allowlisted validator -> the state hash it published
     state_dissent: list[str] = field(default_factory=list)  # allowlisted validators that published another state
     state_silent: list[str] = field(default_factory=list)  # allowlisted validators that published no state
     target_loss: float | None = None  # of Phi_{c+1}, on fixed blocks (validators)

@@ -70,6 +70,9 @@ class Metrics:
         self.agree = g("state_agreement", "1 if this peer's Phi_{c+1} hash equals the one the allowlisted "
                        "validators agreed on, 0 if not, -1 if there was nothing to compare")
         self.agreed_cycles = c("state_agreed_cycles_total", "cycles whose state hash matched the agreed one")
+        self.state_votes = g("state_validators", "allowlisted validators by what they published for the last "
+                             "finished cycle's state: agreed, other (a hash other than the strict quorum's), none",
+                             ("published",))
         self.cycles = c("cycles_total", "cycles this peer finished")
         self.bytes_in = c("bytes_in_total", "payload and state bytes received")
         self.bytes_out = c("bytes_out_total", "payload and state bytes served")
@@ -128,6 +131,11 @@ class Metrics:
                 self.agreed_cycles.inc()
         else:
             self.agree.set(-1)
+        votes = log.state_votes.values()
+        self.state_votes.labels("agreed").set(sum(h == log.agreed_hash for h in votes) if log.agreed_hash else 0)
+        self.state_votes.labels("other").set(sum(h != log.agreed_hash for h in votes) if log.agreed_hash
+                                             else len(votes))
+        self.state_votes.labels("none").set(len(log.state_silent))
         self.bytes_in.inc(max(log.bytes_in, 0))
         self.bytes_out.inc(max(log.bytes_out, 0))
         if log.train_loss:
