@@ -200,15 +200,20 @@ async def read_without_ack(p2ps: list, targets: dict[str, list[str]], wanted: di
 
 
 class SlowReader(Miner):
-    """Trains nothing; from evaluate to the end of reduce, reads every revealed payload from every miner under
-    throwaway libp2p identities, never ACKing (read_without_ack)."""
+    """Trains nothing; from the moment the cycle's reveals appear to the end of reduce, reads every revealed
+    payload from every miner under throwaway libp2p identities, never ACKing (read_without_ack), so the
+    streams are held while the validators fetch in evaluate."""
 
     def __init__(self, peer):
         super().__init__(peer)
         self.p2ps: list = []
+        self.attacking: int | None = None  # the cycle whose attack is running
 
     def on_train(self, cycle: Cycle) -> None:
-        pass
+        loop = getattr(self.peer.net, "loop", None)
+        if getattr(self.peer.net, "p2p", None) is not None and loop is not None:
+            with suppress(Exception):  # made now, so the attack starts the moment reveals appear
+                self.identities(loop)
 
     def identities(self, loop) -> list:
         """SLOW_READER_KEYS throwaway P2P daemons on the peer's loop, made once (each a fresh key)."""
@@ -223,11 +228,25 @@ class SlowReader(Miner):
                 atexit.register(p2p._terminate)  # their p2pd children must not outlive this process
         return self.p2ps
 
+    def on_reveal(self, cycle: Cycle) -> None:
+        p = self.peer
+        end = p.clock.phase_end(cycle.number, "reveal")
+        while not p.stop.is_set() and self.attacking != cycle.number and p.now() < end:
+            p.wait_until(min(p.now() + 1.0, end))  # the miners reveal at the start of the phase
+            self.attack(cycle, quiet=True)
+
     def on_evaluate(self, cycle: Cycle) -> None:
+        if self.attacking != cycle.number:
+            self.attack(cycle, quiet=False)
+
+    def attack(self, cycle: Cycle, quiet: bool) -> None:
+        """Start reading what this cycle's reveals name, until the end of reduce (once per cycle)."""
         p = self.peer
         loop = getattr(p.net, "loop", None)
         if getattr(p.net, "p2p", None) is None or loop is None:
-            cycle.log.note += "no libp2p daemon to open streams on (in-memory network); "
+            if not quiet:
+                cycle.log.note += "no libp2p daemon to open streams on (in-memory network); "
+            self.attacking = cycle.number
             return
         from swarm.net.wire import protocol_name
 
@@ -236,7 +255,8 @@ class SlowReader(Miner):
             if pid != p.me:
                 wanted.setdefault(pid, []).append((signed.record.payload_hash, signed.record.size))
         if not wanted:
-            cycle.log.note += "no reveals to read; "
+            if not quiet:
+                cycle.log.note += "no reveals to read; "
             return
         addresses = p.addresses(cycle.number)
         targets = {pid: addresses.get(pid, []) for pid in wanted}
@@ -244,7 +264,9 @@ class SlowReader(Miner):
             p2ps = self.identities(loop)
         except Exception as err:  # noqa: BLE001 - no daemons, no attack: say so in the log
             cycle.log.note += f"could not start throwaway identities ({type(err).__name__}); "
+            self.attacking = cycle.number
             return
+        self.attacking = cycle.number
         until = time.time() + (p.clock.phase_end(cycle.number, "reduce") - p.now())
         job = asyncio.run_coroutine_threadsafe(
             read_without_ack(p2ps, targets, wanted, protocol_name(p.run_id), until), loop.loop)
