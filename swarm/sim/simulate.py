@@ -6,8 +6,9 @@ process it started (also on Ctrl-C), and writes report.json, plots and summary.m
 
 Adversaries misbehave on purpose, one process each: free-rider, noise, poison, nan, oversize, copycat,
 replay, late (miners) and liar (an allowlisted validator that inverts its ranking); sybil-flood (200
-throwaway keys, $TEFT_SYBILS), slow-server, slowloris, state-liar, dht-blinder, subkey-spammer and
-val-overfit (miners that attack liveness, the agreed state, the DHT and Proof-of-Loss); `all` adds all 16.
+throwaway keys, $TEFT_SYBILS), seed-grinder, slow-server, slowloris, slow-reader, state-liar, dht-blinder,
+subkey-spammer and val-overfit (miners that attack liveness, the agreed state, the DHT and Proof-of-Loss),
+and state-forger (an allowlisted validator that publishes a crafted state); `all` adds all 19.
 """
 
 from __future__ import annotations

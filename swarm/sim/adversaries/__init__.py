@@ -7,7 +7,8 @@ promise; the tests and the report check that it is stopped.
     payload    malformed or unearned payloads, late and copied commits, a lying validator
     flood      sybil-flood: many throwaway keys commit and reveal what nobody serves; seed-grinder: reveals
                only the keys the validators' seeds order first, each at an address that never speaks
-    stalling   slow-server (never sends what it revealed), slowloris (idle streams to validators)
+    stalling   slow-server (never sends what it revealed), slowloris (idle streams to validators), slow-reader
+               (reads every revealed payload from throwaway keys and never acknowledges)
     state      state-liar: a crafted state hash, claimed ahead, served as a checkpoint that does not fit;
                state-forger: an allowlisted validator's crafted state of the right shapes, ground to win a tie
     dhtabuse   dht-blinder (a non-canonical subkey), subkey-spammer (1000 subkeys under one key)
@@ -22,7 +23,7 @@ from swarm.sim.adversaries.drift import GeneralHarm
 from swarm.sim.adversaries.flood import SeedGrinder, SybilFlood
 from swarm.sim.adversaries.overfit import ValOverfit
 from swarm.sim.adversaries.payload import Copycat, FreeRider, Late, Liar, PayloadMiner, Replay, corrupt
-from swarm.sim.adversaries.stalling import Slowloris, SlowServer
+from swarm.sim.adversaries.stalling import Slowloris, SlowReader, SlowServer
 from swarm.sim.adversaries.state import StateForger, StateLiar
 
 _PAYLOAD_KINDS = ("noise", "poison", "nan", "oversize", "wrong-shape", "extra-keys")
@@ -38,6 +39,7 @@ ADVERSARIES: dict[str, type] = {
     "seed-grinder": SeedGrinder,
     "slow-server": SlowServer,
     "slowloris": Slowloris,
+    "slow-reader": SlowReader,
     "state-liar": StateLiar,
     "state-forger": StateForger,
     "dht-blinder": DhtBlinder,
@@ -45,8 +47,8 @@ ADVERSARIES: dict[str, type] = {
     "val-overfit": ValOverfit,
     "general-harm": GeneralHarm,
 }
-NEW = ("sybil-flood", "seed-grinder", "slow-server", "slowloris", "state-liar", "state-forger", "dht-blinder",
-       "subkey-spammer", "val-overfit")
+NEW = ("sybil-flood", "seed-grinder", "slow-server", "slowloris", "slow-reader", "state-liar", "state-forger",
+       "dht-blinder", "subkey-spammer", "val-overfit")
 SHOWN = ("free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late", "liar", *NEW)  # `all`
 EXTRA = ("wrong-shape", "extra-keys", "stranger", "general-harm")  # for the tests; general-harm passes every check
 
