@@ -3,7 +3,7 @@
 import hashlib
 import time
 
-from swarm.protocol.work import meets, solve
+from swarm.net.work import meets, solve
 
 
 def _digest(i: int) -> str:

@@ -49,12 +49,21 @@ class PeerRecord(_Record):
 
     role: ShortStr
     version: ShortStr
-    maddrs: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=16)
+    # small, so that a key full of them (swarm/net/validation.MAX_SUBKEYS_PER_KEY) still reads in one message
+    maddrs: list[Annotated[str, Field(max_length=160)]] = Field(default_factory=list, max_length=8)  # announceable()
+
+
+MAX_MADDRS, MAX_MADDR_CHARS = 8, 160
+
+
+def announceable(maddrs: list[str]) -> list[str]:
+    """The addresses a peers record can carry: at most MAX_MADDRS, each at most MAX_MADDR_CHARS long."""
+    return [m for m in maddrs if len(m) <= MAX_MADDR_CHARS][:MAX_MADDRS]
 
 
 class CommitRecord(_Record):
     """A miner's binding commitment: commit_digest(run, cycle, miner, payload_hash), and the proof of work on it
-    (swarm/protocol/work.py) the run asks for."""
+    (swarm/net/work.py) the run asks for."""
 
     digest: Hex64
     nonce: int = Field(default=0, ge=0, lt=1 << 64)
@@ -71,6 +80,8 @@ class RevealRecord(_Record):
 
     payload_hash: Hex64
     size: int = Field(ge=0)
+    nonce: int = Field(default=0, ge=0, lt=1 << 64)  # the commit's proof of work again: honest nodes store a
+    #                                                 reveal only when it proves the commit it claims to open
 
 
 class SeedReveal(_Record):

@@ -30,8 +30,10 @@ from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils.serializer import MSGPackSerializer
 from hivemind.utils.timed_storage import TimedStorage, ValueWithExpiration, get_dht_time
 
-from swarm.net.identity import MAX_SUBKEY_BYTES, owner_subkey, public_key_from_subkey
-from swarm.net.records import MAX_VALUE_BYTES, check_value, record_key
+from swarm.errors import SwarmError
+from swarm.net.identity import MAX_SUBKEY_BYTES, owner_subkey, peer_key_of, public_key_from_subkey
+from swarm.net.records import MAX_VALUE_BYTES, check_value, commit_digest, record_key
+from swarm.net.work import meets
 
 logger = logging.getLogger("swarm.net.records")
 
@@ -40,7 +42,8 @@ MAX_LIFETIME_CYCLES = 4.25  # a record expires at most this many cycle lengths f
 VALIDATOR_KINDS = frozenset({"seed-commit", "seed-reveal", "ranking"})  # only allowlisted owners write these
 MINER_KINDS = frozenset({"commit", "reveal"})  # only listed miners, when the manifest lists miners
 MAX_SIGNED_VALUE_BYTES = MAX_VALUE_BYTES + 1024  # the value plus hivemind's `[signature:...]` (512 B at most)
-MAX_SUBKEYS_PER_KEY = 256  # records one node keeps under one key
+MAX_SUBKEYS_PER_KEY = 1024  # records one node keeps under one key: filling a commit key first costs 1024 proofs
+#                            of work a cycle; a full key of the largest records (peers) still reads in one message
 MAX_STORED_BYTES = 32 << 20  # what one node keeps in all, counted as below
 ENTRY_OVERHEAD = 256  # counted per record on top of its subkey and value bytes: Python's own objects
 RECOUNT_INTERVAL_S = 1.0  # a full node stops counting expired records again more often than this
@@ -62,6 +65,7 @@ class CycleHorizon:
     cycle_length: float
     validators: frozenset[str] = field(default_factory=frozenset)  # canonical keys; empty: not enforced
     miners: frozenset[str] | None = None  # None: anyone may commit
+    work_bits: int = 0  # the proof of work a commit must carry to be stored (swarm/net/work.py)
 
     def __call__(self) -> int:
         """The latest cycle a record may be for right now: the current one plus one."""
@@ -96,7 +100,8 @@ class CycleHorizon:
 
 def run_horizon(manifest: Any) -> CycleHorizon:
     """The bounds every DHT node of this manifest's run enforces: its clock and its allowlists."""
-    return manifest.horizon().admitting(manifest.validators, manifest.miners)
+    return replace(manifest.horizon().admitting(manifest.validators, manifest.miners),
+                   work_bits=manifest.commit_work_bits)
 
 
 class OwnerKeyCheck(RecordValidatorBase):
@@ -147,10 +152,14 @@ class SchemaCheck(RecordValidatorBase):
         if not (isinstance(value, dict) and "kind" in value):
             return not self.strict
         try:
-            kind, run, cycle, _ = check_value(value, self.run_id)
+            kind, run, cycle, parsed = check_value(value, self.run_id)
         except ValueError as e:
             logger.debug("refusing a record: %s", e)
             return False
+        if self.horizon is not None and self.horizon.work_bits and kind in ("commit", "reveal"):
+            if not self._worked(kind, run, cycle, parsed, record.subkey):
+                logger.debug("refusing a %s without the run's proof of work", kind)
+                return False
         owner = owner_of_serialized_subkey(record.subkey)
         if owner is None:
             logger.debug("refusing a %s record whose subkey is not exactly one canonical owner marker", kind)
@@ -164,6 +173,18 @@ class SchemaCheck(RecordValidatorBase):
             logger.debug("refusing a %s record stored under a key other than its own", kind)
             return False
         return True
+
+    def _worked(self, kind: str, run: str, cycle: int, parsed, subkey: bytes) -> bool:
+        """Whether a commit, or a reveal (through the commit digest it opens), carries the run's proof of work:
+        a key of either kind can then be filled first only at that price per record."""
+        digest = parsed.digest if kind == "commit" else None
+        if digest is None:
+            owner = owner_of_serialized_subkey(subkey)
+            try:
+                digest = commit_digest(run, cycle, peer_key_of(owner), parsed.payload_hash)
+            except SwarmError:
+                return False
+        return meets(digest, parsed.nonce, self.horizon.work_bits)
 
     @property
     def priority(self) -> int:

@@ -330,7 +330,7 @@ class Peer:
             pos = self.clock.where(self.now())
             if pos.cycle < 0:  # announce ourselves for cycle 0 already, so `swarm.status` shows who waits
                 self.put(0, "peers", records.PeerRecord(role=self.role.kind, version=VERSION,
-                                                        maddrs=self.net.maddrs[:16]))
+                                                        maddrs=records.announceable(self.net.maddrs)))
                 logger.info("waiting %.0fs for genesis", self.clock.genesis - self.now())
                 self.wait_until(self.clock.genesis)
                 continue

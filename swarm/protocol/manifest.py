@@ -128,7 +128,7 @@ class Manifest(_Strict):
     quorum: int = Field(default=1, ge=1)
     max_submissions: int = Field(default=16, gt=0)  # submissions a validator evaluates per cycle, at most
     miners: list[str] | None = None  # admission: when set, only these miners' commits are evaluated (off: open)
-    # proof of work a commit needs to be tried (swarm/protocol/work.py): about 2^bits sha256 per key and cycle
+    # proof of work a commit needs to be tried (swarm/net/work.py): about 2^bits sha256 per key and cycle
     commit_work_bits: int = Field(default=0, ge=0, le=32)
     # the model's architecture by name, a transformers config under configs/shapes/ (tests check the budget,
     # payload size and dtype against it); informational: peers load the real checkpoint

@@ -47,7 +47,8 @@ class Role:
 
     def on_sync(self, cycle: Cycle) -> None:
         p = self.peer
-        p.put(cycle.number, "peers", records.PeerRecord(role=self.kind, version=VERSION, maddrs=p.net.maddrs[:16]))
+        p.put(cycle.number, "peers", records.PeerRecord(role=self.kind, version=VERSION,
+                                                        maddrs=records.announceable(p.net.maddrs)))
 
     def on_train(self, cycle: Cycle) -> None:
         pass

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 
 from swarm.net import records
+from swarm.net.work import solve
 from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
-from swarm.protocol.work import solve
 from swarm.roles.base import Role
 from teft.data import iterate_batches
 from teft.state import ExpertState, load_state, to_bytes
@@ -113,7 +113,7 @@ class Miner(Role):
         p = self.peer
         bound = records.commit_digest(p.run_id, number, p.me, digest)
         if nonce is None:
-            nonce = solve_in_phase(p, number, bound)
+            nonce = self.nonce = solve_in_phase(p, number, bound)
         if nonce is None:
             logger.warning("cycle %d: the commit's proof of work (%d bits) did not finish in the commit phase",
                            number, p.manifest.commit_work_bits)
@@ -125,4 +125,7 @@ class Miner(Role):
             self.reveal(cycle.number, self.payload[0])
 
     def reveal(self, number: int, digest: str) -> None:
-        self.peer.put(number, "reveal", records.RevealRecord(payload_hash=digest, size=self.peer.rt.payload_size))
+        """Publish the payload hash with the commit's proof of work (honest nodes store the reveal only with it)."""
+        p = self.peer
+        nonce = self.nonce if self.nonce is not None else 0
+        p.put(number, "reveal", records.RevealRecord(payload_hash=digest, size=p.rt.payload_size, nonce=nonce))

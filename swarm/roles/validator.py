@@ -3,11 +3,11 @@
     sync      draw a fresh secret seed (and, in cycle 0, measure the start state for the report)
     commit    publish H(seed, cycle, validator id); watch the miners' and validators' commits until
               just after the commit phase ends: a commit first seen later never counts
-    reveal    watch the miners' reveals until the middle of the reveal phase (a reveal first seen later
+    reveal    watch the miners' reveals until 60% into the reveal phase (a reveal first seen later
               never counts), then publish the seed
     evaluate  combine the allowlisted validators' revealed seeds into the evaluation seed, draw the
               validation subset from it, order the commits that revealed in time (last cycle's merged
-              miners first, then by the seed, one key per announced address first), fetch at most
+              miners first, then by the seed, keys with an address of their own first), fetch at most
               16 x max_submissions of them, 8 at once, and judge the first max_submissions as they arrive
               (keys, shapes, dtype, finiteness, delta norm, Proof-of-Loss) while time is left; publish the
               ranking of the positive scores
@@ -31,10 +31,10 @@ import torch
 
 from swarm.net import records
 from swarm.net.records import SignedRecord
+from swarm.net.work import meets
 from swarm.protocol.consensus import Score, decide, ranking_record
 from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
-from swarm.protocol.work import meets
 from swarm.roles.base import Role
 from teft.data import subset
 from teft.errors import TeftError
@@ -118,11 +118,15 @@ FETCHES_PER_SLOT = 16  # payloads a validator may try to fetch per evaluation it
 #                        nothing costs a failed connect (~0.1 s, 8 at once), and the phase's clock bounds the rest
 
 
+REVEAL_SHARE = 0.6  # a DHT store takes seconds under load: honest reveals need most of the phase to be seen
+
+
 def reveal_deadline(clock, number: int) -> float:
-    """The last moment a miner's reveal counts: the middle of the reveal phase. Validators reveal their
-    seeds only then, so the evaluation order is fixed by randomness nobody knew while reveals counted."""
+    """The last moment a miner's reveal counts: REVEAL_SHARE into the reveal phase. Validators reveal their
+    seeds only then, so the evaluation order is fixed by randomness nobody knew while reveals counted; the
+    rest of the phase lets the seeds reach every validator before the evaluate phase reads them."""
     start, end = clock.phase_start(number, "reveal"), clock.phase_end(number, "reveal")
-    return start + (end - start) / 2
+    return start + (end - start) * REVEAL_SHARE
 
 
 def endpoint(maddr: str) -> str:
@@ -196,6 +200,13 @@ class Validator(Role):
         # try up to FETCHES_PER_SLOT x the cap in that order (a payload that never arrives costs a failed fetch,
         # not an evaluation) and judge the first `cap` that arrive, as they arrive: a flood of keys that serve
         # nothing cannot crowd out the miners that do, and fetching runs beside the judging, never before it
+        announced, unannounced = p.addresses(c), 0
+        for pid, _ in list(candidates):  # reaching a key with no address costs the daemon a DHT lookup: a few only
+            if pid not in announced:
+                unannounced += 1
+                if unannounced > cap:
+                    candidates.remove((pid, _))
+                    log.rejected[pid] = f"announced no addresses (at most {cap} such keys are tried)"
         tried = candidates[:FETCHES_PER_SLOT * cap]
         if len(candidates) > len(tried):
             log.note += f"{len(candidates) - len(tried)} submissions over the fetch cap of {len(tried)} not tried; "
@@ -243,13 +254,12 @@ class Validator(Role):
         scores.append(result)
 
     def candidates(self, cycle: Cycle) -> list[tuple[str, str]]:
-        """(miner, payload hash) of every commit seen in time, with the run's proof of work, from a peer that
-        announced its addresses, whose reveal was seen in time, matches it and is not a replay."""
+        """(miner, payload hash) of every commit seen in time, with the run's proof of work, whose reveal was
+        seen in time, matches it and is not a replay."""
         p, log, c = self.peer, cycle.log, cycle.number
         reveals = self.seen.get("reveal", {})
         late = p.get(c, "reveal")  # only to say why a commit is not tried: these reveals never count
         admitted = None if p.manifest.miners is None else set(p.manifest.miners)
-        announced = p.addresses(c)
         found = []
         for pid, commit in sorted(self.seen["commit"].items()):
             if admitted is not None and commit.owner not in admitted:
@@ -261,10 +271,6 @@ class Validator(Role):
             if reveal is None:
                 log.rejected[pid] = "revealed after the reveal deadline" if pid in late \
                     else "committed but did not reveal"
-                continue
-            if pid not in announced:  # every peer announces its addresses in sync; trying to route to a key
-                # that never did costs a DHT lookup in the daemon, and a flood of them slowed every judgement
-                log.rejected[pid] = "announced no addresses (no peers record this cycle or the last)"
                 continue
             digest = reveal.record.payload_hash
             if records.commit_digest(p.run_id, c, pid, digest) != commit.record.digest:
@@ -280,10 +286,11 @@ class Validator(Role):
     def order(self, number: int, seed: bytes, candidates: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """The order submissions are tried in, which no miner chooses: the miners the swarm merged last cycle
         first (a flood of fresh keys cannot crowd out proven ones), then by the combined seed, which nobody
-        knew while reveals still counted; a key that announced an address an earlier key in that order
-        announced too goes after every key with an address of its own (a thousand keys behind one listener
-        cost one try before the others). Every validator computes the same order, so the medians compare
-        the same submissions."""
+        knew while reveals still counted; a key that announced no address, or one an earlier key in that order
+        announced too, goes after every key with an address of its own (a thousand keys behind one listener
+        cost one try before the others, and reaching a key with no address costs a DHT lookup in the daemon;
+        such a key is not refused, since a key full of strangers' peers records could then hide honest miners).
+        Every validator computes the same order, so the medians compare the same submissions."""
         p = self.peer
         proven = set()
         if self.decided[0] == number - 1:  # our own reduce decided it: no DHT read on the evaluate phase's clock
@@ -295,7 +302,7 @@ class Validator(Role):
         announced, taken, rank = p.addresses(number), set(), {}
         for i, (pid, _) in enumerate(by_seed):
             places = {endpoint(m) for m in announced.get(pid, [])}
-            rank[pid] = (pid not in proven, bool(places & taken), i)
+            rank[pid] = (pid not in proven, not places or bool(places & taken), i)
             taken |= places
         return sorted(by_seed, key=lambda pc: rank[pc[0]])
 

@@ -82,8 +82,8 @@ def _private(p: int, q: int, e: int) -> rsa.RSAPrivateKey:
 
 @pytest.fixture(scope="module")
 def fresh_keys() -> list[rsa.RSAPrivateKey]:
-    """306 distinct, valid 2048-bit e=65537 keys, cheaply: the primes of 18 generated keys, crossed."""
-    bases = [rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers() for _ in range(18)]
+    """1056 distinct, valid 2048-bit e=65537 keys, cheaply: the primes of 33 generated keys, crossed."""
+    bases = [rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers() for _ in range(33)]
     keys = [_private(a.p, b.q, 65537) for a in bases for b in bases if a is not b]
     assert all(k.key_size == 2048 for k in keys)
     return keys
@@ -405,7 +405,7 @@ def test_a_flood_stored_one_cycle_ahead_blinds_nobody(honest, fresh_keys):
 def test_a_full_key_refuses_new_owners_but_never_the_allowlist(honest, fresh_keys):
     ids, nodes = honest
     put(ids[2], nodes[2], "peers")  # a miner announced before the flood
-    flood = [_forged("peers", _text(k), k) for k in fresh_keys[:300]]
+    flood = [_forged("peers", _text(k), k) for k in fresh_keys[:MAX_SUBKEYS_PER_KEY + 30]]
     accepted = attack(honest, flood)
     put(ids[0], nodes[0], "peers")  # an allowlisted validator announces after it
     slowest = 0.0
@@ -436,3 +436,34 @@ def test_a_record_pushed_into_the_cache_hides_nothing(honest, fresh_keys, make_i
         assert set(found) == {ids[2].peer_key, records.peer_key_of(_text(key))}
     finally:
         reader.shutdown()
+
+
+def test_commits_and_reveals_without_the_runs_proof_of_work_are_not_stored():
+    """With commit_work_bits set, an honest node stores a commit, or a reveal, only with its proof of work:
+    filling their keys with free keys first would otherwise cost nothing."""
+    from dataclasses import replace
+
+    from swarm.net.identity import peer_key_of
+    from swarm.net.validation import SchemaCheck
+    from swarm.net.work import meets, solve
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    check = SchemaCheck(run_id=RUN, horizon=replace(_horizon([]), work_bits=12))
+    digest = "ab" * 32
+
+    def stored(nonce: int, kind: str = "commit") -> bool:
+        fields = records.CommitRecord(digest=digest, nonce=nonce) if kind == "commit" else \
+            records.RevealRecord(payload_hash=payload, size=1, nonce=nonce)
+        value = records.make_value(RUN, NOW, kind, fields)
+        key_id = DHTID.generate(source=records.record_key(RUN, NOW, kind))
+        subkey = MSGPackSerializer.dumps(b"[owner:" + _text(key).encode() + b"]")
+        return check.validate(DHTRecord(key_id.to_bytes(), subkey, MSGPackSerializer.dumps(value),
+                                        get_dht_time() + CYCLE_S))
+
+    work = solve(digest, 12)
+    unworked = next(n for n in range(1000) if not meets(digest, n, 12))
+    assert stored(work) and not stored(unworked)
+    payload = "cd" * 32  # a reveal proves the commit it opens: the digest binds the owner's peer id and payload
+    opened = records.commit_digest(RUN, NOW, peer_key_of(_text(key)), payload)
+    assert stored(solve(opened, 12), "reveal") and not stored(next(n for n in range(1000)
+                                                                   if not meets(opened, n, 12)), "reveal")

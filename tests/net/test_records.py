@@ -51,12 +51,18 @@ def test_digests_bind_every_input():
     assert seed_digest(b"\x01" * 32, 2, "QmV") != seed_digest(b"\x01" * 32, 3, "QmV")
 
 
-def test_oversize_refused_before_storing():
+def test_oversize_refused_before_storing(monkeypatch):
     class NoStore:
         def store(self, *a, **k):
             raise AssertionError("must not reach the DHT")
 
-    maddrs = [f"/ip4/127.0.0.1/tcp/{i}/p2p/" + "Q" * 225 for i in range(16)]  # each field valid, the whole too big
+    # a peers record holds at most 8 addresses of 160 characters, so that a key full of them reads in one message
+    long = [f"/ip4/127.0.0.1/tcp/{i}/p2p/" + "Q" * 46 for i in range(16)]
+    with pytest.raises(RecordError, match="schema"):
+        store_record(NoStore(), RUN, 1, "peers", {"role": "miner", "version": "1", "maddrs": long}, None,
+                     get_dht_time() + 60)
+    maddrs = [f"/ip4/127.0.0.1/tcp/{i}/p2p/" + "Q" * 130 for i in range(8)]  # each field valid, the whole too big
+    monkeypatch.setattr("swarm.net.records.MAX_VALUE_BYTES", 1024)
     with pytest.raises(RecordError, match="cap"):
         make_value(RUN, 1, "peers", PeerRecord(role="miner", version="1", maddrs=maddrs))
     with pytest.raises(RecordError, match="cap"):

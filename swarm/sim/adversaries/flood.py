@@ -28,8 +28,8 @@ from swarm import VERSION
 from swarm.net import records
 from swarm.net.identity import Identity, _wrap, owner_subkey, peer_key_of
 from swarm.net.validation import SchemaCheck
+from swarm.net.work import solve
 from swarm.protocol.cyclelog import Cycle
-from swarm.protocol.work import solve
 from swarm.roles.miner import Miner
 from swarm.roles.validator import FETCHES_PER_SLOT, combined_seed
 from teft.files import atomic_write
@@ -170,7 +170,7 @@ class SybilFlood(Miner):
         from it (the libp2p handshake then fails: the daemon there has another peer id); the rest announce
         nothing and are refused before any fetch."""
         super().on_sync(cycle)
-        maddrs = self.peer.net.maddrs[:16]
+        maddrs = records.announceable(self.peer.net.maddrs)
         self.flood(cycle, "peers", lambda t: records.PeerRecord(role="miner", version=VERSION, maddrs=maddrs),
                    self.sybils[::2])
 
@@ -202,7 +202,7 @@ class SybilFlood(Miner):
         if self.fakes:
             size = self.peer.rt.payload_size
             self.flood(cycle, "reveal", lambda t: records.RevealRecord(payload_hash=self.fakes[t.peer_key],
-                                                                       size=size),
+                                                                       size=size, nonce=self.work[t.peer_key]),
                        [t for t in self.sybils if t.peer_key in self.fakes])
 
     def flood(self, cycle: Cycle, kind: str, make, keys: list[Throwaway] | None = None) -> None:
@@ -258,8 +258,8 @@ class SeedGrinder(SybilFlood):
                  hashlib.sha256(seed + t.peer_key.encode()).digest() < first_honest]  # tried before any honest one
         chosen = (ahead or ranked)[:FETCHES_PER_SLOT * p.manifest.max_submissions]
         size = p.rt.payload_size
-        self.flood(cycle, "reveal", lambda t: records.RevealRecord(payload_hash=self.fakes[t.peer_key], size=size),
-                   chosen)
+        self.flood(cycle, "reveal", lambda t: records.RevealRecord(payload_hash=self.fakes[t.peer_key], size=size,
+                                                                   nonce=self.work[t.peer_key]), chosen)
 
     def wait_for_seeds(self, c: int) -> bytes | None:
         """The combined evaluation seed, computed as validators do, once every allowlisted validator that
