@@ -28,7 +28,7 @@ class Network:
         self.maddrs = visible_maddrs(dht)
 
     def fetch(self, peers: list[str], digest: str, size: int, maddrs: dict[str, list[str]], exact: bool,
-              on_failure: Callable[[str, str], None] | None = None, max_parallel: int = 8) -> bytes:
+              on_failure: Callable[[str, str], None] | None = None, max_parallel: int = 2) -> bytes:
         """The bytes hashing to `digest` from whichever of `peers` serves them first, asking up to max_parallel
         at once in the order given; TransferError if none. on_failure hears of each holder that failed."""
         rounds = -(-max(len(peers), 1) // max_parallel)

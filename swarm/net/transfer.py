@@ -55,6 +55,8 @@ async def _connect(p2p: P2P, peer_id: PeerID, maddrs: Sequence[str | Multiaddr] 
 
 
 FIRST_BYTE_S = 3.0  # dial, open a stream, and the answer's first frame: an honest server needs well under this
+STALL_S = 5.0  # then every frame's head within this, and its body at MIN_FRAME_RATE: a holder that sends a header
+MIN_FRAME_RATE = 64 * 1024  # and then nothing (or a trickle) fails in seconds, not after the whole timeout
 
 
 async def _fetch(
@@ -80,15 +82,20 @@ async def _fetch(
         receiver = Receiver(wanted, expected_size, exact)
         first = True
         while True:
-            head = reader.readexactly(FRAME_HEAD)
             try:
-                head = await (asyncio.wait_for(head, FIRST_BYTE_S) if first else head)
+                head = await asyncio.wait_for(reader.readexactly(FRAME_HEAD), FIRST_BYTE_S if first else STALL_S)
             except TimeoutError:
-                raise ConnectionError(f"no answer within {FIRST_BYTE_S:g}s of the request") from None
+                raise ConnectionError(f"no answer within {FIRST_BYTE_S:g}s of the request" if first
+                                      else f"stalled: no frame for {STALL_S:g}s") from None
             first = False
             length = receiver.body_length(head)
             before = len(receiver.buf)
-            data = receiver.take(await reader.readexactly(length))
+            try:
+                body = await asyncio.wait_for(reader.readexactly(length), STALL_S + length / MIN_FRAME_RATE)
+            except TimeoutError:
+                raise ConnectionError(f"stalled: a {length}-byte frame took over "
+                                      f"{STALL_S + length / MIN_FRAME_RATE:.0f}s") from None
+            data = receiver.take(body)
             stats.bytes_in += len(receiver.buf) - before
             if data is not None:
                 break
