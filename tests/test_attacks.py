@@ -15,7 +15,7 @@ from swarm.protocol.consensus import agree_on_state
 from swarm.roles import Miner, Validator
 from swarm.roles.validator import FETCHES_PER_SLOT
 from swarm.sim.adversaries import role_for
-from swarm.sim.adversaries.flood import SYBILS_ENV, MultiKeySigner, throwaway_keys
+from swarm.sim.adversaries.flood import GRINDER_KEYS_ENV, SYBILS_ENV, MultiKeySigner, throwaway_keys
 from teft.errors import TeftError
 
 CYCLES = 2
@@ -168,7 +168,7 @@ def ground(tmp_path_factory):
     a validator tries (max_submissions 1: 16 tries): without a reveal deadline before the seeds are out, no
     honest miner would ever be tried."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(SYBILS_ENV, str(GRINDER_KEYS))
+        mp.setenv(GRINDER_KEYS_ENV, str(GRINDER_KEYS))
         root = tmp_path_factory.mktemp("ground")
         validators = ["validator-0", "validator-1"]
         swarm = Swarm.tiny(root, validators, {"inner": {**FEW_STEPS, "steps": 4}, "quorum": 2,

@@ -179,7 +179,11 @@ class Peer:
             requests.append(FetchRequest(digest, size, [h for h in holders if h != self.me], exact=True))
             position[id(requests[-1])] = i
         if requests:  # a DHT read costs seconds under load: none when our store holds everything
+            began = wallclock.monotonic()
             maddrs = self.addresses(cycle)
+            if wallclock.monotonic() - began > 2.0:
+                logger.info("cycle %d: reading %d peers' addresses took %.1fs", cycle, len(maddrs),
+                            wallclock.monotonic() - began)
             for request in requests:
                 request.maddrs = maddrs
         stream = self.net.fetch_stream(requests, budget_s, max_parallel, timeout=timeout or max(budget_s / 4, 1.0)) \

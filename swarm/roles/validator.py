@@ -121,6 +121,9 @@ FETCHES_PER_SLOT = 16  # payloads a validator may try to fetch per evaluation it
 REVEAL_SHARE = 0.6  # a DHT store takes seconds under load: honest reveals need most of the phase to be seen
 
 
+UNREVEALED = "committed but did not reveal"
+
+
 def reveal_deadline(clock, number: int) -> float:
     """The last moment a miner's reveal counts: REVEAL_SHARE into the reveal phase. Validators reveal their
     seeds only then, so the evaluation order is fixed by randomness nobody knew while reveals counted; the
@@ -258,7 +261,6 @@ class Validator(Role):
         seen in time, matches it and is not a replay."""
         p, log, c = self.peer, cycle.log, cycle.number
         reveals = self.seen.get("reveal", {})
-        late = p.get(c, "reveal")  # only to say why a commit is not tried: these reveals never count
         admitted = None if p.manifest.miners is None else set(p.manifest.miners)
         found = []
         for pid, commit in sorted(self.seen["commit"].items()):
@@ -269,8 +271,7 @@ class Validator(Role):
                 continue
             reveal = reveals.get(pid)
             if reveal is None:
-                log.rejected[pid] = "revealed after the reveal deadline" if pid in late \
-                    else "committed but did not reveal"
+                log.rejected[pid] = UNREVEALED  # on_reduce tells a late reveal apart, off the evaluate clock
                 continue
             digest = reveal.record.payload_hash
             if records.commit_digest(p.run_id, c, pid, digest) != commit.record.digest:
@@ -325,5 +326,12 @@ class Validator(Role):
 
     def on_reduce(self, cycle: Cycle) -> None:
         super().on_reduce(cycle)
-        if cycle.log.state_hash:
-            cycle.log.target_loss, cycle.log.general_loss = self.peer.measure()
+        log = cycle.log
+        unrevealed = [pid for pid, why in log.rejected.items() if why == UNREVEALED]
+        if unrevealed:  # for the log only: which of them revealed after all, too late to count
+            revealed = self.peer.get(cycle.number, "reveal")
+            for pid in unrevealed:
+                if pid in revealed:
+                    log.rejected[pid] = "revealed after the reveal deadline"
+        if log.state_hash:
+            log.target_loss, log.general_loss = self.peer.measure()

@@ -36,10 +36,16 @@ from teft.files import atomic_write
 
 SYBILS_ENV = "TEFT_SYBILS"  # how many throwaway keys a flood uses
 DEFAULT_SYBILS = 200
+GRINDER_KEYS_ENV, DEFAULT_GRINDER_KEYS = "TEFT_GRINDER_KEYS", 64  # a seed-grinder's keys: each announces a listener
 _PEM_END = b"-----END PRIVATE KEY-----\n"
 # multiprocessing writes a message over 16 KiB in two parts, and hivemind's DHT process reads its pipe
 # without blocking: a larger call can be read half-way and kill the node ("Resource temporarily unavailable")
 PIPE_MESSAGE_BYTES = 12_000
+
+
+def grinder_count() -> int:
+    """Throwaway keys of a seed-grinder: $TEFT_GRINDER_KEYS, else 64."""
+    return int(os.environ.get(GRINDER_KEYS_ENV, DEFAULT_GRINDER_KEYS))
 
 
 def sybil_count() -> int:
@@ -154,14 +160,19 @@ def store_as(dht, key: str, entries: list[tuple[dict, bytes]], expiration: float
 class SybilFlood(Miner):
     """Every cycle: N throwaway keys commit and reveal payload hashes that nobody serves."""
 
+    @staticmethod
+    def count() -> int:
+        """How many throwaway keys it uses."""
+        return sybil_count()
+
     @classmethod
     def record_validators(cls, identity: Identity, run_id: str, horizon) -> list:
-        keys = [identity.private_key] + [t.private_key for t in throwaway_keys(identity, sybil_count())]
+        keys = [identity.private_key] + [t.private_key for t in throwaway_keys(identity, cls.count())]
         return [MultiKeySigner(keys), SchemaCheck(run_id=run_id, horizon=horizon)]
 
     def __init__(self, peer):
         super().__init__(peer)
-        self.sybils = throwaway_keys(peer.identity, sybil_count())
+        self.sybils = throwaway_keys(peer.identity, self.count())
         self.fakes: dict[str, str] = {}  # sybil peer key -> this cycle's payload hash
         self.work: dict[str, int] = {}  # sybil peer key -> the proof-of-work nonce of its commit
 
@@ -221,6 +232,10 @@ class SeedGrinder(SybilFlood):
     Committing is free and revealing optional, so without a reveal deadline before the seeds are known the
     order validators fetch in would be the attacker's choice; with it, these reveals come too late to count.
     """
+
+    @staticmethod
+    def count() -> int:
+        return grinder_count()
 
     def __init__(self, peer):
         super().__init__(peer)
