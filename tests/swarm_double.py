@@ -88,7 +88,13 @@ class MemoryDHT:
             slot[record.subkey] = (record.value, expiration_time)
         return True
 
-    def get(self, key, latest=True, **_):
+    def get(self, key, latest=True, return_future=False, **_):
+        if return_future:  # as hivemind's: a future of the same answer (here always done)
+            import concurrent.futures
+
+            done = concurrent.futures.Future()
+            done.set_result(self.get(key, latest))
+            return done
         with self.lock:
             slot = dict(self.table.get(key, {}))
         items = {}

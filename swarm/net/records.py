@@ -234,7 +234,25 @@ def get_records(dht: DHTLike, run_id: str, cycle: int, kind: str, latest: bool =
     is the one under its canonical subkey, whatever other encodings of the key a node may have kept.
     """
     key = record_key(run_id, cycle, kind)
-    found = dht.get(key, latest=latest)
+    return parse_records(dht.get(key, latest=latest), run_id, cycle, kind)
+
+
+def get_records_within(dht, run_id: str, cycle: int, kind: str, wait_s: float) -> dict[str, SignedRecord] | None:
+    """get_records, or None when the DHT has not answered within `wait_s` (the read goes on unwatched): a
+    caller that can do without the records, or with older ones, need not wait on a read that takes seconds."""
+    import concurrent.futures
+
+    future = dht.get(record_key(run_id, cycle, kind), latest=True, return_future=True)
+    try:
+        found = future.result(wait_s)
+    except concurrent.futures.TimeoutError:
+        return None
+    return parse_records(found, run_id, cycle, kind)
+
+
+def parse_records(found: Any, run_id: str, cycle: int, kind: str) -> dict[str, SignedRecord]:
+    """The valid records in what a DHT read of one kind and cycle returned, by owner peer id."""
+    key = record_key(run_id, cycle, kind)
     if found is None:
         return {}
     items = found.value if hasattr(found, "value") else found

@@ -40,6 +40,7 @@ from teft.pol import state_loss
 from teft.state import ExpertState, check_state
 
 logger = logging.getLogger("swarm.peer")
+ADDRESS_WAIT_S = 3.0  # how long a fetch waits for the peers records it has not read yet
 PEERS_TTL_S = 30.0  # how long a peer reuses the peers records (addresses, roles) it read for a cycle
 
 
@@ -125,22 +126,36 @@ class Peer:
         finally:
             self.metrics.observe_dht("get", wallclock.monotonic() - started)
 
-    def peer_records(self, cycle: int) -> dict[str, SignedRecord]:
+    def peer_records(self, cycle: int, wait_s: float | None = None) -> dict[str, SignedRecord]:
         """The peers records of one cycle, read from the DHT at most once per PEERS_TTL_S: every fetch wants
-        addresses and every summary counts roles, and each DHT read costs seconds under load."""
+        addresses and every summary counts roles, and each DHT read costs seconds under load. With `wait_s`,
+        a read that takes longer is not waited for: what was read before (maybe nothing) is returned."""
         at, found = self._peers.get(cycle, (0.0, None))
         if found is None or wallclock.monotonic() - at >= PEERS_TTL_S:
-            found = self.get(cycle, "peers")
+            if wait_s is None:
+                fresh = self.get(cycle, "peers")
+            else:
+                started = wallclock.monotonic()
+                try:
+                    fresh = records.get_records_within(self.dht, self.run_id, cycle, "peers", wait_s)
+                except SwarmError:
+                    fresh = None
+                self.metrics.observe_dht("get", wallclock.monotonic() - started)
+                if fresh is None:
+                    logger.info("cycle %d: the peers records were not read within %gs; going on with %d known",
+                                cycle, wait_s, len(found or {}))
+                    return found or {}
+            found = fresh
             self._peers = {c: v for c, v in self._peers.items() if c >= cycle - 2}
             self._peers[cycle] = (wallclock.monotonic(), found)
         return found
 
-    def addresses(self, cycle: int) -> dict[str, list[str]]:
-        """peer id -> multiaddrs, from this and the previous cycle's peers records."""
+    def addresses(self, cycle: int, wait_s: float | None = None) -> dict[str, list[str]]:
+        """peer id -> multiaddrs, from this and the previous cycle's peers records (`wait_s`: peer_records)."""
         found: dict[str, list[str]] = {}
         for c in (cycle - 1, cycle):
             if c >= 0:
-                for pid, signed in self.peer_records(c).items():
+                for pid, signed in self.peer_records(c, wait_s).items():
                     found[pid] = list(signed.record.maddrs)
         return found
 
@@ -179,11 +194,9 @@ class Peer:
             requests.append(FetchRequest(digest, size, [h for h in holders if h != self.me], exact=True))
             position[id(requests[-1])] = i
         if requests:  # a DHT read costs seconds under load: none when our store holds everything
-            began = wallclock.monotonic()
-            maddrs = self.addresses(cycle)
-            if wallclock.monotonic() - began > 2.0:
-                logger.info("cycle %d: reading %d peers' addresses took %.1fs", cycle, len(maddrs),
-                            wallclock.monotonic() - began)
+            # addresses help p2pd dial, but it knows most peers already (DHT traffic): wait little for them; a
+            # read of a key every peer reads at once took 50 s in the main job under load
+            maddrs = self.addresses(cycle, wait_s=ADDRESS_WAIT_S)
             for request in requests:
                 request.maddrs = maddrs
         stream = self.net.fetch_stream(requests, budget_s, max_parallel, timeout=timeout or max(budget_s / 4, 1.0)) \

@@ -191,6 +191,8 @@ class Validator(Role):
         p = self.peer
         self.seen["reveal"] = self.watch(cycle.number, ("reveal",), reveal_deadline(p.clock, cycle.number))["reveal"]
         p.put(cycle.number, "seed-reveal", records.SeedReveal(seed=self.seed.hex()))
+        # the evaluate phase orders and dials by the peers' addresses: read them in what is left of this phase
+        p.addresses(cycle.number, wait_s=max(p.clock.phase_end(cycle.number, "reveal") - p.now(), 0.5))
 
     def on_evaluate(self, cycle: Cycle) -> None:
         if not self.seen:
