@@ -109,7 +109,7 @@ def render(status: dict) -> str:
         elif last.get("state_votes"):
             shown = ", ".join(f"{h[:12]} x{n}" for h, n in Counter(last["state_votes"].values()).most_common())
             lines.append(f"  NO agreed state: allowlisted validators published {shown} (a strict quorum of "
-                         f"{last.get('quorum', '?')} needed); peers keep their own reduce result")
+                         f"{last.get('quorum', '?')} needed); peers carry the previous state forward")
         dissent = last.get("dissenting_validators") or []
         if dissent:
             lines.append(f"  validators that published another state: {', '.join(v[:12] for v in dissent)}")

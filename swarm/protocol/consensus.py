@@ -118,9 +118,9 @@ class StateVote:
 
 def agree_on_state(records: dict[str, SignedRecord], allowlist: list[str] | set[str], quorum: int) -> StateVote:
     """The agreed Phi hash: one that at least `quorum` allowlisted validators published and more than published
-    any other. No tie is ever broken: a tie, or too few votes, agrees on nothing, and a peer then keeps its
-    own reduce result (or stays on the last agreed state), because any tie-break (lowest hash, first key)
-    is a value an attacker can grind."""
+    any other. No tie is ever broken: a tie, or too few votes, agrees on nothing, and every peer then carries
+    the last agreed state forward (Peer.sync_to), because any tie-break (lowest hash, first key) is a value an
+    attacker can grind."""
     allowed = set(allowlist)
     votes = {s.owner: s.record.state_hash for s in records.values() if s.owner in allowed}
     counts = Counter(votes.values()).most_common()

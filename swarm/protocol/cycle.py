@@ -72,7 +72,7 @@ class Peer:
         self._measured: tuple[str, tuple[float, float | None]] = ("", (0.0, None))  # (checkpoint hash, losses)
         self._peers: dict[int, tuple[float, dict[str, SignedRecord]]] = {}  # cycle -> (read at, records)
         self.failed_holders: Counter[str] = Counter()  # peer id -> checkpoint fetches it failed: asked last
-        self._no_quorum_said = -1  # the cycle whose missing state quorum was last logged
+        self.before_reduce: tuple[int, str] = (-1, "")  # (cycle, hash) of the state our last reduce started from
         self.state: ExpertState = rt.initial_state
         self.momentum: ExpertState = {}
         self.progress = Progress()
@@ -285,27 +285,33 @@ class Peer:
         When no allowlisted validator published a state for the previous cycle by the end of this cycle's
         sync phase, nothing was merged anywhere: Phi carries forward unchanged (what an empty reduce
         computes), so a swarm whose peers all missed a cycle goes on instead of waiting forever. When some
-        published but no strict quorum agrees (a tie, or too few), a peer that computed its own reduce keeps
-        it, and one that did not stays on the last agreed state and waits for a cycle that has a quorum.
+        published but no strict quorum agrees by the end of the sync phase (a tie, or too few), every peer
+        carries the previous cycle's state forward, its own reduce result set aside: honest peers that read
+        different rankings, or a tie an attacker made, then still agree, on the state they last agreed on.
         """
         if cycle == 0:
             return self.cycle == 0
         vote, holders = self.state_vote(cycle - 1)
         digest = vote.agreed
+        end = self.clock.phase_end(cycle, "sync")
+        while digest is None and vote.votes and self.now() < end - 0.5 and not self.stop.is_set():
+            self.wait_until(min(self.now() + 1.0, end - 0.5))  # votes may still be arriving: decide late in sync
+            vote, holders = self.state_vote(cycle - 1)
+            digest = vote.agreed
         if digest is None and vote.votes:
-            said = self._no_quorum_said != cycle
-            self._no_quorum_said = cycle
             counts = ", ".join(f"{h[:12]} x{n}" for h, n in Counter(vote.votes.values()).most_common())
-            if self.cycle == cycle:
-                if said:
-                    logger.warning("no quorum of allowlisted validators on the state of cycle %d (%s; quorum %d): "
-                                   "keeping our own reduce result", cycle - 1, counts, self.manifest.quorum)
-                return True
-            if said:
-                logger.warning("no quorum of allowlisted validators on the state of cycle %d (%s; quorum %d): "
-                               "staying on cycle %d's state until a cycle has one", cycle - 1, counts,
-                               self.manifest.quorum, self.cycle)
-            return False
+            base = self.before_reduce if self.cycle == cycle else (self.cycle, self.progress.checkpoint_hash)
+            data = self.store.load_checkpoint(*base) if base[0] == cycle - 1 else None
+            if data is None:
+                logger.warning("no quorum of allowlisted validators on the state of cycle %d (%s; quorum %d), and "
+                               "cycle %d's state is not at hand: waiting for a cycle that has one", cycle - 1,
+                               counts, self.manifest.quorum, cycle - 1)
+                return False
+            logger.warning("no quorum of allowlisted validators on the state of cycle %d (%s; quorum %d): carrying "
+                           "cycle %d's agreed state forward, as every honest peer does", cycle - 1, counts,
+                           self.manifest.quorum, cycle - 1)
+            self.adopt(cycle, data)
+            return True
         if digest is None:
             if self.cycle < cycle and self.now() >= self.clock.phase_end(cycle, "sync"):
                 data = self.store.load_checkpoint(self.cycle, self.progress.checkpoint_hash)
@@ -402,7 +408,7 @@ class Peer:
                         f"{self.manifest.quorum} and more than any other); ")
         if not lo.merged:
             lo.note += f"nothing merged: {why_nothing_merged(lo, self.manifest)}; "
-        roles = Counter(s.record.role for s in self.peer_records(cycle.number).values())
+        roles = Counter(s.record.role for s in self.peer_records(cycle.number, wait_s=ADDRESS_WAIT_S).values())
         start, end = self.window(cycle.number, "evaluate")
         self.metrics.record_cycle(lo, dict(roles), end - start)
         with open(self.store.root / "metrics.jsonl", "a") as fh:

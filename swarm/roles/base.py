@@ -110,6 +110,7 @@ class Role:
         log.merged = [m.miner for m in decision.merged]
         new_state, new_momentum = reduce(p.state, p.momentum, submissions, p.rt.outer)
         data = checkpoint_bytes(new_state, new_momentum)
+        p.before_reduce = (p.cycle, p.progress.checkpoint_hash)  # carried forward instead if no quorum agrees
         p.adopt(c + 1, data)
         log.state_hash = state_hash(data)
         p.put(c, "state", records.StateRecord(state_hash=log.state_hash))
