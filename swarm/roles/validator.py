@@ -33,6 +33,7 @@ from swarm.net import records
 from swarm.net.records import SignedRecord
 from swarm.net.work import meets
 from swarm.protocol.consensus import Score, decide, ranking_record
+from swarm.protocol.cycle import ADDRESS_WAIT_S
 from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
@@ -205,7 +206,7 @@ class Validator(Role):
         # try up to FETCHES_PER_SLOT x the cap in that order (a payload that never arrives costs a failed fetch,
         # not an evaluation) and judge the first `cap` that arrive, as they arrive: a flood of keys that serve
         # nothing cannot crowd out the miners that do, and fetching runs beside the judging, never before it
-        announced, unannounced = p.addresses(c), 0
+        announced, unannounced = p.addresses(c, wait_s=ADDRESS_WAIT_S), 0
         for pid, _ in list(candidates):  # reaching a key with no address costs the daemon a DHT lookup: a few only
             if pid not in announced:
                 unannounced += 1
@@ -302,7 +303,7 @@ class Validator(Role):
             proven = {m.miner for m in decide(p.get(number - 1, "ranking"), p.manifest).merged}
         by_seed = sorted(candidates, key=lambda pc: (pc[0] not in proven,
                                                      hashlib.sha256(seed + pc[0].encode()).digest()))
-        announced, taken, rank = p.addresses(number), set(), {}
+        announced, taken, rank = p.addresses(number, wait_s=ADDRESS_WAIT_S), set(), {}
         for i, (pid, _) in enumerate(by_seed):
             places = {endpoint(m) for m in announced.get(pid, [])}
             rank[pid] = (pid not in proven, not places or bool(places & taken), i)
