@@ -237,17 +237,20 @@ def get_records(dht: DHTLike, run_id: str, cycle: int, kind: str, latest: bool =
     return parse_records(dht.get(key, latest=latest), run_id, cycle, kind)
 
 
-def get_records_within(dht, run_id: str, cycle: int, kind: str, wait_s: float) -> dict[str, SignedRecord] | None:
-    """get_records, or None when the DHT has not answered within `wait_s` (the read goes on unwatched): a
-    caller that can do without the records, or with older ones, need not wait on a read that takes seconds."""
+def get_records_within(dht, run_id: str, cycle: int, kind: str, wait_s: float,
+                       pending: Any = None) -> tuple[dict[str, SignedRecord] | None, Any]:
+    """(get_records, None), or (None, the read's future) when the DHT has not answered within `wait_s`: a caller
+    that can do without the records for now passes that future back as `pending` next time, which then waits
+    for no new read, only for the one under way."""
     import concurrent.futures
 
-    future = dht.get(record_key(run_id, cycle, kind), latest=True, return_future=True)
+    future = pending if pending is not None else \
+        dht.get(record_key(run_id, cycle, kind), latest=True, return_future=True)
     try:
         found = future.result(wait_s)
     except concurrent.futures.TimeoutError:
-        return None
-    return parse_records(found, run_id, cycle, kind)
+        return None, future
+    return parse_records(found, run_id, cycle, kind), None
 
 
 def parse_records(found: Any, run_id: str, cycle: int, kind: str) -> dict[str, SignedRecord]:

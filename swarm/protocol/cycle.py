@@ -71,6 +71,7 @@ class Peer:
         self.cycle = -1  # the cycle whose start state we hold
         self._measured: tuple[str, tuple[float, float | None]] = ("", (0.0, None))  # (checkpoint hash, losses)
         self._peers: dict[int, tuple[float, dict[str, SignedRecord]]] = {}  # cycle -> (read at, records)
+        self._pending_peers: dict[int, object] = {}  # cycle -> a peers read still under way (its future)
         self.failed_holders: Counter[str] = Counter()  # peer id -> checkpoint fetches it failed: asked last
         self.before_reduce: tuple[int, str] = (-1, "")  # (cycle, hash) of the state our last reduce started from
         self.state: ExpertState = rt.initial_state
@@ -135,18 +136,22 @@ class Peer:
             if wait_s is None:
                 fresh = self.get(cycle, "peers")
             else:
-                started = wallclock.monotonic()
-                try:
-                    fresh = records.get_records_within(self.dht, self.run_id, cycle, "peers", wait_s)
+                started, pending = wallclock.monotonic(), self._pending_peers.pop(cycle, None)
+                try:  # a read still under way from an earlier call is not waited for again, nor started anew
+                    fresh, pending = records.get_records_within(self.dht, self.run_id, cycle, "peers",
+                                                                0.0 if pending is not None else wait_s, pending)
                 except SwarmError:
                     fresh = None
                 self.metrics.observe_dht("get", wallclock.monotonic() - started)
                 if fresh is None:
+                    if pending is not None:
+                        self._pending_peers[cycle] = pending
                     logger.info("cycle %d: the peers records were not read within %gs; going on with %d known",
                                 cycle, wait_s, len(found or {}))
                     return found or {}
             found = fresh
             self._peers = {c: v for c, v in self._peers.items() if c >= cycle - 2}
+            self._pending_peers = {c: f for c, f in self._pending_peers.items() if c >= cycle - 2}
             self._peers[cycle] = (wallclock.monotonic(), found)
         return found
 

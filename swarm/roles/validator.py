@@ -208,7 +208,7 @@ class Validator(Role):
         # nothing cannot crowd out the miners that do, and fetching runs beside the judging, never before it
         announced, unannounced = p.addresses(c, wait_s=ADDRESS_WAIT_S), 0
         for pid, _ in list(candidates):  # reaching a key with no address costs the daemon a DHT lookup: a few only
-            if pid not in announced:
+            if announced and pid not in announced:  # (none known: the peers records were not read in time)
                 unannounced += 1
                 if unannounced > cap:
                     candidates.remove((pid, _))
