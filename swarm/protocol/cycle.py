@@ -258,11 +258,6 @@ class Peer:
         holders = sorted(pid for pid, s in recs.items() if vote.agreed and s.record.state_hash == vote.agreed)
         return vote, holders
 
-    def agreed_hash(self, cycle: int) -> tuple[str | None, list[str]]:
-        """The Phi_{cycle+1} hash a strict quorum of allowlisted validators published (or None), and its holders."""
-        vote, holders = self.state_vote(cycle)
-        return vote.agreed, holders
-
     def within_reach(self, cycle: int, data: bytes) -> str | None:
         """Why a checkpoint for `cycle` cannot have come from this run's reduce, starting from the state we
         hold: further from it than the outer steps in between can move Phi with every merged delta within
