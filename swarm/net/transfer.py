@@ -162,32 +162,8 @@ async def fetch_any(
 
     deadline (event-loop time) cuts every try short and skips the rest once it passes.
     """
-    loop = asyncio.get_running_loop()
-    reasons = []
-    for peer_id in peer_ids:
-        left = timeout if deadline is None else min(timeout, deadline - loop.time())
-        if left <= 0:
-            reasons.append(f"{peer_str(peer_id)} not tried: out of time")
-            break
-        key = peer_id.to_base58() if isinstance(peer_id, PeerID) else str(peer_id)
-        try:
-            return await fetch(
-                p2p,
-                peer_id,
-                payload_hash,
-                expected_size,
-                left,
-                run_id=run_id,
-                stats=stats,
-                maddrs=(maddrs or {}).get(key),
-                exact=exact,
-            )
-        except TransferError as e:
-            logger.info("%s; trying the next peer", e)
-            reasons.append(str(e).split(" from ", 1)[-1])  # "<peer>: <reason>"
-    if not reasons:
-        raise TransferError(f"fetch {payload_hash[:12]}: no peer holds it")
-    raise TransferError(f"fetch {payload_hash[:12]} from {len(reasons)} peer(s) failed: " + " | ".join(reasons))
+    return await fetch_first(p2p, peer_ids, payload_hash, expected_size, timeout, run_id=run_id, max_parallel=1,
+                             stats=stats, maddrs=maddrs, exact=exact, deadline=deadline)
 
 
 async def fetch_first(
@@ -203,15 +179,18 @@ async def fetch_first(
     maddrs: Mapping[str, Sequence[str | Multiaddr]] | None = None,
     exact: bool = True,
     on_failure: Callable[[str, str], None] | None = None,
+    deadline: float | None = None,
 ) -> bytes:
     """Ask up to max_parallel holders at once, starting the next as one fails; the first verified copy wins
     and the other tries are cancelled. Holders that stall cost their own try, not a turn each: tried in turn,
     k holders that send a header and then nothing held a late joiner up for k whole timeouts.
 
-    on_failure(peer id, reason) hears of every holder that failed, so the caller can rank it last next time.
+    on_failure(peer id, reason) hears of every holder that failed, so the caller can rank it last next time;
+    deadline (event-loop time) cuts every try short and starts none once it passes.
     """
     if not peer_ids:
         raise TransferError(f"fetch {payload_hash[:12]}: no peer holds it")
+    loop = asyncio.get_running_loop()
     waiting = list(peer_ids)
     running: dict[asyncio.Task, str] = {}
     reasons: list[str] = []
@@ -219,8 +198,13 @@ async def fetch_first(
     def start_next() -> None:
         while waiting and len(running) < max(1, max_parallel):
             peer_id = waiting.pop(0)
+            left = timeout if deadline is None else min(timeout, deadline - loop.time())
+            if left <= 0:
+                reasons.append(f"{peer_str(peer_id)} not tried: out of time")
+                waiting.clear()
+                return
             key = peer_id.to_base58() if isinstance(peer_id, PeerID) else str(peer_id)
-            task = asyncio.create_task(fetch(p2p, peer_id, payload_hash, expected_size, timeout, run_id=run_id,
+            task = asyncio.create_task(fetch(p2p, peer_id, payload_hash, expected_size, left, run_id=run_id,
                                              stats=stats, maddrs=(maddrs or {}).get(key), exact=exact))
             running[task] = key
 
@@ -235,7 +219,7 @@ async def fetch_first(
                     return task.result()
                 reason = str(error).split(" from ", 1)[-1]
                 reasons.append(reason)
-                logger.info("%s; trying another holder", error)
+                logger.info("%s; trying the next peer", error)
                 if on_failure is not None:
                     on_failure(key, reason)
             start_next()
