@@ -48,3 +48,15 @@ def wait_dead(pids: list[int], timeout: float) -> list[int]:
             return []
         time.sleep(0.1)
     return [p for p in pids if alive(p)]
+
+
+async def until(condition, timeout: float = 10.0) -> bool:
+    """Poll `condition` every 50 ms on the running loop; False if it is still false after `timeout` seconds."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager, suppress
 
 import pytest
 from hivemind.p2p import P2P
+from netutil import until
 
 from swarm.errors import TransferError
 from swarm.net.server import PayloadServer
@@ -74,15 +75,6 @@ async def stage(attackers: int = KEYS):
                 await p.shutdown()
 
 
-async def _until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 async def _timed_fetches(client, server, digest: str, size: int, n: int, gap: float = 0.3) -> list:
     """n honest fetches one after another: (seconds, None) or (seconds, why) each."""
     results = []
@@ -111,7 +103,7 @@ async def _under_slow_readers(priority: bool, caplog) -> tuple[list, ReadTally, 
             time.time() + 40, streams=STREAMS, tally=tally))
         try:
             # the attack bites first: every key has read payloads and sits on its streams without an ACK
-            assert await _until(lambda: tally.payloads >= 8, 10), tally
+            assert await until(lambda: tally.payloads >= 8, 10), tally
             caplog.clear()
             results = await _timed_fetches(client, server, digest, len(payload), 6, gap=1.0)  # over ACK deadlines
         finally:
@@ -189,10 +181,10 @@ def test_a_reader_that_stops_reading_loses_its_slot_in_seconds():
                 kind, _ = await asyncio.wait_for(read_head(reader), 5)
                 start = time.perf_counter()  # from here on nothing is read: p2pd buffers about 1 MiB of it
                 assert kind == HDR
-                assert await _until(lambda: srv.stats.serve_failed == 1, 15)
+                assert await until(lambda: srv.stats.serve_failed == 1, 15)
                 lost = time.perf_counter() - start
                 served = await fetch(client, server.peer_id, digest, len(payload), 10, run_id=RUN)
-                assert await _until(lambda: srv.stats.served == 1, 5)  # counted on the ACK
+                assert await until(lambda: srv.stats.served == 1, 5)  # counted on the ACK
             finally:
                 writer.close()
             return lost, served
@@ -217,7 +209,7 @@ def test_a_reader_that_never_acks_holds_no_slot():
             holder = asyncio.create_task(read_once(reader_peer, server.peer_id, protocol_name(RUN), digest,
                                                    len(payload), 30, tally))
             try:
-                assert await _until(lambda: tally.payloads == 1, 10)
+                assert await until(lambda: tally.payloads == 1, 10)
                 fetched = await _timed_fetches(client, server, digest, len(payload), 1, gap=0)
                 held = srv.streams_of(reader_peer.peer_id)  # still open, un-ACKed, while the fetch was served
                 await asyncio.wait_for(holder, 10)  # returns when the server closes the stream

@@ -14,6 +14,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from hivemind.p2p import P2P
+from netutil import until
 
 from swarm.errors import TransferError
 from swarm.net.server import PayloadServer
@@ -225,15 +226,6 @@ async def _idle_streams(p2p: P2P, peer_id, n: int) -> list:
     return streams
 
 
-async def _until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 async def _settled(count, quiet: float = 1.0, timeout: float = 10.0) -> int:
     """count() once it has stopped changing for `quiet` seconds (bounded by timeout)."""
     deadline, last, since = time.monotonic() + timeout, count(), time.monotonic()
@@ -274,7 +266,7 @@ def test_idle_streams_do_not_starve_an_honest_fetch(per_peer_cap, caplog):
                 elapsed = time.perf_counter() - start
                 assert got == payload and elapsed < 5.0, elapsed
                 # every idle stream is gone after the header deadline, and the server still serves
-                assert await _until(lambda: srv.streams_of(attacker.peer_id) == 0, 10)
+                assert await until(lambda: srv.streams_of(attacker.peer_id) == 0, 10)
                 assert srv.stats.refused == arrived and srv.stats.serve_failed == 0
                 assert await fetch(client, server.peer_id, h, len(payload), 10, run_id=RUN) == payload
             finally:
@@ -302,7 +294,7 @@ def test_no_ack_and_bad_requests_cost_one_line_each(caplog):
                 while (await read_head(reader))[0] != END:
                     pass  # skims frame heads only: reading stops mid-stream, no ACK ever comes
                 # the only slot comes back once the ACK deadline passes
-                assert await _until(lambda: srv.stats.serve_failed == 1, 5)
+                assert await until(lambda: srv.stats.serve_failed == 1, 5)
                 assert srv.streams_of(client.peer_id) == 0
             finally:
                 writer.close()
@@ -323,7 +315,7 @@ def test_no_ack_and_bad_requests_cost_one_line_each(caplog):
                 await writer.drain()
                 assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing served
                 writer.close()
-            assert await _until(lambda: srv.stats.refused == refused + len(bad), 5)
+            assert await until(lambda: srv.stats.refused == refused + len(bad), 5)
             lines = [r.getMessage() for r in caplog.records if r.name == "swarm.net.transfer"]
             assert len(lines) == len(bad) and all("refused a stream" in line for line in lines), lines
             assert await fetch(client, server.peer_id, h, len(payload), 10, run_id=RUN) == payload
