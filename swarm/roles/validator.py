@@ -200,19 +200,22 @@ class Validator(Role):
             return
         p, log, c = self.peer, cycle.log, cycle.number
         seed = self.evaluation_seed(c)
-        candidates = self.order(c, seed, self.candidates(cycle))
+        announced = p.addresses(c, wait_s=ADDRESS_WAIT_S)
+        candidates = self.order(c, seed, self.candidates(cycle), announced)
         cap = p.manifest.max_submissions
         deadline = p.clock.phase_end(c, "evaluate") - 1.0
         # try up to FETCHES_PER_SLOT x the cap in that order (a payload that never arrives costs a failed fetch,
         # not an evaluation) and judge the first `cap` that arrive, as they arrive: a flood of keys that serve
         # nothing cannot crowd out the miners that do, and fetching runs beside the judging, never before it
-        announced, unannounced = p.addresses(c, wait_s=ADDRESS_WAIT_S), 0
-        for pid, _ in list(candidates):  # reaching a key with no address costs the daemon a DHT lookup: a few only
+        kept, unannounced = [], 0
+        for pid, digest in candidates:  # reaching a key with no address costs the daemon a DHT lookup: a few only
             if announced and pid not in announced:  # (none known: the peers records were not read in time)
                 unannounced += 1
                 if unannounced > cap:
-                    candidates.remove((pid, _))
                     log.rejected[pid] = f"announced no addresses (at most {cap} such keys are tried)"
+                    continue
+            kept.append((pid, digest))
+        candidates = kept
         tried = candidates[:FETCHES_PER_SLOT * cap]
         if len(candidates) > len(tried):
             log.note += f"{len(candidates) - len(tried)} submissions over the fetch cap of {len(tried)} not tried; "
@@ -287,7 +290,8 @@ class Validator(Role):
             found.append((pid, digest))
         return found
 
-    def order(self, number: int, seed: bytes, candidates: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def order(self, number: int, seed: bytes, candidates: list[tuple[str, str]],
+              announced: dict[str, list[str]]) -> list[tuple[str, str]]:
         """The order submissions are tried in, which no miner chooses: the miners the swarm merged last cycle
         first (a flood of fresh keys cannot crowd out proven ones), then by the combined seed, which nobody
         knew while reveals still counted; a key that announced no address, or one an earlier key in that order
@@ -303,7 +307,7 @@ class Validator(Role):
             proven = {m.miner for m in decide(p.get(number - 1, "ranking"), p.manifest).merged}
         by_seed = sorted(candidates, key=lambda pc: (pc[0] not in proven,
                                                      hashlib.sha256(seed + pc[0].encode()).digest()))
-        announced, taken, rank = p.addresses(number, wait_s=ADDRESS_WAIT_S), set(), {}
+        taken, rank = set(), {}
         for i, (pid, _) in enumerate(by_seed):
             places = {endpoint(m) for m in announced.get(pid, [])}
             rank[pid] = (pid not in proven, not places or bool(places & taken), i)
