@@ -156,10 +156,6 @@ class SchemaCheck(RecordValidatorBase):
         except ValueError as e:
             logger.debug("refusing a record: %s", e)
             return False
-        if self.horizon is not None and self.horizon.work_bits and kind in ("commit", "reveal"):
-            if not self._worked(kind, run, cycle, parsed, record.subkey):
-                logger.debug("refusing a %s without the run's proof of work", kind)
-                return False
         owner = owner_of_serialized_subkey(record.subkey)
         if owner is None:
             logger.debug("refusing a %s record whose subkey is not exactly one canonical owner marker", kind)
@@ -172,14 +168,18 @@ class SchemaCheck(RecordValidatorBase):
         if DHTID.generate(source=record_key(run, cycle, kind)).to_bytes() != record.key:
             logger.debug("refusing a %s record stored under a key other than its own", kind)
             return False
+        if self.horizon is not None and self.horizon.work_bits and kind in ("commit", "reveal") \
+                and not self._worked(kind, run, cycle, parsed, owner):
+            logger.debug("refusing a %s without the run's proof of work", kind)
+            return False
         return True
 
-    def _worked(self, kind: str, run: str, cycle: int, parsed, subkey: bytes) -> bool:
+    def _worked(self, kind: str, run: str, cycle: int, parsed, owner: str) -> bool:
         """Whether a commit, or a reveal (through the commit digest it opens), carries the run's proof of work:
         a key of either kind can then be filled first only at that price per record."""
-        digest = parsed.digest if kind == "commit" else None
-        if digest is None:
-            owner = owner_of_serialized_subkey(subkey)
+        if kind == "commit":
+            digest = parsed.digest
+        else:
             try:
                 digest = commit_digest(run, cycle, peer_key_of(owner), parsed.payload_hash)
             except SwarmError:
