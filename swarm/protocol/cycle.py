@@ -380,13 +380,14 @@ class Peer:
             if self.stop.is_set():
                 break
             if phase == "sync" or self.enter(number, phase) or (phase == "reduce" and self.cycle == number):
-                started = wallclock.monotonic()
+                started, cpu = wallclock.monotonic(), wallclock.process_time()
                 try:
                     getattr(self.role, f"on_{phase}")(cycle)
                 except (TeftError, TransferError, SwarmError) as err:  # bad input from the network: one line
                     logger.warning("cycle %d phase %s: %s", number, phase, err)
                     log.note += f"{phase}: {err}; "
                 log.phase_seconds[phase] = round(wallclock.monotonic() - started, 3)
+                log.phase_cpu[phase] = round(wallclock.process_time() - cpu, 3)
         log.bytes_in = self.net.stats.bytes_in - before[0]
         log.bytes_out = self.net.stats.bytes_out - before[1]
         if self.stop.is_set() and self.cycle <= number:  # stopped before this cycle's reduce: nothing to report

@@ -35,6 +35,7 @@ class CycleLog:
     bytes_in: int = 0
     bytes_out: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)  # time the role worked in each phase
+    phase_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds this process spent in each phase
     note: str = ""
 
 

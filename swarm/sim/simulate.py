@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,8 +61,10 @@ def free_port() -> int:
 class Swarm:
     """Processes of one localhost run: start, watch, stop; nothing is left running afterwards."""
 
-    def __init__(self, out: Path, python: str = sys.executable, threads: int = 1, metrics: bool = False):
+    def __init__(self, out: Path, python: str = sys.executable, threads: int = 1, metrics: bool = False,
+                 adversary_nice: int = 0):
         self.out, self.python, self.threads, self.metrics = out, python, threads, metrics
+        self.adversary_nice = adversary_nice
         self.bootstrap_metrics_port: int | None = free_port() if metrics else None
         self.bootstrap: subprocess.Popen | None = None
         self.join: list[str] = []
@@ -128,7 +131,10 @@ class Swarm:
 
     def start_peer(self, peer: PeerProc) -> None:
         log = open(peer.log, "a")
-        peer.proc = subprocess.Popen(self.command(peer), stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        cmd = self.command(peer)
+        if peer.adversary and self.adversary_nice and shutil.which("nice"):  # nice execs: the pid stays python's
+            cmd = ["nice", "-n", str(self.adversary_nice), *cmd]
+        peer.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
     def scrape(self) -> dict[str, dict[str, float] | None]:
         """Every metrics endpoint's current values by peer name (None where it did not answer)."""
@@ -211,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation-data", "--validation_data", default=None, metavar="PATH",
                         help="held-out data for every validator when the manifest scores on private data (default "
                         "for the shipped math domain: fresh problems per validator from a secret seed)")
+    parser.add_argument("--adversary-nice", "--adversary_nice", type=int, default=10, metavar="N",
+                        help="run adversary processes at this nice level (default 10; 0 for none). A real attacker "
+                             "computes on its own machine: on one shared machine its training and proofs of work "
+                             "would otherwise slow the honest validators' clocks, which no remote attacker can do; "
+                             "what it sends still reaches the honest peers in full")
     parser.add_argument("--metrics", action="store_true",
                         help="give every peer and the bootstrap node a Prometheus endpoint on 127.0.0.1 and write "
                              "their last scrape into report.json (`last_scrape`)")
@@ -250,7 +261,7 @@ def run(args, kinds: list[str], out: Path) -> int:
 
     if out.exists() and any(out.iterdir()):
         raise SwarmError(f"--out {out} exists and is not empty: choose a new directory")
-    swarm = Swarm(out, threads=args.threads, metrics=args.metrics)
+    swarm = Swarm(out, threads=args.threads, metrics=args.metrics, adversary_nice=args.adversary_nice)
     for i in range(args.validators):
         swarm.add(f"validator-{i}", "validator")
     for i in range(args.miners):
