@@ -221,6 +221,7 @@ class TrainResult:
     trainable_params: int = 0
     state: ExpertState | None = None  # train_experts: the fp32 master slices after training
     moments: dict[str, torch.Tensor] = field(default_factory=dict)  # AdamW state to carry to the next call
+    steps_done: int = 0  # fewer than cfg.steps when `time_up` cut the loop short
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -382,9 +383,12 @@ def _export_moments(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]
 
 def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, cfg: TrainConfig,
                progress: bool = False, desc: str = "train", should_stop: Callable[[], bool] | None = None,
-               moments: dict[str, torch.Tensor] | None = None, keys: list[ParamKeys] | None = None
-               ) -> TrainResult:
+               moments: dict[str, torch.Tensor] | None = None, keys: list[ParamKeys] | None = None,
+               time_up: Callable[[], bool] | None = None) -> TrainResult:
     """AdamW over `params` for cfg.steps batches: warmup/cosine, clipping, loss ignoring padding.
+
+    `time_up`: asked before each step after the first; when it says yes the loop ends there and the result
+    holds what the steps so far trained (a miner on a slow machine submits a shorter update instead of none).
 
     `moments` (from a previous call's result) resume AdamW where it stopped instead of from zero; `keys`
     names each parameter's moments (default `params.{i}`). The result's `moments` hold the new state.
@@ -408,6 +412,8 @@ def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, 
     for step in bar:
         if should_stop is not None and should_stop():
             raise Interrupted(f"stopped after {step} of {cfg.steps} steps")
+        if step and time_up is not None and time_up():
+            break
         batch = next(iterator)
         mask = None
         if isinstance(batch, dict):
@@ -422,6 +428,7 @@ def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, 
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         result.losses.append(loss.item())
+        result.steps_done = step + 1
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
     result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     result.moments = _export_moments(optimizer, params, keys)
@@ -431,8 +438,8 @@ def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, 
 
 def train_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap, batches: Iterable,
                   cfg: TrainConfig, progress: bool = False, should_stop: Callable[[], bool] | None = None,
-                  init: dict[str, torch.Tensor] | None = None, moments: dict[str, torch.Tensor] | None = None
-                  ) -> TrainResult:
+                  init: dict[str, torch.Tensor] | None = None, moments: dict[str, torch.Tensor] | None = None,
+                  time_up: Callable[[], bool] | None = None) -> TrainResult:
     """Train only the selected experts in place; everything else stays bit-identical.
 
     The result's `state` holds the fp32 masters (start them from `init` to keep an fp32 state's precision on
@@ -445,6 +452,6 @@ def train_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap, ba
             raise TeftError("the expert map selects no experts: nothing to train; use a larger budget")
         with gradient_checkpointing(model, cfg.gradient_checkpointing):
             result = train_loop(model, params, batches, cfg, progress=progress, should_stop=should_stop,
-                                moments=moments, keys=params.param_keys())
+                                moments=moments, keys=params.param_keys(), time_up=time_up)
         result.state = params.state()
     return result

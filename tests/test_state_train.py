@@ -76,6 +76,20 @@ def test_training_lowers_loss_on_its_data():
     assert result.losses[-1] < result.losses[0] - 0.05
 
 
+def test_time_up_ends_training_early_with_what_it_trained():
+    """A miner on a slow machine submits the steps it managed before the commit deadline, not nothing."""
+    model = build("qwen3_moe")
+    layout = discover_layout(model)
+    emap = _map(layout)
+    asked = []
+    result = train_experts(model, layout, emap, _batches(), TrainConfig(steps=10, lr=1e-2),
+                           time_up=lambda: asked.append(1) or len(asked) >= 3)
+    assert result.steps_done == 3 and len(result.losses) == 3 and len(asked) == 3  # never asked before step 1
+    full = train_experts(build("qwen3_moe"), layout, emap, _batches(), TrainConfig(steps=10, lr=1e-2))
+    assert full.steps_done == 10
+    assert any(not torch.equal(result.state[k], full.state[k]) for k in full.state)
+
+
 def test_exception_inside_restores_model():
     model = build("mixtral")
     layout = discover_layout(model)

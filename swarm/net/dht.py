@@ -29,6 +29,7 @@ __all__ = ["SwarmDHT", "default_validators", "dht_time", "start_dht", "visible_m
 dht_time = get_dht_time
 CALL_TIMEOUT = 120.0
 RETRY_PAUSE = 2.0  # seconds between attempts to reach the initial peers
+STARTUP_TIMEOUT = 30.0  # seconds a node may take to start when the caller names none (tests raise it)
 
 
 class SwarmDHT(DHT):
@@ -131,7 +132,7 @@ def start_dht(
     host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
     announce_maddrs: Sequence[str] | None = None,
     record_validators: Sequence[RecordValidatorBase] | None = None,
-    startup_timeout: float = 30.0,
+    startup_timeout: float | None = None,
     *,
     run_id: str | None = None,
     horizon: CycleHorizon | None = None,
@@ -145,6 +146,7 @@ def start_dht(
     the node keeps its records in a validation.BoundedStorage (a cap per key and in all; the horizon's
     allowlisted validators exempt), installed in the DHT process as soon as the node is up.
     """
+    startup_timeout = STARTUP_TIMEOUT if startup_timeout is None else startup_timeout
     initial = _check_maddrs(initial_peers, "initial peer", need_peer_id=True)
     hosts = _check_maddrs(host_maddrs, "host address", need_peer_id=False)
     announce = _check_maddrs(announce_maddrs, "announce address", need_peer_id=False) if announce_maddrs else None

@@ -35,11 +35,14 @@ class Submission:
     payload: bytes
     losses: list[float] = field(default_factory=list)
     moments: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps: int = 0  # inner steps trained (fewer than H when the commit deadline came first)
 
 
 def train_submission(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, should_stop=None,
-                     moments: dict[str, torch.Tensor] | None = None, cfg: TrainConfig | None = None) -> Submission:
-    """H inner steps from `base` on this miner's batches for this cycle; the model is restored afterwards.
+                     moments: dict[str, torch.Tensor] | None = None, cfg: TrainConfig | None = None,
+                     time_up=None) -> Submission:
+    """H inner steps from `base` on this miner's batches for this cycle (fewer if `time_up` says so); the
+    model is restored afterwards.
 
     `moments`: the AdamW state kept from the miner's previous cycle (manifest inner.keep_moments)."""
     cfg = cfg or rt.inner_for(cycle)
@@ -47,11 +50,23 @@ def train_submission(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, 
     try:
         batches = iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, f"{miner_id}/{cycle}", cfg.steps)
         result = train_experts(rt.model, rt.layout, rt.expert_map, batches, cfg, should_stop=should_stop, init=base,
-                               moments=moments)
+                               moments=moments, time_up=time_up)
     finally:
         load_state(rt.model, rt.layout, base)
     # the fp32 masters: on a bf16 model, finer than the weights it holds
-    return Submission(result.state, to_bytes(result.state, rt.payload_dtype), result.losses, result.moments)
+    return Submission(result.state, to_bytes(result.state, rt.payload_dtype), result.losses, result.moments,
+                      result.steps_done)
+
+
+COMMIT_RESERVE_S = 2.0  # kept free before the commit phase ends: saving the payload and storing the commit
+WORST_HASH_RATE = 2e5  # work hashes per second of one loaded core (measured ~3.7e5 beside a 26-peer swarm)
+
+
+def train_deadline(p, number: int) -> float:
+    """When a miner stops training (swarm clock): late enough for every step on time, early enough that the
+    proof of work and the commit still fit before the commit phase ends."""
+    work_s = (1 << max(p.manifest.commit_work_bits, 0)) / WORST_HASH_RATE
+    return p.clock.phase_end(number, "commit") - COMMIT_RESERVE_S - work_s
 
 
 def solve_in_phase(p, number: int, bound: str) -> int | None:
@@ -83,6 +98,12 @@ class Miner(Role):
             logger.warning("training overran the commit phase of cycle %d; no submission", cycle.number)
             cycle.log.note += "training overran the commit phase; "
             return
+        steps = p.rt.inner_for(cycle.number).steps
+        if sub.steps < steps:
+            logger.warning("cycle %d: trained %d of %d inner steps before the commit deadline; submitting those "
+                           "(this machine is slower than the manifest's train phase assumes)", cycle.number,
+                           sub.steps, steps)
+            cycle.log.note += f"trained {sub.steps} of {steps} steps before the commit deadline; "
         self.payload = (p.store.save_payload(sub.payload), sub.payload)
         cycle.log.submitted = self.payload[0]
         # the commit's proof of work now, in what is left of the train phase, not in the short commit phase
@@ -97,7 +118,9 @@ class Miner(Role):
         keep = p.manifest.inner.keep_moments
         moments = p.store.load_moments(before=cycle.number) if keep else None
         try:
-            sub = train_submission(p.rt, p.state, p.me, cycle.number, p.stop.is_set, moments)
+            deadline = train_deadline(p, cycle.number)
+            sub = train_submission(p.rt, p.state, p.me, cycle.number, p.stop.is_set, moments,
+                                   time_up=lambda: p.now() >= deadline)
         except Interrupted:
             return None
         if keep:

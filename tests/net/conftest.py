@@ -10,6 +10,12 @@ import sys
 import pytest
 from netutil import alive, children, comm, proc_stat, wait_dead
 
+from swarm.net import dht
+
+# a DHT node that takes 40 s to start on a loaded machine is not a bug in the code under test: the suite must
+# pass beside other jobs (a user's busy laptop), so nodes the tests start get four times the default
+dht.STARTUP_TIMEOUT = 4 * dht.STARTUP_TIMEOUT
+
 PR_SET_CHILD_SUBREAPER = 36
 
 

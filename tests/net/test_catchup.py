@@ -22,7 +22,7 @@ from swarm.net.wire import FRAME_HEAD, HDR, payload_hash, protocol_name, request
 RUN = "feedfacecafebeef"
 STALLERS = 4
 TIMEOUT = 30.0
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(240)
 
 
 async def _stall(size: int, _info, reader, writer) -> None:

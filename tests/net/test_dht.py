@@ -19,7 +19,7 @@ from swarm.errors import SwarmError
 from swarm.net.dht import start_dht, visible_maddrs
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(240)
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ from swarm.net.dht import start_dht, visible_maddrs
 from swarm.sim.adversaries.dhtabuse import SPAM_SUBKEYS, SubkeySpammer, spam, store_noncanonical
 
 RUN = "feedfacecafebeef"
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 
 async def _held_subkeys(key: str, _dht, node) -> int:

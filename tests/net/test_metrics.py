@@ -107,7 +107,7 @@ def _get(url: str, headers: dict | None = None) -> tuple[bytes, dict]:
         return response.read(), dict(response.headers)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 def test_idle_connections_cost_no_threads_and_a_scrape_still_answers():
     """300 connections that never send a byte: the process's thread count stays where it was (before: one
     thread per connection, about 300 more), and a scrape is answered at once; they are closed after the

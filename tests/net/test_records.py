@@ -137,7 +137,7 @@ def test_get_records_drops_malformed(make_identity, caplog):
     assert "malformed" in caplog.text and "without an owner key" in caplog.text
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 def test_signed_records_between_peers(make_identity):
     """Round trip between honest peers; a forger cannot overwrite, a malformed record is dropped."""
     from swarm.net.dht import start_dht, visible_maddrs

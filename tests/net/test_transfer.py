@@ -35,7 +35,7 @@ from swarm.net.wire import (
 )
 
 RUN = "feedfacecafebeef"
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(240)
 
 
 @asynccontextmanager

@@ -42,7 +42,7 @@ from swarm.net.wire import (
 )
 
 RUN = "f022f022f022f022"
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 PURE = settings(max_examples=200, deadline=500, database=None)
 STREAMS = settings(
     max_examples=25, deadline=5000, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
