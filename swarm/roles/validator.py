@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from swarm.errors import SwarmError
 from swarm.net import records
 from swarm.net.records import SignedRecord
 from swarm.net.work import meets
@@ -118,6 +119,8 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
 FETCHES_PER_SLOT = 16  # payloads a validator may try to fetch per evaluation it may spend: a key that serves
 #                        nothing costs a failed connect (~0.1 s, 8 at once), and the phase's clock bounds the rest
 
+
+LOG_READ_S = 3.0  # a DHT read whose result only labels the log waits this long at most
 
 REVEAL_SHARE = 0.6  # a DHT store takes seconds under load: honest reveals need most of the phase to be seen
 
@@ -335,9 +338,13 @@ class Validator(Role):
         super().on_reduce(cycle)
         log = cycle.log
         unrevealed = [pid for pid, why in log.rejected.items() if why == UNREVEALED]
-        if unrevealed:  # for the log only: which of them revealed after all, too late to count
-            revealed = self.peer.get(cycle.number, "reveal")
-            for pid in unrevealed:
+        if unrevealed:  # for the log only, so never worth more than a moment of the reduce phase: which of
+            p = self.peer  # them revealed after all, too late to count (a flood's reveals take seconds to read)
+            try:
+                revealed, _ = records.get_records_within(p.dht, p.run_id, cycle.number, "reveal", LOG_READ_S)
+            except SwarmError:
+                revealed = None
+            for pid in unrevealed if revealed else []:
                 if pid in revealed:
                     log.rejected[pid] = "revealed after the reveal deadline"
         if log.state_hash:
