@@ -52,7 +52,7 @@ def test_identity_in_use(make_identity):
     first = start_dht(ident)
     try:
         with pytest.raises(SwarmError, match="in use by another running peer"):
-            start_dht(ident, initial_peers=visible_maddrs(first), startup_timeout=20)
+            start_dht(ident, initial_peers=visible_maddrs(first))
     finally:
         first.shutdown()
 
@@ -78,7 +78,7 @@ def test_sigkill_leaves_no_orphans(make_identity):
     ident = make_identity("host")
     host = subprocess.Popen([sys.executable, "-c", HOST, str(ROOT), str(ident.path)], stdout=subprocess.PIPE, text=True)
     try:
-        dht_pid = int(_first_line(host, 45))
+        dht_pid = int(_first_line(host, 150))  # imports and a DHT start: a minute and more on a loaded machine
         p2pd = []
         for _ in range(50):
             p2pd = [p for p in children(dht_pid) if comm(p) == "p2pd"]
@@ -88,7 +88,7 @@ def test_sigkill_leaves_no_orphans(make_identity):
         assert p2pd, "p2pd not found under the DHT process"
         os.kill(host.pid, signal.SIGKILL)
         host.wait(10)
-        assert wait_dead([dht_pid, *p2pd], 10) == [], "DHT child or p2pd outlived a SIGKILLed parent"
+        assert wait_dead([dht_pid, *p2pd], 30) == [], "DHT child or p2pd outlived a SIGKILLed parent"
     finally:
         if host.poll() is None:
             host.kill()
