@@ -118,3 +118,18 @@ def test_simulate_runs_the_baselines_named_and_refuses_others_before_any_work(tm
     out = tmp_path / "run"
     assert simulate.main(["--out", str(out), "--baseline", "bogus"]) == 2
     assert "--baseline bogus" in capsys.readouterr().err and not out.exists()
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_keygen_onto_a_folder_is_one_line(tmp_path, capsys):
+    assert keygen.main(["--identity", str(tmp_path)]) == 2
+    assert "is a folder" in _one_line(capsys)
+    garbage = tmp_path / "bad.key"
+    garbage.write_text("not a key\n")
+    assert keygen.main(["--identity", str(garbage)]) == 2
+    assert "not a PEM private key" in _one_line(capsys)
