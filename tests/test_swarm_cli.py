@@ -133,3 +133,28 @@ def test_keygen_onto_a_folder_is_one_line(tmp_path, capsys):
     garbage.write_text("not a key\n")
     assert keygen.main(["--identity", str(garbage)]) == 2
     assert "not a PEM private key" in _one_line(capsys)
+
+
+def test_a_refused_peer_creates_nothing(tmp_path, capsys):
+    """A bad key file or an unavailable device is refused before the work tree (or a key) is made; a work
+    directory whose folders are missing is made whole, as the README's `--workdir work/v1` needs."""
+    key = str(tmp_path / "v.key")
+    load_or_create(key)
+    manifest = str(write_manifest("configs/tiny.yaml", tmp_path / "run" / "run.yaml",
+                                  [load_or_create(key).public_key_str], 1_900_000_000.0, {"quorum": 1}))
+    garbage = tmp_path / "bad.key"
+    garbage.write_text("not a key\n")
+    work = tmp_path / "work" / "m1"
+    base = ["--role", "miner", "--config", manifest, "--workdir", str(work), "--threads", "1"]
+    assert peer.main([*base, "--identity", str(garbage)]) == 2
+    assert "not a PEM private key" in _one_line(capsys) and not (tmp_path / "work").exists()
+    assert peer.main([*base, "--identity", str(tmp_path)]) == 2
+    assert "is a folder" in _one_line(capsys) and not (tmp_path / "work").exists()
+    if not torch.cuda.is_available():
+        assert peer.main([*base, "--identity", str(tmp_path / "keys" / "m1.key"), "--device", "cuda"]) == 2
+        assert "no CUDA device" in _one_line(capsys)
+        assert not (tmp_path / "work").exists() and not (tmp_path / "keys").exists()
+    blocked = tmp_path / "afile"
+    blocked.write_text("")
+    assert peer.main([*base[:-4], "--workdir", str(blocked / "w"), "--identity", key]) == 2
+    assert "is a file, not a folder" in _one_line(capsys)
