@@ -126,6 +126,54 @@ def _one_line(capsys) -> str:
     return err
 
 
+def test_launch_refuses_to_replace_a_manifest_unless_forced(tmp_path, capsys):
+    key = str(tmp_path / "v.key")
+    load_or_create(key)
+    out = tmp_path / "run" / "run.yaml"
+    assert launch.main(["--validators", key, "--quorum", "1", "--out", str(out)]) == 0
+    first = out.read_text()
+    capsys.readouterr()
+    assert launch.main(["--validators", key, "--quorum", "1", "--start-in", "99", "--out", str(out)]) == 2
+    err = _one_line(capsys)
+    assert "exists" in err and "--force" in err
+    assert out.read_text() == first  # the run id the peers were given still holds
+    assert launch.main(["--validators", key, "--quorum", "1", "--start-in", "99", "--out", str(out), "--force"]) == 0
+    assert out.read_text() != first
+
+
+def test_launch_onto_a_folder_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    key = str(tmp_path / "v.key")
+    load_or_create(key)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert launch.main(["--validators", key, "--quorum", "1", "--out", str(folder)]) == 2
+    assert "is a folder" in _one_line(capsys)
+    assert list(folder.iterdir()) == []  # no expert map copied in
+
+
+def test_launch_blames_the_template_and_leaves_nothing(tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    key = str(tmp_path / "v.key")
+    load_or_create(key)
+    raw = yaml.safe_load(open("configs/tiny.yaml"))
+    raw["timings"]["train"] = -5
+    template = tmp_path / "templates" / "bad.yaml"
+    template.parent.mkdir()
+    template.write_text(yaml.safe_dump(raw))
+    shutil.copyfile("configs/tiny-math.map.json", template.parent / "tiny-math.map.json")
+    out = tmp_path / "run" / "run.yaml"
+    assert launch.main(["--template", str(template), "--validators", key, "--quorum", "1", "--out", str(out)]) == 2
+    err = _one_line(capsys)
+    assert str(template) in err and "timings.train" in err and "run.yaml" not in err, err
+    assert not (tmp_path / "run").exists()
+    missing = str(tmp_path / "keys" / "v2.key")  # a key file never made: say how to make it
+    assert launch.main(["--validators", key, missing, "--out", str(out)]) == 2
+    assert "swarm.keygen --identity " + missing in _one_line(capsys) and not (tmp_path / "run").exists()
+
+
 def test_keygen_onto_a_folder_is_one_line(tmp_path, capsys):
     assert keygen.main(["--identity", str(tmp_path)]) == 2
     assert "is a folder" in _one_line(capsys)
