@@ -3,12 +3,13 @@ change on either side that breaks the walkthrough fails here.
 
 The commands run in a fresh folder as a new user would (`configs/` and `scripts/` there are the repository's), each
 a real process. What the test changes, and only that: `python` is this interpreter; the listening addresses are
-127.0.0.1 (tests stay on this machine) with free ports instead of 31337 and 9101; `/ip4/.../p2p/Qm...` is the JOIN
-line the bootstrap node printed; `--start-in` is shorter than the 120 s a person needs to start peers by hand;
-`swarm.status` runs once with `--json`, the README's alternative to `--watch`; and the folder's `configs/tiny.yaml`
-is the repository's with shorter phase timings (the walkthrough's `--template`; every other field as shipped), so
-one cycle takes about 40 s instead of 68. It passes when a cycle merged the miner: the peers' cycle logs, the
-validator's metrics endpoint and `swarm.status` all say so. About 2 minutes on 2 cores.
+127.0.0.1 (tests stay on this machine) on free ports instead of 31337 and 9101; `/ip4/.../p2p/Qm...` is the JOIN
+line the bootstrap node printed; `--start-in` is 45 s instead of the 120 s a person needs to start peers by hand;
+commands of one kind in a row (the two keygens, the two held-out sets) run side by side; `swarm.status` runs once
+with `--json`, the README's alternative to `--watch`; and the folder's `configs/tiny.yaml` is the repository's with
+shorter phase timings (the walkthrough's `--template`; every other field as shipped), so a cycle takes 32 s instead
+of 68. It passes when the first cycle every peer took part in merged the miner in every peer's cycle log, and the
+validator's metrics endpoint and `swarm.status` say so too. About 2 min 10 s on 2 busy cores (130 s, twice).
 """
 
 from __future__ import annotations
