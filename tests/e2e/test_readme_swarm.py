@@ -116,6 +116,21 @@ def _cycle_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def our_p2pd(folder: Path) -> list[str]:
+    """p2pd daemons still running for this walkthrough: started in its folder or with a key file from it (other
+    tests on the machine have daemons of their own)."""
+    found = []
+    for pid in subprocess.run(["pgrep", "-x", "p2pd"], capture_output=True, text=True).stdout.split():
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:  # gone, or a zombie
+            continue
+        if cwd.startswith(str(folder)) or str(folder) in cmdline:
+            found.append(pid)
+    return found
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -189,6 +204,7 @@ def test_a_swarm_by_hand_merges_the_miner(tmp_path):
         assert merged_cycle is not None, {n: [(c["cycle"], c["merged"], c["note"]) for c in _cycle_lines(
             w / "metrics.jsonl")] for n, w in names.items()}
         print(f"merged the miner in cycle {merged_cycle}")
+        assert len(our_p2pd(here)) >= len(names) + 1  # the daemons checked for after the stop are seen
 
         scraped = scrape_url(f"http://127.0.0.1:{next(iter(ports.values()))}/metrics")
         assert scraped and scraped["teft_merged_miners"] == len(miners) and scraped["teft_quorum_met"] == 1
@@ -198,5 +214,11 @@ def test_a_swarm_by_hand_merges_the_miner(tmp_path):
         last = json.loads(done.stdout)["last_cycle"]
         assert last["quorum_met"] and {m["miner"] for m in last["merged"]} == miner_ids, last
     finally:
+        stopping = time.monotonic()
         _stop(procs)
+        print(f"stopped in {time.monotonic() - stopping:.1f}s")
     assert all(p.returncode == 0 for p in procs), [(p.args[:4], p.returncode) for p in procs]
+    deadline = time.monotonic() + 15  # every peer's and the bootstrap node's p2pd went with them
+    while our_p2pd(here) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not our_p2pd(here)
