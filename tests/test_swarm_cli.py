@@ -206,3 +206,26 @@ def test_a_refused_peer_creates_nothing(tmp_path, capsys):
     blocked.write_text("")
     assert peer.main([*base[:-4], "--workdir", str(blocked / "w"), "--identity", key]) == 2
     assert "is a file, not a folder" in _one_line(capsys)
+
+
+def test_what_the_readme_commands_write_is_git_ignored():
+    """Private keys, work directories, manifests and checkpoints that the README's commands write in a checkout
+    must not show up in `git status` (keys/ holds private keys)."""
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = set()
+    for block in re.findall(r"```bash\n(.*?)```", (root / "README.md").read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            written |= {words[i + 1] for i, w in enumerate(words[:-1])
+                        if w in ("--out", "--identity", "--workdir", "--heldout-math")}
+    assert {"keys/v1.key", "work/m1", "run/run.yaml", "merged/"} <= written, written
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *sorted(written)], cwd=root, capture_output=True,
+                             text=True).stdout.split()
+    assert set(ignored) == written, written - set(ignored)
