@@ -7,6 +7,7 @@ manifest, so the run directory is self-contained and can be handed to other mach
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -20,7 +21,11 @@ from swarm.errors import SwarmError
 
 def write_manifest(template: str | Path, out: str | Path, validators: list[str], genesis: float,
                    overrides: dict | None = None) -> Path:
-    """Write `out` from `template` with the allowlist and genesis filled in; returns the path."""
+    """Write `out` from `template` with the allowlist and genesis filled in; returns the path.
+
+    Everything is checked before anything is written (a fault names the template, where it lies, and nothing is
+    left behind); an existing `out` file is replaced (the command line refuses that without --force).
+    """
     from swarm.protocol.manifest import from_dict
 
     template, out = Path(template), Path(out)
@@ -37,17 +42,42 @@ def write_manifest(template: str | Path, out: str | Path, validators: list[str],
             raw[section] = values
     raw["validators"] = list(validators)
     raw["genesis"] = float(genesis)
-    out.parent.mkdir(parents=True, exist_ok=True)
     emap = (raw.get("expert_map") or {}).get("path")
+    source = copied = None
     if emap and not Path(emap).is_absolute():
         source = template.parent / emap
-        if not source.exists():
+        if not source.is_file():
             raise SwarmError(f"{template} names expert map {emap}, which does not exist next to it")
-        shutil.copyfile(source, out.parent / Path(emap).name)
         raw["expert_map"]["path"] = Path(emap).name
-    from_dict(raw, str(out))  # validate before writing
-    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+        copied = out.parent / Path(emap).name
+    from_dict(raw, f"template {template}")  # validate before writing: the fault is the template's (or a flag's)
+    if out.is_dir():
+        raise SwarmError(f"--out {out} is a folder: name the manifest file, e.g. --out {out / 'run.yaml'}")
+    made = _missing_dirs(out.parent)
+    fresh_map = copied is not None and not copied.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if copied is not None:
+            shutil.copyfile(source, copied)
+        out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    except OSError as err:
+        if fresh_map:
+            with contextlib.suppress(OSError):
+                copied.unlink()
+        for folder in made:  # deepest first: only the folders this call created
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise SwarmError(f"cannot write {out} ({err.strerror or err}): choose another --out") from None
     return out
+
+
+def _missing_dirs(folder: Path) -> list[Path]:
+    """The folders of `folder`'s path that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,8 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="allowlisted rankings needed before anything is merged (default: the template's, "
                              "at most the number of validators)")
     cli.flag(parser, "start-in", type=float, default=60.0, help="seconds from now until genesis (default 60)")
-    parser.add_argument("--out", required=True, help="where to write the run manifest")
+    parser.add_argument("--out", required=True, help="where to write the run manifest (a file; refused if it "
+                        "exists, unless --force)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out manifest (a new run id)")
     args = parser.parse_args(argv)
+    if Path(args.out).is_file() and not args.force:
+        return cli.fail(f"--out {args.out} exists (a run manifest: replacing it makes a new run id): choose "
+                        "another path, or pass --force to replace it")
     if args.quorum is not None and args.quorum > len(args.validators):
         return cli.fail(f"--quorum {args.quorum} exceeds the {len(args.validators)} validators given: lower it "
                         "or add validators")
@@ -69,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
         keys = []
         for item in args.validators:
-            keys.append(load_or_create(item).public_key_str if Path(item).exists() else item)
+            if Path(item).exists():
+                keys.append(load_or_create(item).public_key_str)
+            elif item.startswith("ssh-"):
+                keys.append(item)
+            else:
+                raise SwarmError(f"--validators {item}: no such key file, and not a public key: make it with "
+                                 f"python -m swarm.keygen --identity {item}, or pass the public key it prints")
         overrides = {"quorum": args.quorum} if args.quorum is not None else None
         path = write_manifest(args.template, args.out, keys, time.time() + args.start_in, overrides)
         from swarm.protocol.manifest import load, run_id

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
     args = (parser or build_parser()).parse_args(argv)
     cli.setup_logging(args.log_level, args.role)
     from swarm.protocol.manifest import load, run_id
-    from swarm.protocol.store import Store
+    from swarm.protocol.store import Store, check_workdir
 
     try:  # the manifest and the flags first: bad input fails in a second, before torch or hivemind load
         manifest = load(args.config)
@@ -69,8 +69,13 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
                              "python scripts/build_corpora.py --heldout-math PATH)")
         if args.validation_data and args.role != "validator":
             raise SwarmError("--validation-data is for validators: drop it for a miner")
-        cli.identity_dir(args.identity)
-        store = Store(args.workdir)
+        check_workdir(args.workdir)
+        device = cli.resolve_compute(args.device, args.threads)  # then what needs torch: still nothing created
+        from swarm.net.identity import load_or_create
+
+        cli.identity_dir(args.identity)  # nothing to make when the key exists: a bad one is refused here
+        identity = load_or_create(Path(args.identity).expanduser())
+        store = Store(args.workdir)  # the work tree last, once nothing else can refuse the flags
     except SwarmError as err:
         return cli.fail(str(err))
     import transformers
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
     dht = net = server = None
     try:
         from swarm.net.dht import start_dht
-        from swarm.net.identity import load_or_create, peer_key_of
+        from swarm.net.identity import peer_key_of
         from swarm.net.network import Network
         from swarm.protocol.cycle import Peer
         from swarm.protocol.metrics import Metrics
@@ -97,8 +102,6 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         from swarm.roles import ROLES
 
         rid = run_id(manifest)
-        device = cli.resolve_compute(args.device, args.threads)
-        identity = load_or_create(Path(args.identity).expanduser())
         metrics = Metrics(args.role, rid, identity.peer_key)
         if args.metrics_port is not None:  # before anything slow, so a busy port fails at once
             server = metrics.serve(args.metrics_port, args.metrics_host)

@@ -45,6 +45,8 @@ def test_bootstrap_serves_the_run_clock(tmp_path):
         assert len(set(seen)) >= 3 and seen == sorted(seen), (seen, proc.poll())
         assert any(k.startswith('teft_peer_info{') and 'role="bootstrap"' in k for k in got)
         assert got['teft_dht_seconds_count{op="get"}'] >= 1  # it read the peers records of each phase
+        outcome = ("teft_merged_miners", "teft_quorum_met", "teft_state_agreement")  # a peer's, never a bootstrap's
+        assert not [k for k in got if k.startswith(outcome)], got
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

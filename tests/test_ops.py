@@ -38,6 +38,42 @@ def test_rejection_reasons_map_to_few_labels():
     assert reason_label("fetch ab12 from 1 peer(s) failed: peer sent 900 bytes, more than the 800") == "size"
     assert reason_label("fetch ab12 from Qm: timed out after 30s") == "fetch"
     assert reason_label("something new") == "other"
+    assert reason_label("gains 0.0500 on the public validation split but 0.0100 on held-out data: fitted to public "
+                        "data") == "overfit"
+
+
+def test_labelled_counters_start_at_zero_so_increase_sees_the_first_rejection():
+    """A counter series that first appears at 1 has no earlier sample: Prometheus' increase() reads 0 for it."""
+    m = Metrics("validator", "run", "me")
+    before = m.scrape()
+    for line in ('teft_submissions_rejected_total{reason="overfit"} 0.0',
+                 'teft_submissions_rejected_total{reason="other"} 0.0', 'teft_submissions_total{stage="fetched"} 0.0',
+                 "teft_state_agreement -1.0"):  # nothing compared yet, not "differs"
+        assert line in before, line
+    m.record_cycle(CycleLog(0, "validator", "me", scores={"m": 0.0}, rejected={"m": "x: fitted to public data"}),
+                   {}, evaluate_length=10.0)
+    assert 'teft_submissions_rejected_total{reason="overfit"} 1.0' in m.scrape()
+
+
+def test_score_labels_join_peer_info():
+    """A miner's teft_score label is the full peer id its own teft_peer_info carries (was: the first 12 chars)."""
+    miner_id = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
+    miner = Metrics("miner", "run", miner_id).scrape()
+    validator = Metrics("validator", "run", "validator-id")
+    validator.record_cycle(CycleLog(0, "validator", "validator-id", scores={miner_id: 0.3}, medians={miner_id: 0.3}),
+                           {}, evaluate_length=10.0)
+    text = validator.scrape()
+    assert f'teft_score{{miner="{miner_id}"}} 0.3' in text and f'teft_median_score{{miner="{miner_id}"}} 0.3' in text
+    assert f'peer="{miner_id}"' in miner
+
+
+def test_a_bootstrap_node_exports_no_cycle_outcome():
+    """It takes no part in cycles: a merged 0, quorum 0 or agreement 0 from it would read as disagreement."""
+    names = {line.split("{")[0].split(" ")[0] for line in Metrics("bootstrap", "run", "b").scrape().splitlines()
+             if not line.startswith("#")}
+    assert {"teft_cycle", "teft_phase_index", "teft_peer_info"} <= names
+    assert not names & {"teft_merged_miners", "teft_quorum_met", "teft_state_agreement", "teft_score",
+                        "teft_submissions_rejected_total", "teft_state_validators"}, names
 
 
 def test_a_cycle_log_sets_the_gauges():

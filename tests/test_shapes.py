@@ -73,3 +73,16 @@ def test_the_meta_model_holds_no_memory():
     assert all(p.device == torch.device("meta") for p in model.parameters())
     assert sum(p.numel() for p in model.parameters()) > 46e9  # Mixtral-8x7B: 46.7 B parameters
     assert Path(CONFIGS / "shapes" / "mixtral-8x7b.json").exists()
+
+
+def test_the_command_helps_instead_of_running(capsys, tmp_path):
+    from swarm.protocol.shapes import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith("usage: python -m swarm.protocol.shapes")
+    assert "| manifest |" not in out  # it printed help, it did not run
+    assert main([str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: manifest") and err.count("\n") == 1

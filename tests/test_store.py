@@ -40,9 +40,13 @@ def test_leftover_temp_files_and_pruning(tmp_path):
     assert store.find(old) is None and store.find(new) == b"five"
 
 
-def test_missing_parent_is_one_line(tmp_path):
-    with pytest.raises(SwarmError, match="does not exist"):
-        Store(tmp_path / "a" / "b" / "w")
+def test_missing_folders_are_made_and_a_file_in_the_way_is_one_line(tmp_path):
+    assert (Store(tmp_path / "a" / "b" / "w").root / "checkpoints").is_dir()  # like the README's --workdir work/v1
+    (tmp_path / "f").write_text("")
+    with pytest.raises(SwarmError, match="is a file, not a folder"):
+        Store(tmp_path / "f" / "w")
+    with pytest.raises(SwarmError, match="is a file, not a folder"):
+        Store(tmp_path / "f")
 
 
 def test_moments_by_cycle_newest_before_and_torn_files(tmp_path):

@@ -118,3 +118,114 @@ def test_simulate_runs_the_baselines_named_and_refuses_others_before_any_work(tm
     out = tmp_path / "run"
     assert simulate.main(["--out", str(out), "--baseline", "bogus"]) == 2
     assert "--baseline bogus" in capsys.readouterr().err and not out.exists()
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_launch_refuses_to_replace_a_manifest_unless_forced(tmp_path, capsys):
+    key = str(tmp_path / "v.key")
+    load_or_create(key)
+    out = tmp_path / "run" / "run.yaml"
+    assert launch.main(["--validators", key, "--quorum", "1", "--out", str(out)]) == 0
+    first = out.read_text()
+    capsys.readouterr()
+    assert launch.main(["--validators", key, "--quorum", "1", "--start-in", "99", "--out", str(out)]) == 2
+    err = _one_line(capsys)
+    assert "exists" in err and "--force" in err
+    assert out.read_text() == first  # the run id the peers were given still holds
+    assert launch.main(["--validators", key, "--quorum", "1", "--start-in", "99", "--out", str(out), "--force"]) == 0
+    assert out.read_text() != first
+
+
+def test_launch_onto_a_folder_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    key = str(tmp_path / "v.key")
+    load_or_create(key)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert launch.main(["--validators", key, "--quorum", "1", "--out", str(folder)]) == 2
+    assert "is a folder" in _one_line(capsys)
+    assert list(folder.iterdir()) == []  # no expert map copied in
+
+
+def test_launch_blames_the_template_and_leaves_nothing(tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    key = str(tmp_path / "v.key")
+    load_or_create(key)
+    raw = yaml.safe_load(open("configs/tiny.yaml"))
+    raw["timings"]["train"] = -5
+    template = tmp_path / "templates" / "bad.yaml"
+    template.parent.mkdir()
+    template.write_text(yaml.safe_dump(raw))
+    shutil.copyfile("configs/tiny-math.map.json", template.parent / "tiny-math.map.json")
+    out = tmp_path / "run" / "run.yaml"
+    assert launch.main(["--template", str(template), "--validators", key, "--quorum", "1", "--out", str(out)]) == 2
+    err = _one_line(capsys)
+    assert str(template) in err and "timings.train" in err and "run.yaml" not in err, err
+    assert not (tmp_path / "run").exists()
+    missing = str(tmp_path / "keys" / "v2.key")  # a key file never made: say how to make it
+    assert launch.main(["--validators", key, missing, "--out", str(out)]) == 2
+    assert "swarm.keygen --identity " + missing in _one_line(capsys) and not (tmp_path / "run").exists()
+
+
+def test_keygen_onto_a_folder_is_one_line(tmp_path, capsys):
+    assert keygen.main(["--identity", str(tmp_path)]) == 2
+    assert "is a folder" in _one_line(capsys)
+    garbage = tmp_path / "bad.key"
+    garbage.write_text("not a key\n")
+    assert keygen.main(["--identity", str(garbage)]) == 2
+    assert "not a PEM private key" in _one_line(capsys)
+
+
+def test_a_refused_peer_creates_nothing(tmp_path, capsys):
+    """A bad key file or an unavailable device is refused before the work tree (or a key) is made; a work
+    directory whose folders are missing is made whole, as the README's `--workdir work/v1` needs."""
+    key = str(tmp_path / "v.key")
+    load_or_create(key)
+    manifest = str(write_manifest("configs/tiny.yaml", tmp_path / "run" / "run.yaml",
+                                  [load_or_create(key).public_key_str], 1_900_000_000.0, {"quorum": 1}))
+    garbage = tmp_path / "bad.key"
+    garbage.write_text("not a key\n")
+    work = tmp_path / "work" / "m1"
+    base = ["--role", "miner", "--config", manifest, "--workdir", str(work), "--threads", "1"]
+    assert peer.main([*base, "--identity", str(garbage)]) == 2
+    assert "not a PEM private key" in _one_line(capsys) and not (tmp_path / "work").exists()
+    assert peer.main([*base, "--identity", str(tmp_path)]) == 2
+    assert "is a folder" in _one_line(capsys) and not (tmp_path / "work").exists()
+    if not torch.cuda.is_available():
+        assert peer.main([*base, "--identity", str(tmp_path / "keys" / "m1.key"), "--device", "cuda"]) == 2
+        assert "no CUDA device" in _one_line(capsys)
+        assert not (tmp_path / "work").exists() and not (tmp_path / "keys").exists()
+    blocked = tmp_path / "afile"
+    blocked.write_text("")
+    assert peer.main([*base[:-4], "--workdir", str(blocked / "w"), "--identity", key]) == 2
+    assert "is a file, not a folder" in _one_line(capsys)
+
+
+def test_what_the_readme_commands_write_is_git_ignored():
+    """Private keys, work directories, manifests and checkpoints that the README's commands write in a checkout
+    must not show up in `git status` (keys/ holds private keys)."""
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = set()
+    for block in re.findall(r"```bash\n(.*?)```", (root / "README.md").read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            written |= {words[i + 1] for i, w in enumerate(words[:-1])
+                        if w in ("--out", "--identity", "--workdir", "--heldout-math")}
+    assert {"keys/v1.key", "work/m1", "run/run.yaml", "merged/"} <= written, written
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *sorted(written)], cwd=root, capture_output=True,
+                             text=True).stdout.split()
+    assert set(ignored) == written, written - set(ignored)

@@ -106,11 +106,15 @@ def _p2p_identity_bytes(key: RSAPrivateKey) -> bytes:
 def load_or_create(path: str | os.PathLike) -> Identity:
     """Load the peer's key from `path` (PEM), creating it on first use, so restarts keep the peer id."""
     path = Path(path)
+    if path.is_dir():
+        raise SwarmError(f"{path} is a folder, not a key file: name a file in it, e.g. {path / 'peer.key'}")
     if not path.parent.is_dir():
         raise SwarmError(f"directory {path.parent} for the identity file does not exist: create it first")
     if path.exists():
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except OSError as e:
+            raise SwarmError(f"cannot read the key file {path} ({e.strerror}): check its permissions") from None
         except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise SwarmError(f"{path} is not a PEM private key ({e}): restore it or move it away") from None
         if not isinstance(key, rsa.RSAPrivateKey):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 import selectors
 import socket
 import threading
@@ -29,20 +28,18 @@ logger = logging.getLogger("swarm.peer")
 
 PREFIX = "teft_"
 # a rejection reason (free text naming peers and numbers) -> a label with few values
-REASONS = (("did not reveal", "no-reveal"), ("does not match its commit", "reveal-mismatch"),
-           ("replayed", "replay"), ("non-finite", "non-finite"), ("shape", "shape"), ("key set", "keys"),
-           ("dtype", "dtype"), ("delta norm", "delta-norm"), ("more than", "size"), ("no time left", "no-time"),
-           ("fetch ", "fetch"), ("not received", "fetch"))
+REASONS = (("fitted to public data", "overfit"), ("did not reveal", "no-reveal"),
+           ("does not match its commit", "reveal-mismatch"), ("replayed", "replay"), ("non-finite", "non-finite"),
+           ("shape", "shape"), ("key set", "keys"), ("dtype", "dtype"), ("delta norm", "delta-norm"),
+           ("more than", "size"), ("no time left", "no-time"), ("fetch ", "fetch"), ("not received", "fetch"))
+REASON_LABELS = tuple(dict.fromkeys(label for _, label in REASONS)) + ("other",)
+STAGES = ("committed", "fetched")
 
 
 def reason_label(reason: str) -> str:
     """The bounded label of a rejection reason (Prometheus labels must not grow without end)."""
     text = reason.lower()
     return next((label for needle, label in REASONS if needle in text), "other")
-
-
-def short(peer_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "", peer_id)[:12]
 
 
 class Metrics:
@@ -52,19 +49,31 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         g = lambda name, doc, labels=(): Gauge(PREFIX + name, doc, labels, registry=r)  # noqa: E731
         c = lambda name, doc, labels=(): Counter(PREFIX + name, doc, labels, registry=r)  # noqa: E731
-        self.info = g("peer_info", "1, labelled with this process's role, run id and peer id",
-                      ("role", "run", "peer"))
+        self.info = g("peer_info", "1, labelled with this process's role, run id and peer id (the full id, as the "
+                      "miner label of teft_score and teft_median_score)", ("role", "run", "peer"))
         self.cycle = g("cycle", "the cycle this peer is in")
         self.phase = g("phase", "1 for the phase this peer is in, 0 for the others", ("phase",))
         self.phase_index = g("phase_index", "the phase this peer is in: 0 sync, 1 train, 2 commit, 3 reveal, "
                              "4 evaluate, 5 reduce")
         self.peers_seen = g("peers_seen", "peers that announced themselves in the last finished cycle", ("role",))
+        self.dht = Histogram(PREFIX + "dht_seconds", "latency of one signed-record store or get", ("op",),
+                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.info.labels(role, run_id, peer).set(1)
+        self.cycle.set(-1)
+        self.phase_index.set(-1)
+        if role != "bootstrap":  # a bootstrap node takes no part in cycles: a 0 from it would read as disagreement
+            self._cycle_metrics(g, c)
+
+    def _cycle_metrics(self, g, c) -> None:
+        """What a finished cycle sets: only peers (miners, validators) have these."""
         self.submissions = c("submissions_total", "submissions committed (a miner's own; the commits a validator "
                              "saw in time) and fetched (bytes received for evaluation)", ("stage",))
         self.rejected = c("submissions_rejected_total", "submissions a validator scored zero, by reason",
                           ("reason",))
-        self.score = g("score", "this validator's Proof-of-Loss score per miner, last finished cycle", ("miner",))
-        self.median = g("median_score", "combined (median) score per miner, last finished cycle", ("miner",))
+        self.score = g("score", "this validator's Proof-of-Loss score per miner (full peer id), last finished cycle",
+                       ("miner",))
+        self.median = g("median_score", "combined (median) score per miner (full peer id), last finished cycle",
+                        ("miner",))
         self.merged = g("merged_miners", "miners merged in the last finished cycle")
         self.quorum = g("quorum_met", "1 if enough allowlisted rankings were published last cycle")
         self.agree = g("state_agreement", "1 if this peer's Phi_{c+1} hash equals the one the allowlisted "
@@ -82,11 +91,11 @@ class Metrics:
         self.phase_seconds = g("phase_seconds", "seconds the role worked in each phase of the last cycle",
                                ("phase",))
         self.evaluate_used = g("evaluate_time_used_ratio", "share of the evaluate phase the validator worked")
-        self.dht = Histogram(PREFIX + "dht_seconds", "latency of one signed-record store or get", ("op",),
-                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
-        self.info.labels(role, run_id, peer).set(1)
-        self.cycle.set(-1)
-        self.phase_index.set(-1)
+        for stage in STAGES:  # every labelled counter exists at 0 from the start, so increase() sees its first step
+            self.submissions.labels(stage)
+        for label in REASON_LABELS:
+            self.rejected.labels(label)
+        self.agree.set(-1)  # no cycle finished yet: nothing to compare
 
     def set_phase(self, cycle: int, phase: str) -> None:
         """Called on every phase change (Peer.announce)."""
@@ -118,10 +127,10 @@ class Metrics:
             self.rejected.labels(reason_label(reason)).inc()
         self.score.clear()
         for miner, value in log.scores.items():
-            self.score.labels(short(miner)).set(value)
+            self.score.labels(miner).set(value)
         self.median.clear()
         for miner, value in log.medians.items():
-            self.median.labels(short(miner)).set(value)
+            self.median.labels(miner).set(value)
         self.merged.set(len(log.merged))
         self.quorum.set(1 if log.quorum_met else 0)
         if log.state_hash and log.agreed_hash:

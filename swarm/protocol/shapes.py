@@ -4,7 +4,8 @@ A manifest may name a shape, a transformers config under configs/shapes/. The mo
 device from it (no memory, no download), its MoE layout discovered as a peer would, and the manifest's
 expert-map budget, payload dtype and payload size are checked against it. A top-p budget selects the smallest
 set whose share of a layer's routing reaches p; the top m experts always hold at least m/E of it, so at most
-ceil(p * E) experts per layer are chosen: the payload bound below is exact for top-k and an upper bound for top-p.
+ceil(p * E) experts per layer are chosen: the payload bytes printed are exact for top-k and an upper bound for
+top-p. With no MANIFEST, every configs/*.yaml that names a shape is checked; the table goes to stdout.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ def check(manifest_path: str | Path) -> dict:
     from teft.selection import METHODS
     from teft.state import DTYPES
 
-    raw = yaml.safe_load(Path(manifest_path).read_text())
-    shape = raw.get("shape")
+    try:
+        raw = yaml.safe_load(Path(manifest_path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SwarmError(f"cannot read manifest {manifest_path}: {err}") from None
+    shape = raw.get("shape") if isinstance(raw, dict) else None
     if not shape:
         raise SwarmError(f"{manifest_path} names no shape")
     model = meta_model(shape)
@@ -76,13 +80,27 @@ def check(manifest_path: str | Path) -> dict:
             "payload_bytes_max": selected * expert_numel * itemsize, "layout": layout}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Print the payload table of the manifests given (default: every configs/*.yaml that names a shape)."""
+    from swarm import cli
+
+    parser = cli.parser("python -m swarm.protocol.shapes", __doc__)
+    parser.add_argument("manifests", nargs="*", metavar="MANIFEST",
+                        help="manifest YAML files naming a shape (default: every configs/*.yaml that names one)")
+    args = parser.parse_args(argv)
+    try:
+        paths = [Path(m) for m in args.manifests] or [
+            p for p in sorted(CONFIGS.glob("*.yaml")) if (yaml.safe_load(p.read_text()) or {}).get("shape")]
+        rows = []
+        for path in paths:
+            if not path.is_file():
+                raise SwarmError(f"manifest {path} not found: check the path")
+            rows.append((path, check(path)))
+    except SwarmError as err:
+        return cli.fail(str(err))
     print("| manifest | MoE layers x experts (top-k) | params per expert | budget | experts chosen, at most | "
           "payload bytes per miner, at most |\n|---|---|---|---|---|---|")
-    for path in sorted(CONFIGS.glob("*.yaml")):
-        if not (yaml.safe_load(path.read_text()) or {}).get("shape"):
-            continue
-        r = check(path)
+    for path, r in rows:
         budget = ", ".join(f"{k} {v}" for k, v in r["budget"].items())
         print(f"| {path.name} | {r['moe_layers']} x {r['experts']} (top-{r['top_k_routing']}) | "
               f"{r['expert_params']:,d} | {budget} | {r['selected_max']:,d} ({r['selected_share']:.1%}) | "

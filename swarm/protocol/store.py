@@ -30,11 +30,13 @@ class Store:
 
     def __init__(self, workdir: str | os.PathLike, keep_cycles: int = 3):
         self.root = Path(workdir)
-        if not self.root.parent.exists():
-            raise SwarmError(f"the parent of --workdir {self.root} does not exist: create it or choose another path")
+        check_workdir(self.root)
         self.keep_cycles = keep_cycles
-        for sub in ("checkpoints", "payloads", "moments"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("checkpoints", "payloads", "moments"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SwarmError(f"cannot create --workdir {self.root} ({err.strerror}): choose another path") from None
         for tmp in self.root.rglob(".*.tmp*"):  # leftovers of a write interrupted by kill -9
             tmp.unlink(missing_ok=True)
 
@@ -121,6 +123,22 @@ class Store:
         payloads = sorted((self.root / "payloads").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
         for path in payloads[: max(len(payloads) - keep_payloads, 0)]:
             path.unlink(missing_ok=True)
+
+
+def check_workdir(path: str | os.PathLike) -> None:
+    """Refuse a work directory that could not be created or used, before anything is created (the folders on its
+    path that are missing are made by Store, like `mkdir -p`)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SwarmError(f"--workdir {path} is a file, not a folder: choose another path")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SwarmError(f"--workdir {path} cannot be created: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SwarmError(f"--workdir {path} cannot be written under {existing} (permission denied): choose another "
+                         "path")
 
 
 def _read_verified(path: Path, digest: str) -> bytes | None:

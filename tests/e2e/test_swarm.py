@@ -230,8 +230,10 @@ def test_wrong_manifest(tmp_path):
     assert "not found" in line
 
 
-def test_missing_workdir_parent(tmp_path):
+def test_unusable_workdir(tmp_path):
+    (tmp_path / "file").write_text("")
     line = _one_error_line(_peer("--role", "validator", "--config", str(_manifest(tmp_path)), "--identity",
-                                 str(tmp_path / "k.key"), "--workdir", str(tmp_path / "no" / "such" / "w"),
+                                 str(tmp_path / "k.key"), "--workdir", str(tmp_path / "file" / "w"),
                                  "--validation-data", "math"))
-    assert "does not exist" in line and "workdir" in line
+    assert "is a file, not a folder" in line and "workdir" in line
+    assert not (tmp_path / "k.key").exists()  # refused before anything was made
