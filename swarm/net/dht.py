@@ -189,10 +189,13 @@ def start_dht(
             text = " ".join(str(e).split())
             pinged = initial and ("bootstrap" in text or "initial_peers" in text)
             # a busy bootstrap node can miss hivemind's 3 s ping: ask again while the startup time lasts (the
-            # previous attempt's daemon may hold the identity for a moment, so that is retried too)
-            if (pinged or (retry_in_use and "already taken" in text)) and \
+            # previous attempt's daemon may hold the identity for a moment, so that is retried too); hivemind's
+            # identity check starts a daemon of its own that must be up in 15 s, which a loaded machine missed
+            slow_daemon = "Daemon failed to start" in text
+            if (pinged or slow_daemon or (retry_in_use and "already taken" in text)) and \
                     time.monotonic() - started < startup_timeout - RETRY_PAUSE:
-                logger.info("no initial peer answered yet (%s); retrying", text[:80])
+                logger.info("%s (%s); retrying", "a p2p daemon was slow to start" if slow_daemon else
+                            "no initial peer answered yet", text[:80])
                 retry_in_use = True
                 time.sleep(RETRY_PAUSE)
                 continue
