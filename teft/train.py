@@ -294,6 +294,20 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
         return chunked_cross_entropy(head, hidden, labels.reshape(-1))
 
 
+def lm_row_losses(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Each block's own mean next-token loss [B] from one decoder pass (blocks without padding): what a
+    judgement needs to see how much a gain varies from block to block, not only its mean."""
+    labels = input_ids[:, 1:]
+    device = input_ids.device
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        parts = decoder_and_head(model)
+        if parts is None:
+            return torch.stack([lm_loss(model, row[None]) for row in input_ids])
+        decoder, head = parts
+        hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+        return torch.stack([chunked_cross_entropy(head, hidden[b], labels[b]).float() for b in range(len(labels))])
+
+
 @contextlib.contextmanager
 def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Recompute each decoder layer's activations in backward (memory for time) while inside."""

@@ -35,7 +35,7 @@ def rt(tmp_path_factory):
 
 def test_an_update_fitted_to_the_public_split_scores_zero_and_an_honest_one_does_not(rt):
     stick = yardstick(rt, rt.initial_state, b"seed")
-    assert stick.public is not None and stick.public_base_loss is not None
+    assert stick.public is not None and stick.public_base_blocks is not None
     honest = train_submission(rt, rt.initial_state, "honest", 0)
     verdict = judge(rt, rt.initial_state, stick, "honest", "h" * 64, honest.payload)
     assert verdict.reason is None and verdict.score > 0
