@@ -115,8 +115,9 @@ def allocation_peak(fn: Callable[[], None]) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e.time_range.start, i, e.cpu_memory_usage) for i, e in enumerate(prof.events())
-                    if e.name == "[memory]")
+    # every allocation (+) and free (-) in time order; FunctionEvents would fold most of them into their ops
+    events = sorted((e.start_ns(), i, e.nbytes()) for i, e in enumerate(prof.profiler.kineto_results.events())
+                    if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
     live = peak = 0
     for _, _, change in events:
         live += change
