@@ -390,7 +390,9 @@ def _fmt_time(r: dict) -> str:
 
 
 def _fmt_mem(r: dict) -> str:
-    return "—" if "error" in r or r.get("peak_bytes") is None else f"{r['peak_bytes'] / GIB:.1f} GiB"
+    if "error" in r or r.get("peak_bytes") is None:
+        return "—"
+    return f"{r['peak_bytes'] / GIB:.1f} GiB" if r["peak_bytes"] >= GIB else f"{r['peak_bytes'] / 2**20:.1f} MiB"
 
 
 def markdown(report: dict) -> str:
