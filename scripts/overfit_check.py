@@ -44,6 +44,7 @@ from teft.outer import NesterovOuter, outer_step  # noqa: E402
 from teft.pol import state_block_losses  # noqa: E402
 
 MEMORIZER_STEPS = 24  # as tests/test_validator.py's worst case
+MEMORIZER_SEEDS = 3  # the memorizer trains for this many seeds per cycle (its training data is the seed's subset)
 
 
 def load_tiny(config: str) -> Runtime:
@@ -87,8 +88,8 @@ def judgements(rt: Runtime, base, updates: dict, heldout: list[torch.Tensor], se
             batches = validation_batches(rt, seed, private)
             held_base = state_block_losses(rt.model, rt.layout, base, batches)
             for (kind, name), state in updates.items():
-                if kind == "memorizer" and v > 0:
-                    continue  # its training data depends on the seed alone: one judgement per seed suffices
+                if isinstance(state, list) and s >= len(state):
+                    continue  # the memorizer trains for the first seeds only: its data depends on the seed
                 upd = state[s] if isinstance(state, list) else state
                 rows.append({"cycle": cycle, "seed": s, "validator": v, "kind": kind, "miner": name,
                              "held": (held_base - state_block_losses(rt.model, rt.layout, upd, batches)).tolist(),
@@ -96,7 +97,8 @@ def judgements(rt: Runtime, base, updates: dict, heldout: list[torch.Tensor], se
     return rows
 
 
-def collect(rt: Runtime, cycles: int, miners: int, overfitters: int, seeds: int, validators: int) -> list[dict]:
+def collect(rt: Runtime, cycles: int, miners: int, overfitters: int, seeds: int, validators: int,
+            checkpoint=None) -> list[dict]:
     heldout = [heldout_blocks(rt, f"v{v}") for v in range(validators)]
     spec = rt.manifest.data
     count = max(spec.validation_blocks // OVERFIT_CHECK_SHARE, spec.eval_batch_size)
@@ -114,7 +116,7 @@ def collect(rt: Runtime, cycles: int, miners: int, overfitters: int, seeds: int,
             sub = train_submission(with_train_blocks(rt, rt.validation_blocks), state, f"val-overfit-{k}", cycle)
             updates[("val-overfit", f"val-overfit-{k}")] = within_norm(sub.state, state, bound)
         memorized = []
-        for s in range(seeds):
+        for s in range(min(seeds, MEMORIZER_SEEDS)):
             seed = f"overfit-check/{cycle}/{s}".encode()
             public = torch.cat(validation_batches(rt, seed, count=count))
             sub = train_submission(with_train_blocks(rt, public, MEMORIZER_STEPS), state, "memorizer", cycle)
@@ -124,8 +126,10 @@ def collect(rt: Runtime, cycles: int, miners: int, overfitters: int, seeds: int,
         optimizer = NesterovOuter(rt.outer, buffer)
         state = outer_step(state, honest, optimizer)
         buffer = optimizer.buffer
-        print(f"cycle {cycle}: {len(updates) - 1 + seeds} updates judged {len(rows)} times so far "
+        print(f"cycle {cycle}: {len(updates) - 1 + len(memorized)} updates judged {len(rows)} times so far "
               f"[{time.time() - start:.0f}s]", flush=True)
+        if checkpoint is not None:
+            checkpoint(rows)
     return rows
 
 
@@ -184,18 +188,26 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
+    out = Path(args.out).with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def result_of(rows: list[dict]) -> dict:
+        return {"command": " ".join(["python", *sys.argv]), "seconds": round(time.time() - start),
+                "cycles_done": 1 + max(r["cycle"] for r in rows), "gains": gains(rows), "rules": rates(rows),
+                "judgements": rows}
+
+    def checkpoint(rows: list[dict]) -> None:  # each finished cycle is kept, should a later one not finish
+        out.write_text(json.dumps(result_of(rows), indent=1) + "\n")
+
     rt = load_tiny(args.config)
-    rows = collect(rt, args.cycles, args.miners, args.overfitters, args.seeds, args.validators)
-    result = {"command": " ".join(["python", *sys.argv]), "seconds": round(time.time() - start),
-              "gains": gains(rows), "rules": rates(rows), "judgements": rows}
+    rows = collect(rt, args.cycles, args.miners, args.overfitters, args.seeds, args.validators, checkpoint)
+    result = result_of(rows)
     for kind, g in result["gains"].items():
         print(f"{kind}: {g['n']} judgements, held-out gain {g['held_mean']:.4f} ({g['held_min']:.4f}.."
               f"{g['held_max']:.4f}), public {g['public_mean']:.4f} ({g['public_min']:.4f}..{g['public_max']:.4f})")
     for name, per in result["rules"].items():
         print(f"{name}: " + ", ".join(f"{k} {v['zeroed']}/{v['of']} ({100 * v['rate']:.1f}%)"
                                       for k, v in per.items() if k.endswith("/all") or k.startswith("honest")))
-    out = Path(args.out).with_suffix(".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out} [{result['seconds']}s]")
 

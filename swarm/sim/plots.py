@@ -40,7 +40,8 @@ def _tokens_axis(ax) -> None:
 
 def _source(report: dict) -> str:
     """Where the report's losses were measured, short, for a title."""
-    return "the test split" if "test split" in (report.get("measured_on") or "test split") else "held-back blocks"
+    where = report.get("measured_on") or ""
+    return "the test split" if "test split" in where else "held-back blocks" if where else "fixed blocks"
 
 
 def _axes(ax, ylabel: str, title: str) -> None:
@@ -88,10 +89,11 @@ def figures(report: dict) -> dict:
 
     figs["progress.png"] = progress_figure(report)
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     markers = "osD^vP*Xh"
     for i, (names, sent) in enumerate(byte_groups(report)):
-        label = names[0] if len(names) == 1 else f"{', '.join(names)} (identical)"
+        label = names[0] if len(names) == 1 else f"{', '.join(names[:3])}" + (
+            f" and {len(names) - 3} more" if len(names) > 3 else "") + " (identical)"
         if not any(sent):
             label += ": sent nothing"
         ax.plot(cycles, sent, marker=markers[i % len(markers)], ls="-", label=label)
@@ -99,7 +101,7 @@ def figures(report: dict) -> dict:
     ax.set_ylim(bottom=0)  # from zero: a peer that sent nothing is on the chart, and heights compare
     dense_mb = report["dense_model_bytes"] / 1e6
     _axes(ax, "MB sent", f"Bytes sent per cycle per peer (a dense model exchange is {dense_mb:.1f} MB)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     figs["bytes.png"] = fig
 

@@ -209,8 +209,10 @@ def summary(report: dict) -> str:
                   if len(trained) > 1 else [])
     lines = ["# Swarm simulation summary", "",
              f"{len(report['peers'])} peers, {report['cycles']} cycles; manifest `{report['manifest']}`.", "",
-             f"Losses, perplexities, drift and speedups are measured on {report.get('measured_on') or 'fixed blocks'}"
-             ", never on a split a miner may train on.", "",
+             (f"Losses, perplexities, drift and speedups are measured on {report['measured_on']}, never on a split a "
+              "miner may train on." if report.get("measured_on") else
+              "This report does not say which blocks its losses were measured on (made before reports named them)."),
+             "",
              "| measure | value |", "|---|---|",
              *train_line,
              f"| target-domain perplexity, base -> last cycle | "
