@@ -20,8 +20,8 @@ peak of the allocations torch's profiler records over one fresh step maker and t
 
     python scripts/bench_gpu.py --shape olmoe-1b-7b --out runs/bench_gpu     # on an 80 GB GPU
     python scripts/bench_gpu.py --shape tiny --quick --out runs/bench_gpu    # anywhere, in seconds (CI)
-    python scripts/bench_gpu.py --shape olmoe-1b-7b --layers 2 --seq-len 128 --batch-sizes 1,2 --device cpu \
-        --no-full-ft --out runs/bench_cpu                                    # real width, 2 layers, on a CPU
+    python scripts/bench_gpu.py --shape olmoe-1b-7b --layers 2 --seq-len 64 --batch-sizes 1,2 --device cpu \
+        --reps 1 --pol-blocks 8 --no-full-ft --out runs/bench_cpu            # real width, 2 layers, on a CPU
 """
 
 from __future__ import annotations
@@ -241,9 +241,12 @@ def run(args) -> dict:
     config = shape_config(args.shape, args.layers)
     seq = args.seq_len
     warmup, reps = (1, 2) if args.quick else (2, 5)
+    if args.reps is not None:
+        warmup, reps = min(warmup, args.reps), args.reps
     report: dict = {"shape": args.shape, "layers": config.num_hidden_layers,
                     "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                     "dtype": args.dtype, "seq_len": seq, "batch_sizes": args.batch_sizes, "top_p": args.top_p,
+                    "pol_blocks": args.pol_blocks,
                     "torch": torch.__version__}
     start = time.perf_counter()
     try:
@@ -329,9 +332,9 @@ def run(args) -> dict:
                 result["peak_budget_bytes"] = floor["peak_bytes"] + TEFT_BYTES_PER_PARAM * trainable + 2 * GIB
         print(f"  teft batch {batch}: {result}", flush=True)
 
-    # Proof-of-Loss: one submission scored on 64 x seq validation tokens
-    valid = tokens(64)
-    batches = [valid[i:i + route_batch] for i in range(0, 64, route_batch)]
+    # Proof-of-Loss: one submission scored on pol_blocks x seq validation tokens
+    valid = tokens(args.pol_blocks)
+    batches = [valid[i:i + route_batch] for i in range(0, args.pol_blocks, route_batch)]
     state = {k: v + 1e-3 for k, v in extract_state(model, layout, emap).items()}
     pol = attempt("Proof-of-Loss", lambda: timed(lambda: state_loss(model, layout, state, batches), device, 1,
                                                  max(1, reps // 2)), device)
@@ -436,7 +439,8 @@ def markdown(report: dict) -> str:
             lines.append(f"| {label} | {r['tokens_per_s']:,.0f} | {fwd['tokens_per_s']:,.0f} (plain forward) | "
                          f"{r['tokens_per_s'] / fwd['tokens_per_s']:.2f}x |")
     if "time_s" in report.get("pol", {}):
-        lines.append(f"| Proof-of-Loss per submission (64 x {seq} tokens) | {report['pol']['time_s']:.2f} s | | |")
+        lines.append(f"| Proof-of-Loss per submission ({report.get('pol_blocks', 64)} x {seq} tokens) | "
+                     f"{report['pol']['time_s']:.2f} s | | |")
     if "payload_bytes" in report:
         pb = report["payload_bytes"]
         lines.append(f"| payload per submission | {pb['bfloat16'] / 2**20:.1f} MiB bf16, "
@@ -463,6 +467,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights (default bf16)")
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default auto)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads when on CPU (default 1)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, --quick 2)")
+    parser.add_argument("--pol-blocks", type=int, default=64, help="blocks a Proof-of-Loss judgement scores (64)")
     parser.add_argument("--layers", type=int, default=None,
                         help="keep only the first N decoder layers, at full width (e.g. 2 on a CPU)")
     parser.add_argument("--no-full-ft", action="store_true",
