@@ -54,7 +54,8 @@ def combined_seed(revealed: dict[str, str]) -> bytes:
 
 
 OVERFIT_SLACK = 0.01  # nats: gains this close together are never called overfit, whatever their ratio
-OVERFIT_Z = 4.0  # standard errors the public gain must exceed the held-out gain by (scripts/overfit_check.py)
+OVERFIT_Z = 4.0  # standard errors the public gain must exceed the held-out gain by: honest gaps reached 2.7,
+#                  updates fitted to the public blocks 7.4 and more (scripts/overfit_check.py, README)
 
 
 OVERFIT_CHECK_SHARE = 4  # the public-split check measures this fraction of the scoring blocks: it only has to
