@@ -1,6 +1,7 @@
 """The simulation report: matched-loss drift interpolation, plots and summary from a report dict."""
 
 import pytest
+import torch
 
 from swarm.sim.report import _interp_drift, add_drift, add_speedup, cycles_to_reach, write_outputs
 
@@ -217,3 +218,52 @@ def test_plots_number_cycles_from_zero_on_whole_ticks_and_show_every_peer():
     finally:
         for fig in figs.values():
             plt.close(fig)
+
+
+def _manifest(tmp_path, data: dict | None = None):
+    from swarm.launch import write_manifest
+    from swarm.net.identity import load_or_create
+    from swarm.protocol.manifest import load
+
+    key = load_or_create(tmp_path / "v.key").public_key_str
+    return load(write_manifest("configs/tiny.yaml", tmp_path / "run" / "run.yaml", [key], 1.9e9,
+                               {"quorum": 1, **({"data": data} if data else {})}))
+
+
+def test_reports_measure_the_test_split_which_no_role_reads(tmp_path):
+    """Miners train on `train` (val-overfit on `validation`), validators check `validation`: the report's blocks
+    come from `test`, for the target and the general domain alike."""
+    from swarm.protocol.runtime import REPORT_BLOCKS, report_data
+    from teft.data import load_texts, make_byte_tokenizer, tokenize_blocks
+
+    manifest, tok = _manifest(tmp_path), make_byte_tokenizer()
+    seq = manifest.data.seq_len
+    validation = tokenize_blocks(tok, load_texts("math", "validation"), seq, 200 * seq)
+    general = tokenize_blocks(tok, load_texts("general", "validation"), seq, 40 * seq)
+    target, general_report, kept, source = report_data(manifest, tok, validation, general)
+    assert kept is validation and source == "the test split of math; general: the test split of general"
+    assert torch.equal(target, tokenize_blocks(tok, load_texts("math", "test"), seq)[:REPORT_BLOCKS])
+    assert torch.equal(general_report, tokenize_blocks(tok, load_texts("general", "test"), seq)[:REPORT_BLOCKS])
+    seen = {tuple(r) for r in validation.tolist()} | {tuple(r) for r in general.tolist()}
+    assert not seen & ({tuple(r) for r in target.tolist()} | {tuple(r) for r in general_report.tolist()})
+
+
+def test_data_without_a_test_split_sets_blocks_aside_that_no_role_reads(tmp_path):
+    import gzip
+    import json
+
+    from swarm.protocol.runtime import REPORT_BLOCKS, report_data
+    from teft.data import make_byte_tokenizer
+
+    path = tmp_path / "run" / "val.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps({"text": "x"}) + "\n")
+    manifest, tok = _manifest(tmp_path, {"validation": "val.jsonl.gz"}), make_byte_tokenizer()
+    validation = torch.arange(100 * 8).view(100, 8)
+    target, _, kept, source = report_data(manifest, tok, validation, None)
+    assert torch.equal(target, validation[-REPORT_BLOCKS:]) and torch.equal(kept, validation[:-REPORT_BLOCKS])
+    assert source.startswith(f"the last {REPORT_BLOCKS} blocks of val.jsonl.gz (it has no test split")
+    # too few to spare 32: measured on them anyway, and the report says a miner may have trained on them
+    target, _, kept, source = report_data(manifest, tok, validation[:50], None)
+    assert kept.shape[0] == 50 and torch.equal(target, kept) and "a miner may have trained on them" in source
