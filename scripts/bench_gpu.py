@@ -8,9 +8,10 @@ on the device (nothing downloaded, never an fp32 copy on the host). Measured, wi
   embeddings' output requires grad): no TEFT step can be cheaper in time or memory;
 - select: routing-statistics throughput, against a plain bf16 forward;
 - TEFT train step (selected experts by top-p of the measured routing) at each batch size: time, peak memory,
-  tokens/s; with activation checkpointing only where the plain step runs out of memory. The expert map is
-  routed on the very blocks the steps train on (a random-weight model routes fresh random tokens elsewhere),
-  and each step's routed share of the selected experts is reported next to the map's;
+  tokens/s; with activation checkpointing only where the plain step runs out of memory. Tokens are drawn by
+  Zipf's law, as text's are, and the expert map is routed on the very blocks the steps train on (a
+  random-weight model routes uniformly drawn tokens of another block elsewhere); each step's routed share of
+  the selected experts is reported next to the map's, and on fresh blocks;
 - Proof-of-Loss: seconds per submission on 64 x seq validation tokens; payload bytes;
 - full fine-tuning at batch 1 (AdamW on every parameter, in the weights' dtype: bf16 weights, gradients and
   moments, 8 B/param, where TEFT keeps fp32 masters, gradients and moments, 16 B/param), or "out of memory".
@@ -215,6 +216,15 @@ def train_measure(model, ids, device, warmup, reps, make_step, resident: int = 0
     return {"error": "out of memory"}
 
 
+ZIPF_EXPONENT = 1.1  # token frequencies of natural text fall off about as 1 / rank
+
+
+def zipf_weights(vocab: int, gen: torch.Generator) -> torch.Tensor:
+    """Sampling weights over token ids: Zipf's law over a random ranking of the vocabulary."""
+    ranks = torch.randperm(vocab, generator=gen).double()
+    return (ranks + 1).pow(-ZIPF_EXPONENT)
+
+
 def selected_share(profile, emap) -> float:
     """Mean over layers of the share of (token, expert) pairs routed to the map's experts."""
     share = profile.share("token")
@@ -266,13 +276,15 @@ def run(args) -> dict:
           f"{report['device']}", flush=True)
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.get_text_config().vocab_size
+    token_weights = zipf_weights(vocab, gen)
 
     def tokens(n: int) -> torch.Tensor:
-        return torch.randint(0, vocab, (n, seq), generator=gen).to(device)
+        return torch.multinomial(token_weights, n * seq, replacement=True, generator=gen).view(n, seq).to(device)
 
-    # select: routing statistics against a plain forward of the same batches. The training steps below take
-    # their batches from these very blocks: with random weights a token's experts follow from its embedding, so
-    # a map routed on other random tokens would select experts the training batches barely use
+    # select: routing statistics against a plain forward of the same batches. With random weights a token's
+    # experts follow from its embedding, so blocks of uniformly drawn tokens (few repeats in a large vocabulary)
+    # each route elsewhere and a map routed on some barely fits others. Tokens are drawn as text is, a few of them
+    # frequent (zipf_weights), and the training steps below take their batches from the very routed blocks
     route_batch = max(args.batch_sizes)
     route_blocks = tokens(route_batch * (1 if args.quick else 4))
 
