@@ -30,12 +30,12 @@ def byte_groups(report: dict) -> list[tuple[list[str], list[float]]]:
     return [(names, list(sent)) for sent, names in groups.items()]
 
 
-def _tokens_axis(ax) -> None:
+def _tokens_axis(ax, between: bool = True) -> None:
     """A top axis that labels every x, the baselines' points between cycles included: x = c is the state after
     cycle c's reduce, so it has had c + 1 cycles' worth of training tokens; x = -1 is the base model."""
     top = ax.secondary_xaxis("top", functions=(lambda x: x + 1, lambda x: x - 1))
-    top.set_xlabel("cycles' worth of training tokens (baselines: a point per quarter cycle; 0 = base model)",
-                   fontsize=8)
+    top.set_xlabel("cycles' worth of training tokens (" + ("baselines: a point per quarter cycle; " if between
+                                                          else "") + "0 = base model)", fontsize=8)
 
 
 def _source(report: dict) -> str:
@@ -142,7 +142,7 @@ def progress_figure(report: dict):
     title = "Progress per cycle" + (f": {speed['speedup']:.2f}x a lone miner at loss {speed['target_loss']:.3f}"
                                     if speed.get("speedup") and speed.get("target_loss") is not None else "")
     _axes(ax, "target-domain loss (nats/token)", title)
-    _tokens_axis(ax)
+    _tokens_axis(ax, between=False)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
