@@ -103,13 +103,18 @@ def overfit_flag(public: torch.Tensor, held: torch.Tensor, ratio: float, slack: 
     `ratio` x the held-out gain + `slack` and, with `z`, when the two also differ by more than z standard errors
     of their difference (from the blocks' spread): a handful of public blocks can gain several times what 32
     held-out blocks gain by chance alone, and an honest miner must not pay for that."""
-    pub, hel = float(public.mean()), float(held.mean())
+    pub, hel, errors = overfit_gap(public, held)
     if not pub > ratio * max(hel, 0.0) + slack:
         return False
-    if z is None:
-        return True
+    return z is None or errors > z
+
+
+def overfit_gap(public: torch.Tensor, held: torch.Tensor) -> tuple[float, float, float]:
+    """(public gain, held-out gain, how many standard errors of their difference the first exceeds the second
+    by); the standard error comes from the blocks' spread, two independent samples."""
+    pub, hel = float(public.mean()), float(held.mean())
     spread = float(public.var() / len(public) + held.var() / len(held)) if len(public) > 1 and len(held) > 1 else 0.0
-    return pub - hel > z * math.sqrt(spread)
+    return pub, hel, (pub - hel) / math.sqrt(spread) if spread > 0 else (math.inf if pub > hel else 0.0)
 
 
 def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_hash: str, data: bytes) -> Score:
@@ -135,8 +140,10 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
     if stick.public is not None:
         public = stick.public_base_blocks - state_block_losses(rt.model, rt.layout, state, stick.public)
         if overfit_flag(public, stick.base_blocks - blocks, rt.manifest.data.overfit_ratio):
+            errors = overfit_gap(public, stick.base_blocks - blocks)[2]
             return Score(miner, payload_hash, loss, 0.0, f"gains {float(public.mean()):.4f} on the public validation "
-                         f"split but {gain:.4f} on held-out data: fitted to public data")
+                         f"split but {gain:.4f} on held-out data ({errors:.1f} standard errors apart): fitted to "
+                         "public data")
     return Score(miner, payload_hash, loss, gain)
 
 
