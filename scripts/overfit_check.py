@@ -12,8 +12,11 @@ private held-out sets (fresh math from a seed of their own, as `swarm.simulate` 
 the scoring subset (validation_blocks of held-out data) and on the public check subset (a quarter as many
 blocks of the public split). Each rule below is then applied to the same judgements:
   - ratio:    zero if public gain > r x held-out gain + s (the rule before this study: r 2, s 0.01);
-  - z:        zero if public gain - held-out gain > z x its standard error (from the blocks' spread) and the
-              public gain is also over r x the held-out gain + s.
+  - z/margin: zero if the public gain is over r x the held-out gain + s, and that excess is either over
+              `margin` nats or the two gains are over z standard errors of their difference apart (from the
+              blocks' spread): the rule validators apply now (swarm.roles.validator.overfit_flag).
+
+    python scripts/overfit_check.py --rescore teft/assets/studies/overfit_check.json   # the rules again, no training
 
     python scripts/overfit_check.py --threads 1 --out teft/assets/studies/overfit_check
 """
@@ -137,29 +140,29 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-RULES = {  # name -> (ratio, slack, z): z None is the plain ratio rule
-    "ratio 2, slack 0.01 (before)": (2.0, 0.01, None),
-    "ratio 2, slack 0.03": (2.0, 0.03, None),
-    "ratio 2, slack 0.05": (2.0, 0.05, None),
-    "ratio 3, slack 0.05": (3.0, 0.05, None),
-    "ratio 2, slack 0.01, z 3": (2.0, 0.01, 3.0),
-    "ratio 2, slack 0.01, z 4": (2.0, 0.01, 4.0),
-    "ratio 2, slack 0.02, z 4": (2.0, 0.02, 4.0),
+RULES = {  # name -> (ratio, slack, z, margin); z and margin None: the excess over ratio x held-out alone decides
+    "ratio 2, slack 0.01 (before)": (2.0, 0.01, None, None),
+    "ratio 2, slack 0.03": (2.0, 0.03, None, None),
+    "ratio 2, slack 0.05": (2.0, 0.05, None, None),
+    "ratio 3, slack 0.05": (3.0, 0.05, None, None),
+    "ratio 2, slack 0.01, z 3": (2.0, 0.01, 3.0, None),
+    "ratio 2, slack 0.01, z 4": (2.0, 0.01, 4.0, None),
+    "ratio 2, slack 0.01, z 4 or excess 0.05 (now)": (2.0, 0.01, 4.0, 0.05),
 }
 
 
 def rates(rows: list[dict]) -> dict:
     """Per rule and update kind: the share of judgements zeroed (early = cycle 0, late = the rest)."""
     out = {}
-    for name, (ratio, slack, z) in RULES.items():
+    for name, (ratio, slack, z, margin) in RULES.items():
         per = {}
         for kind in sorted({r["kind"] for r in rows}):
             for when, keep in (("all", lambda c: True), ("early", lambda c: c == 0), ("late", lambda c: c > 0)):
                 chosen = [r for r in rows if r["kind"] == kind and keep(r["cycle"])]
                 if not chosen:
                     continue
-                flagged = sum(overfit_flag(torch.tensor(r["public"]), torch.tensor(r["held"]), ratio, slack, z)
-                              for r in chosen)
+                flagged = sum(overfit_flag(torch.tensor(r["public"]), torch.tensor(r["held"]), ratio, slack, z,
+                                           margin) for r in chosen)
                 per[f"{kind}/{when}"] = {"zeroed": flagged, "of": len(chosen), "rate": flagged / len(chosen)}
         out[name] = per
     return out
@@ -185,7 +188,14 @@ def main() -> None:
     parser.add_argument("--validators", type=int, default=2, help="private held-out sets (default 2)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/overfit_check", help="output stem: STEM.json")
+    parser.add_argument("--rescore", metavar="JSON", help="only apply the rules again to a run's saved judgements")
     args = parser.parse_args()
+    if args.rescore:
+        result = json.loads(Path(args.rescore).read_text())
+        result["rules"] = rates(result["judgements"])
+        Path(args.rescore).write_text(json.dumps(result, indent=1) + "\n")
+        report(result)
+        return
     torch.set_num_threads(args.threads)
     start = time.time()
     out = Path(args.out).with_suffix(".json")
@@ -202,14 +212,18 @@ def main() -> None:
     rt = load_tiny(args.config)
     rows = collect(rt, args.cycles, args.miners, args.overfitters, args.seeds, args.validators, checkpoint)
     result = result_of(rows)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    report(result)
+    print(f"wrote {out} [{result['seconds']}s]")
+
+
+def report(result: dict) -> None:
     for kind, g in result["gains"].items():
         print(f"{kind}: {g['n']} judgements, held-out gain {g['held_mean']:.4f} ({g['held_min']:.4f}.."
               f"{g['held_max']:.4f}), public {g['public_mean']:.4f} ({g['public_min']:.4f}..{g['public_max']:.4f})")
     for name, per in result["rules"].items():
         print(f"{name}: " + ", ".join(f"{k} {v['zeroed']}/{v['of']} ({100 * v['rate']:.1f}%)"
                                       for k, v in per.items() if k.endswith("/all") or k.startswith("honest")))
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out} [{result['seconds']}s]")
 
 
 if __name__ == "__main__":

@@ -49,9 +49,15 @@ FITTED_HELD = [-0.27, -0.109, 0.032, -0.095, 0.049, -0.021, -0.039, 0.492, -0.16
 def test_the_overfit_rule_spares_block_noise_and_flags_a_fitted_update():
     t = torch.tensor
     honest, held = t(HONEST_PUBLIC), t(HONEST_HELD)
-    assert overfit_flag(honest, held, 2.0, OVERFIT_SLACK, z=None)  # the ratio alone zeroed this honest miner
-    assert not overfit_flag(honest, held, 2.0)  # the gap is within block-to-block noise
+    # the ratio alone zeroed this honest miner
+    assert overfit_flag(honest, held, 2.0, OVERFIT_SLACK, z=None, margin=None)
+    assert not overfit_flag(honest, held, 2.0)  # its excess (0.039 nats) is small and within block noise
     assert overfit_flag(t(FITTED_PUBLIC), t(FITTED_HELD), 2.0)
+    # val-overfit's worst: 0.085 on the public split, 0.002 held-out; within noise (1.4 standard errors), but an
+    # excess over twice the held-out gain no honest update reached (0.031 at most): flagged
+    spread = t([0.15, -0.15] * 4)
+    assert overfit_flag(0.085 + spread, 0.002 + t([0.06, -0.06] * 16), 2.0)
+    assert not overfit_flag(0.085 + spread, 0.002 + t([0.06, -0.06] * 16), 2.0, margin=None)
     # the gap must also clear the ratio: a consistent but small public edge is not overfitting
     assert not overfit_flag(torch.full((8,), 0.05) + t([0.001, -0.001] * 4), torch.full((32,), 0.03)
                             + t([0.001, -0.001] * 16), 2.0)
