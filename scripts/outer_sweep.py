@@ -4,8 +4,8 @@ M simulated miners train from the same state, each on its own batches (seeded by
 swarm/miner.py does); a validator's Proof-of-Loss score on the cycle's validation subset ranks them, the
 swarm's own rule (`swarm.protocol.consensus.combine`: top_k, min_relative_score) picks the merged ones and the outer
 step (`teft.outer`) applies them. Each row is compared with a lone miner (one miner, H steps per cycle, the
-same inner loop) on target loss per cycle, the speedup (cycles the lone miner needs for the swarm's loss /
-swarm cycles, interpolated) and general drift (general loss minus the base model's).
+same inner loop) on target loss per cycle, the speedup (swarm.sim.report.SPEEDUP_DEFINITION: cycles each needs
+to first reach a loss, interpolated) and general drift (general loss minus the base model's).
 
 Phases (each appends rows to the JSON, so a phase can be re-run alone):
   variants  M=4, H=20: inner moments kept vs reset, cross-cycle vs per-cycle lr schedule, outer lr/momentum,
@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 from swarm.protocol.consensus import Score, combine  # noqa: E402
 from swarm.protocol.runtime import Runtime, report_batches  # noqa: E402
 from swarm.sim.baseline import InnerPlan, dense_diloco, lone_miner, miner_cycle, token_budget  # noqa: E402
-from swarm.sim.report import _interp_drift, speedup  # noqa: E402
+from swarm.sim.report import SPEEDUP_DEFINITION, _interp_drift, speedup  # noqa: E402
 from teft.data import subset  # noqa: E402
 from teft.outer import NesterovOuter, OuterConfig, outer_step  # noqa: E402
 from teft.pol import score, state_loss  # noqa: E402
@@ -144,9 +144,9 @@ def write_markdown(results: dict, path: Path) -> None:
              f"In-process swarm on `{results.get('config', 'configs/tiny.yaml')}` (model `tiny`, target math, inner "
              f"batch {results.get('batch', '8 x 128 tokens')}, inner lr {results.get('inner_lr', 1e-3):g}), honest "
              f"miners only, one validator's Proof-of-Loss scores and the swarm's merge rule. Base model: math "
-             f"{base['target_loss']:.4f}, general {base['general_loss']:.4f}. Speedup = cycles a lone miner (same "
-             "H, same inner loop) needs to reach the swarm's loss / the swarm's cycles; the headline column uses "
-             "the lone miner's final loss (reached after how many swarm cycles). Drift = general loss - base.", "",
+             f"{base['target_loss']:.4f}, general {base['general_loss']:.4f}. Speedup (lone miner: same H, same "
+             f"inner loop): {SPEEDUP_DEFINITION}; per cycle at the swarm's loss after it, the headline column at "
+             "the lowest loss both reached. Drift = general loss - base.", "",
              "Commands:", "", *[f"    {c}" for c in results["commands"]], "",
              "| phase | variant | M | H | target loss per cycle | merged per cycle | lone miner final (cycles) | "
              "swarm cycles to it | speedup | per-cycle speedup | general drift at end | lone miner's drift at that "

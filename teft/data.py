@@ -334,6 +334,20 @@ def check_data(spec: str, split: str = "train") -> None:
     _resolve(spec, split)
 
 
+def has_split(spec: str, split: str) -> bool:
+    """Whether a spec names real splits and has `split`: the shipped corpora and datasets DatasetDict folders do;
+    a file or a plain folder reads the same documents whatever split is asked for."""
+    if spec in BUILTIN_CORPORA:
+        return split in BUILTIN_SPLITS
+    index = Path(spec).expanduser() / "dataset_dict.json"
+    if not index.is_file():
+        return False
+    try:
+        return split in json.loads(index.read_text(encoding="utf-8"))["splits"]
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
 def data_digest(spec: str, split: str = "train") -> str:
     """sha256 of the bytes a spec reads, so an expert map or a run records which data it came from."""
     source = _resolve(spec, split)

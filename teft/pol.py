@@ -15,7 +15,7 @@ from torch import nn
 
 from teft.model import MoELayout
 from teft.state import extract_keys, load_state
-from teft.train import lm_loss
+from teft.train import lm_loss, lm_row_losses
 
 
 @torch.no_grad()
@@ -43,6 +43,33 @@ def state_loss(model: nn.Module, layout: MoELayout, state: dict[str, torch.Tenso
     try:
         load_state(model, layout, state)
         return mean_loss(model, batches)
+    finally:
+        load_state(model, layout, saved)
+
+
+@torch.no_grad()
+def block_losses(model: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Every block's mean next-token loss, in order (float64 on the CPU); their mean is `mean_loss` of the
+    same equal-length blocks."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        out = [lm_row_losses(model, batch.to(device)).double().cpu() for batch in batches]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def state_block_losses(model: nn.Module, layout: MoELayout, state: dict[str, torch.Tensor],
+                       batches: list[torch.Tensor]) -> torch.Tensor:
+    """`block_losses` with `state` swapped in (all inf if the state is not finite); the model is restored."""
+    if not all(torch.isfinite(t).all() for t in state.values()):
+        return torch.full((sum(len(b) for b in batches),), math.inf, dtype=torch.float64)
+    saved = extract_keys(model, layout, state, dtype=next(model.parameters()).dtype)
+    try:
+        load_state(model, layout, state)
+        return block_losses(model, batches)
     finally:
         load_state(model, layout, saved)
 

@@ -17,6 +17,7 @@ from teft.data import (
     BUILTIN_SPLITS,
     DataError,
     data_digest,
+    has_split,
     iterate_batches,
     load_texts,
     make_byte_tokenizer,
@@ -143,6 +144,9 @@ def test_datasets_folder(tmp_path, monkeypatch):
     with pytest.raises(DataError) as excinfo:
         load_texts(str(tmp_path / "dd"), split="test")
     assert "train, validation" in _one_line_error(excinfo)
+    # only real splits count: a DatasetDict's own, a built-in corpus's; a plain Dataset or file reads one thing
+    assert has_split(str(tmp_path / "dd"), "validation") and not has_split(str(tmp_path / "dd"), "test")
+    assert has_split("math", "test") and not has_split(str(tmp_path / "ds"), "test")
     with pytest.raises(DataError) as excinfo:
         load_texts(str(tmp_path / "ds"), text_field="body")
     assert "text, n" in _one_line_error(excinfo)

@@ -12,7 +12,7 @@ from tiny_models import VOCAB, build
 from teft.errors import TeftError
 from teft.model import discover_layout
 from teft.outer import NesterovOuter, OuterConfig, checkpoint_bytes, from_checkpoint, merge, outer_step, pseudo_gradient
-from teft.pol import Scored, mean_loss, rank, score, state_loss
+from teft.pol import Scored, block_losses, mean_loss, rank, score, state_block_losses, state_loss
 from teft.selection import ExpertMap
 from teft.state import extract_state, to_bytes
 from teft.train import TrainConfig, train_experts
@@ -26,6 +26,21 @@ def _setup():
     emap = ExpertMap({0: [0, 1, 2, 3], 1: [0, 1, 2, 3]}, 8)
     batch = torch.randint(0, VOCAB, (8, 16), generator=torch.Generator().manual_seed(5))
     return model, layout, emap, batch
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+def test_block_losses_are_each_blocks_own_loss_and_average_to_the_mean(arch):
+    model = build(arch)
+    layout = discover_layout(model)
+    batches = [torch.randint(0, VOCAB, (n, 16), generator=torch.Generator().manual_seed(n)) for n in (3, 2)]
+    blocks = block_losses(model, batches)
+    assert blocks.shape == (5,) and blocks.dtype == torch.float64
+    alone = [mean_loss(model, [b[i:i + 1]]) for b in batches for i in range(len(b))]
+    assert blocks.tolist() == pytest.approx(alone, abs=1e-5)
+    assert float(blocks.mean()) == pytest.approx(mean_loss(model, batches), abs=1e-5)
+    emap = ExpertMap({0: [0, 1]}, 8)
+    nan_state = {k: v * float("nan") for k, v in extract_state(model, layout, emap).items()}
+    assert torch.isinf(state_block_losses(model, layout, nan_state, batches)).all()
 
 
 def test_pol_swaps_without_changing_the_model():

@@ -220,3 +220,43 @@ def test_bench_gpu_runs_on_cpu_with_the_tiny_shape(tmp_path):
     assert 0 < report["payload_bytes"]["bfloat16"] < report["load"]["bytes"]
     assert "time_s" in report["full_finetune_batch1"]
     assert "| train step, batch 2 x 64 |" in (tmp_path / "tiny.md").read_text()
+    # the floor is the cheapest correct step: TEFT holds everything it holds and more (CPU: the profiler's peak)
+    for batch in ("1", "2"):
+        assert report["teft"][batch]["peak_bytes"] >= report["floor"][batch]["peak_bytes"] > report["load"]["bytes"]
+    # the steps train on blocks the map was routed on: the selected experts get their share of the routing
+    share = report["routed_share"]
+    assert abs(share["train_batch"]["2"] - share["map"]) < 0.05 < share["map"]
+    full = report["full_finetune_batch1"]
+    assert full["bytes_per_param"] == 8 and "bfloat16 gradients and moments" in full["optimizer"]
+
+
+def test_bench_floor_is_the_chunked_loss_step_without_weight_gradients(monkeypatch):
+    """The bench's floor computes the TEFT step's own loss (teft's chunked loss, the value lm_loss gives) and
+    leaves no weight gradient anywhere; its share helper counts the routed pairs the map's experts take."""
+    import importlib.util
+
+    import teft.train as train
+    from teft.routing import RoutingProfile
+    from teft.selection import ExpertMap
+    from teft.train import lm_loss
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = bench.build(bench.shape_config("tiny", layers=1), "cpu", torch.float32)
+    assert model.config.num_hidden_layers == 1
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    losses, original = [], train.chunked_cross_entropy
+
+    def spy(head, hidden, labels):
+        losses.append(original(head, hidden, labels))
+        return losses[-1]
+
+    monkeypatch.setattr(train, "chunked_cross_entropy", spy)
+    bench.floor_step(model, ids)()()
+    assert [float(x) for x in losses] == [pytest.approx(float(lm_loss(model, ids)), abs=1e-5)]
+    assert all(p.grad is None for p in model.parameters())
+    profile = RoutingProfile([0, 1], torch.tensor([[6.0, 2.0, 2.0], [1.0, 1.0, 8.0]], dtype=torch.float64),
+                             torch.zeros(2, 3, dtype=torch.float64), 10)
+    assert bench.selected_share(profile, ExpertMap({0: [0], 1: [0, 1]}, 3)) == pytest.approx((0.6 + 0.2) / 2)

@@ -15,7 +15,7 @@ from swarm.net.identity import load_or_create
 from swarm.protocol.manifest import load
 from swarm.protocol.runtime import load_runtime
 from swarm.roles.miner import train_submission
-from swarm.roles.validator import judge, validation_batches, yardstick
+from swarm.roles.validator import OVERFIT_SLACK, judge, overfit_flag, validation_batches, yardstick
 from swarm.sim.adversaries.drift import NORM_MARGIN, harm_state
 from swarm.sim.adversaries.overfit import within_norm
 from teft.pol import state_loss
@@ -33,9 +33,42 @@ def rt(tmp_path_factory):
     return rt
 
 
+# Per-block gains measured by scripts/overfit_check.py on the embedded default (cycle 0): an honest miner's update
+# the rule before it zeroed (public 0.059 > 2 x held-out 0.010 + 0.01, though only 1.9 standard errors apart),
+# and the least extreme update trained on the very public blocks the check measures (8.6 standard errors apart)
+HONEST_PUBLIC = [0.059, 0.081, 0.096, 0.127, -0.086, 0.084, 0.114, -0.001]
+HONEST_HELD = [0.085, 0.039, -0.036, 0.043, -0.012, -0.029, -0.003, 0.011, -0.02, 0.005, 0.064, 0.011, 0.017, -0.011,
+               0.03, -0.022, -0.093, 0.079, -0.049, 0.032, 0.021, -0.068, 0.036, -0.028, 0.089, 0.111, 0.085, 0.045,
+               -0.006, -0.023, 0.066, -0.012]
+FITTED_PUBLIC = [0.543, 1.01, 0.352, 0.484, 0.532, 0.489, 0.482, 0.76]
+FITTED_HELD = [-0.27, -0.109, 0.032, -0.095, 0.049, -0.021, -0.039, 0.492, -0.164, 0.063, -0.144, -0.276, -0.107,
+               -0.244, -0.041, 0.2, -0.24, -0.33, -0.191, -0.165, 0.061, -0.055, -0.251, -0.154, -0.433, -0.171,
+               0.129, -0.271, 0.001, -0.279, -0.046, -0.182]
+
+
+def test_the_overfit_rule_spares_block_noise_and_flags_a_fitted_update():
+    t = torch.tensor
+    honest, held = t(HONEST_PUBLIC), t(HONEST_HELD)
+    # the ratio alone zeroed this honest miner
+    assert overfit_flag(honest, held, 2.0, OVERFIT_SLACK, z=None, margin=None)
+    assert not overfit_flag(honest, held, 2.0)  # its excess (0.039 nats) is small and within block noise
+    assert overfit_flag(t(FITTED_PUBLIC), t(FITTED_HELD), 2.0)
+    # val-overfit's worst: 0.085 on the public split, 0.002 held-out; within noise (1.4 standard errors), but an
+    # excess over twice the held-out gain no honest update reached (0.031 at most): flagged
+    spread = t([0.15, -0.15] * 4)
+    assert overfit_flag(0.085 + spread, 0.002 + t([0.06, -0.06] * 16), 2.0)
+    assert not overfit_flag(0.085 + spread, 0.002 + t([0.06, -0.06] * 16), 2.0, margin=None)
+    # the gap must also clear the ratio: a consistent but small public edge is not overfitting
+    assert not overfit_flag(torch.full((8,), 0.05) + t([0.001, -0.001] * 4), torch.full((32,), 0.03)
+                            + t([0.001, -0.001] * 16), 2.0)
+    # and a public gain far over the held-out gain with blocks that all agree is flagged however few they are
+    assert overfit_flag(t([0.3, 0.31]), t([0.0, 0.01, -0.01]), 2.0)
+    assert not overfit_flag(t([-0.2] * 8), t([0.1] * 32), 2.0)  # a loss on the public split is never overfitting
+
+
 def test_an_update_fitted_to_the_public_split_scores_zero_and_an_honest_one_does_not(rt):
     stick = yardstick(rt, rt.initial_state, b"seed")
-    assert stick.public is not None and stick.public_base_loss is not None
+    assert stick.public is not None and stick.public_base_blocks is not None
     honest = train_submission(rt, rt.initial_state, "honest", 0)
     verdict = judge(rt, rt.initial_state, stick, "honest", "h" * 64, honest.payload)
     assert verdict.reason is None and verdict.score > 0

@@ -32,7 +32,7 @@ from swarm.protocol.consensus import StateVote, agree_on_state, step_bound, why_
 from swarm.protocol.cyclelog import Cycle, CycleLog
 from swarm.protocol.manifest import run_id as manifest_run_id
 from swarm.protocol.metrics import Metrics
-from swarm.protocol.runtime import Runtime, report_batches
+from swarm.protocol.runtime import Runtime, report_sets
 from swarm.protocol.store import Progress, Store
 from teft.errors import TeftError
 from teft.outer import checkpoint_bytes, from_checkpoint
@@ -335,14 +335,13 @@ class Peer:
         return True
 
     def measure(self) -> tuple[float, float | None]:
-        """Target and general validation loss of the held state on fixed blocks (for reports); a state carried
-        forward unchanged is not measured again."""
+        """Target and general loss of the held state on the report blocks (the test split, which no miner
+        trains on: runtime.report_sets); a state carried forward unchanged is not measured again."""
         if self._measured[0] != self.progress.checkpoint_hash:
             rt = self.rt
-            target = state_loss(rt.model, rt.layout, self.state, report_batches(rt.validation_blocks))
-            general = None
-            if rt.general_blocks is not None:
-                general = state_loss(rt.model, rt.layout, self.state, report_batches(rt.general_blocks))
+            target_batches, general_batches = report_sets(rt)
+            target = state_loss(rt.model, rt.layout, self.state, target_batches)
+            general = state_loss(rt.model, rt.layout, self.state, general_batches) if general_batches else None
             self._measured = (self.progress.checkpoint_hash, (target, general))
         return self._measured[1]
 

@@ -14,7 +14,8 @@ class CycleLog:
     peer: str
     variant: str | None = None  # a simulation's misbehaving variant of the role; None for honest peers
     submitted: str | None = None
-    train_loss: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)  # the inner loop's first and last batch
+    train_loss_mean: float | None = None  # over every batch of the inner loop: the figure a trend can use
     scores: dict[str, float] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     evaluated: list[str] = field(default_factory=list)  # miners whose payload a validator scored by Proof-of-Loss

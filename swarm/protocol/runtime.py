@@ -40,6 +40,10 @@ class Runtime:
     validation_blocks: torch.Tensor
     general_blocks: torch.Tensor | None
     private_blocks: torch.Tensor | None = None  # a validator's own held-out data: what it scores on
+    # what reports, baselines and plots measure: blocks no peer role reads (report_data)
+    report_blocks: torch.Tensor | None = None
+    report_general_blocks: torch.Tensor | None = None
+    report_source: str = ""
 
     @property
     def inner(self) -> TrainConfig:
@@ -60,12 +64,56 @@ class Runtime:
         return OuterConfig(lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
 
 
+REPORT_BLOCKS = 32  # blocks every report figure is measured on
+
+
 def report_batches(blocks: torch.Tensor | None) -> list[torch.Tensor]:
-    """The first 32 blocks in batches of 8: the fixed set that validators' reports and the baselines are
-    measured on, so their curves compare point for point."""
+    """The first REPORT_BLOCKS blocks in batches of 8: a fixed set, so curves compare point for point."""
     if blocks is None:
         return []
-    return [blocks[i:i + 8] for i in range(0, min(len(blocks), 32), 8)]
+    return [blocks[i:i + 8] for i in range(0, min(len(blocks), REPORT_BLOCKS), 8)]
+
+
+def report_sets(rt: Runtime) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(target, general) batches that validators' reports and every baseline are measured on: the data's test
+    split (report_data), never a split a miner may train on."""
+    return report_batches(rt.report_blocks), report_batches(rt.report_general_blocks)
+
+
+def report_data(manifest: Manifest, tokenizer, validation: torch.Tensor,
+                general: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, str]:
+    """(report target blocks, report general blocks, validation blocks, where the report blocks come from).
+
+    Miners train on the train split (val-overfit on the public validation split) and validators score on
+    private held-out data and check the validation split, so the report measures the test split, which no peer
+    role reads. Data named by files instead of splits has no test split: then the last REPORT_BLOCKS blocks of
+    the validation data are carved off for the report, and the validation blocks every role sees are the rest.
+    """
+    from teft.data import has_split
+
+    data = manifest.data
+    cap = REPORT_BLOCKS * data.seq_len
+
+    def test_split(spec: str) -> torch.Tensor:
+        return tokenize_blocks(tokenizer, load_texts(_data_spec(manifest, spec), "test"), data.seq_len, cap)
+
+    if has_split(_data_spec(manifest, data.validation), "test"):
+        target, source = test_split(data.validation), f"the test split of {data.validation}"
+    elif len(validation) > 2 * REPORT_BLOCKS:
+        target, validation = validation[-REPORT_BLOCKS:], validation[:-REPORT_BLOCKS]
+        source = (f"the last {REPORT_BLOCKS} blocks of {data.validation} (it has no test split; no peer role reads "
+                  "them)")
+    else:  # too small to spare them: say so rather than refuse to run (the report is for people, not the protocol)
+        target = validation
+        source = (f"the validation data {data.validation} itself: it has no test split and only {len(validation)} "
+                  f"blocks, too few to set {REPORT_BLOCKS} aside, so a miner may have trained on them")
+        logger.warning("reports measure %s", source)
+    general_report = None
+    if general is not None:
+        spec = data.general_validation
+        general_report = test_split(spec) if has_split(_data_spec(manifest, spec), "test") else general
+        source += f"; general: {'the test split of ' + spec if general_report is not general else spec}"
+    return target, general_report, validation, source
 
 
 def _data_spec(manifest: Manifest, value: str) -> str:
@@ -119,6 +167,7 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
         if data.general_validation:
             general = blocks(_data_spec(manifest, data.general_validation), "validation", data.validation_tokens)
         private = blocks(validation_data, "validation", data.validation_tokens) if validation_data else None
+        report, report_general, val, report_source = report_data(manifest, tokenizer, val, general)
     except TeftError as err:
         raise SwarmError(str(err)) from None
     dtype = DTYPES[manifest.payload_dtype]
@@ -127,7 +176,8 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
         raise SwarmError(f"--validation-data {validation_data} gives {len(private)} blocks of {data.seq_len} tokens, "
                          f"fewer than the {data.validation_blocks} a Proof-of-Loss subset takes: bring more text")
     return Runtime(manifest, model, tokenizer, layout, expert_map, initial, dtype,
-                   expected_size(layout, expert_map, dtype), train, val, general, private)
+                   expected_size(layout, expert_map, dtype), train, val, general, private, report, report_general,
+                   report_source)
 
 
 def _select_from_spec(manifest: Manifest, model, tokenizer, layout) -> ExpertMap:

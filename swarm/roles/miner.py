@@ -110,6 +110,7 @@ class Miner(Role):
         self.nonce = solve_in_phase(p, cycle.number, records.commit_digest(p.run_id, cycle.number, p.me,
                                                                            self.payload[0]))
         cycle.log.train_loss = [sub.losses[0], sub.losses[-1]] if sub.losses else []
+        cycle.log.train_loss_mean = sum(sub.losses) / len(sub.losses) if sub.losses else None
 
     def submission(self, cycle: Cycle) -> Submission | None:
         """This cycle's honest work; None if the peer is stopping. Kept moments are saved whether or not the

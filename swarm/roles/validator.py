@@ -40,7 +40,7 @@ from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
 from teft.data import subset
 from teft.errors import TeftError
-from teft.pol import score, state_loss
+from teft.pol import score, state_block_losses
 from teft.state import ExpertState, check_state, from_bytes
 
 logger = logging.getLogger("swarm.peer")
@@ -55,6 +55,10 @@ def combined_seed(revealed: dict[str, str]) -> bytes:
 
 
 OVERFIT_SLACK = 0.01  # nats: gains this close together are never called overfit, whatever their ratio
+OVERFIT_Z = 4.0  # standard errors the public gain must exceed the held-out gain by: honest gaps reached 2.7,
+#                  updates fitted to the public blocks 7.4 and more (scripts/overfit_check.py, README)
+OVERFIT_MARGIN = 0.05  # nats over ratio x the held-out gain that flag an update however noisy its blocks:
+#                        honest excesses reached 0.031, val-overfit's 0.081 (scripts/overfit_check.py, README)
 
 
 OVERFIT_CHECK_SHARE = 4  # the public-split check measures this fraction of the scoring blocks: it only has to
@@ -72,29 +76,60 @@ def validation_batches(rt: Runtime, seed: bytes, blocks: torch.Tensor | None = N
 @dataclass
 class Yardstick:
     """What a cycle's submissions are measured on: the scoring subset (private held-out data when the
-    validator has some) and, beside it, the public split's subset that flags updates fitted to public data."""
+    validator has some) and, beside it, the public split's subset that flags updates fitted to public data;
+    each block's loss under the cycle's start state, so a judgement sees each block's gain."""
 
     batches: list[torch.Tensor]
-    base_loss: float
+    base_blocks: torch.Tensor
     public: list[torch.Tensor] | None = None
-    public_base_loss: float | None = None
+    public_base_blocks: torch.Tensor | None = None
+
+    @property
+    def base_loss(self) -> float:
+        return float(self.base_blocks.mean())
 
 
 def yardstick(rt: Runtime, state: ExpertState, seed: bytes) -> Yardstick:
     batches = validation_batches(rt, seed, rt.private_blocks)
-    stick = Yardstick(batches, state_loss(rt.model, rt.layout, state, batches))
+    stick = Yardstick(batches, state_block_losses(rt.model, rt.layout, state, batches))
     if rt.private_blocks is not None:
         count = max(rt.manifest.data.validation_blocks // OVERFIT_CHECK_SHARE, rt.manifest.data.eval_batch_size)
         stick.public = validation_batches(rt, seed, count=count)
-        stick.public_base_loss = state_loss(rt.model, rt.layout, state, stick.public)
+        stick.public_base_blocks = state_block_losses(rt.model, rt.layout, state, stick.public)
     return stick
+
+
+def overfit_flag(public: torch.Tensor, held: torch.Tensor, ratio: float, slack: float = OVERFIT_SLACK,
+                 z: float | None = OVERFIT_Z, margin: float | None = OVERFIT_MARGIN) -> bool:
+    """Was an update fitted to the public split? `public` and `held` are its per-block gains (base loss minus its
+    loss) on the public check subset and on the held-out scoring subset. The public gain must exceed `ratio` x
+    the held-out gain by more than `slack`, and that excess must be either large (over `margin` nats) or no
+    accident (the two gains over `z` standard errors of their difference apart, from the blocks' spread): a
+    handful of public blocks can gain twice what 32 held-out blocks gain by chance alone, and an honest miner
+    must not pay for that. With neither `z` nor `margin`, the excess alone decides (the rule before)."""
+    pub, hel, errors = overfit_gap(public, held)
+    excess = pub - ratio * max(hel, 0.0)
+    if not excess > slack:
+        return False
+    if z is None and margin is None:
+        return True
+    return (z is not None and errors > z) or (margin is not None and excess > margin)
+
+
+def overfit_gap(public: torch.Tensor, held: torch.Tensor) -> tuple[float, float, float]:
+    """(public gain, held-out gain, how many standard errors of their difference the first exceeds the second
+    by); the standard error comes from the blocks' spread, two independent samples."""
+    pub, hel = float(public.mean()), float(held.mean())
+    spread = float(public.var() / len(public) + held.var() / len(held)) if len(public) > 1 and len(held) > 1 else 0.0
+    return pub, hel, (pub - hel) / math.sqrt(spread) if spread > 0 else (math.inf if pub > hel else 0.0)
 
 
 def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_hash: str, data: bytes) -> Score:
     """Check a submission's bytes and score it by Proof-of-Loss; anything malformed scores zero with a reason.
 
     With private held-out data, a submission whose gain on the public validation split is far above its gain
-    on the held-out data was fitted to public data (the only data a miner could have aimed at): it scores zero.
+    on the held-out data (overfit_flag) was fitted to public data, the only data a miner could have aimed at:
+    it scores zero.
     """
     try:
         state = from_bytes(data)
@@ -106,13 +141,16 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
         return Score(miner, payload_hash, float("inf"), 0.0, reason)
     if all(torch.equal(state[k], base[k].to(state[k].dtype)) for k in base):  # free-riding costs no forward pass
         return Score(miner, payload_hash, float("inf"), 0.0, "no update: the cycle's start state sent back")
-    loss = state_loss(rt.model, rt.layout, state, stick.batches)
+    blocks = state_block_losses(rt.model, rt.layout, state, stick.batches)
+    loss = float(blocks.mean())
     gain = score(stick.base_loss, loss)
     if stick.public is not None:
-        public_gain = score(stick.public_base_loss, state_loss(rt.model, rt.layout, state, stick.public))
-        if public_gain > rt.manifest.data.overfit_ratio * gain + OVERFIT_SLACK:
-            return Score(miner, payload_hash, loss, 0.0, f"gains {public_gain:.4f} on the public validation split "
-                         f"but {gain:.4f} on held-out data: fitted to public data")
+        public = stick.public_base_blocks - state_block_losses(rt.model, rt.layout, state, stick.public)
+        if overfit_flag(public, stick.base_blocks - blocks, rt.manifest.data.overfit_ratio):
+            errors = overfit_gap(public, stick.base_blocks - blocks)[2]
+            return Score(miner, payload_hash, loss, 0.0, f"gains {float(public.mean()):.4f} on the public validation "
+                         f"split but {gain:.4f} on held-out data ({errors:.1f} standard errors apart): fitted to "
+                         "public data")
     return Score(miner, payload_hash, loss, gain)
 
 

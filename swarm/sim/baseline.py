@@ -7,8 +7,9 @@
 - `dense_diloco`: M workers training all parameters from the same state with the same H, data and outer step
   (does TEFT or the averaging make the swarm forget less?).
 
-Each curve is evaluated on the same fixed blocks the validators report, so it lines up with the swarm's
-cycles: a point with `cycle` c is the model after c + 1 cycles' worth of training.
+Each curve is evaluated on the same fixed blocks the validators report (the test split, runtime.report_sets:
+never data a miner may train on), so it lines up with the swarm's cycles: a point with `cycle` c is the model
+after c + 1 cycles' worth of training.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from swarm.protocol.runtime import Runtime, report_batches
+from swarm.protocol.runtime import Runtime, report_sets
 from swarm.roles.miner import train_submission
 from swarm.sim.report import BASELINES
 from teft.data import iterate_batches
@@ -75,7 +76,7 @@ def lone_miner(rt: Runtime, cycles: int, plan: InnerPlan | None = None, steps: i
                lr: float | None = None) -> list[dict]:
     """One miner (`miner-0`'s batches), H steps per cycle from its own last state, no outer step."""
     plan = plan or plan_from_manifest(rt.manifest, cycles)
-    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
+    target, general = report_sets(rt)
     state, moments, curve = rt.initial_state, None, []
     for cycle in range(cycles):
         state, moments, _ = miner_cycle(rt, state, "miner-0", cycle, plan, moments, steps, lr)
@@ -107,7 +108,7 @@ def dense_diloco(rt: Runtime, cycles: int, miners: int, plan: InnerPlan | None =
     plan = plan or plan_from_manifest(rt.manifest, cycles)
     outer = outer or rt.outer
     lr = lr or rt.inner.lr / 10  # the full fine-tuning baseline's lr: all parameters at the experts' lr diverge
-    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
+    target, general = report_sets(rt)
     original = {k: v.clone() for k, v in rt.model.state_dict().items()}
     names = [n for n, _ in rt.model.named_parameters()]
     state = {n: p.detach().float().clone() for n, p in rt.model.named_parameters()}
@@ -150,7 +151,7 @@ def token_budget(rt: Runtime, cycles: int, miners: int, methods=("teft", "full")
     """Single-process TEFT and full fine-tuning on the swarm's token budget, `points` evaluations per cycle's
     worth of tokens (so matched-loss comparisons interpolate finely)."""
     base = {k: v.clone() for k, v in rt.model.state_dict().items()}
-    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
+    target, general = report_sets(rt)
     steps_per_cycle = miners * rt.manifest.inner.steps
     inner = rt.inner
     chunk_steps = max(steps_per_cycle // points, 1)
@@ -183,7 +184,7 @@ def run_baselines(rt: Runtime, cycles: int, miners: int, full_lr: float | None =
                   plan: InnerPlan | None = None, which: tuple[str, ...] = BASELINES) -> dict:
     """{method: [{cycle, target_loss, general_loss, ...}]} for each of `which` (`teft`, `full`, `lone`,
     `dense_diloco`), plus the base model; the model is back at its base weights afterwards."""
-    target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
+    target, general = report_sets(rt)
     steps_per_cycle = miners * rt.manifest.inner.steps
     plan = plan or plan_from_manifest(rt.manifest, cycles)
     results = {"steps_per_cycle": steps_per_cycle, "tokens_per_cycle": steps_per_cycle *

@@ -56,6 +56,8 @@ def build_report(swarm, cycles: int, payload_size: int, dense_bytes: int, baseli
             "target_perplexity": _exp(ref.get("target_loss")),
             "train_loss": {p.name: per_peer[p.name].get(c, {}).get("train_loss") for p in swarm.peers
                            if p.role == "miner" and per_peer[p.name].get(c, {}).get("train_loss")},
+            "train_loss_mean": {p.name: per_peer[p.name][c]["train_loss_mean"] for p in honest
+                                if p.role == "miner" and per_peer[p.name].get(c, {}).get("train_loss_mean")},
             "bytes": {p.name: {"in": per_peer[p.name].get(c, {}).get("bytes_in", 0),
                                "out": per_peer[p.name].get(c, {}).get("bytes_out", 0)} for p in swarm.peers},
             "rejected": {names.get(m, m): r for m, r in ref.get("rejected", {}).items()},
@@ -71,10 +73,19 @@ def build_report(swarm, cycles: int, payload_size: int, dense_bytes: int, baseli
         "per_cycle": rows,
         "adversaries_ever_merged": {p.name: ever_merged.get(p.name, False) for p in swarm.peers
                                     if p.adversary and p.role == "miner"},
+        "adversary_merged_cycles": merged_cycles(rows, [p.name for p in swarm.peers
+                                                        if p.adversary and p.role == "miner"]),
         "honest_miners_ever_merged": {p.name: ever_merged.get(p.name, False) for p in honest if p.role == "miner"},
         "all_cycles_agree": all(r["honest_agree"] for r in rows),
         "baseline": baseline,
     }
+
+
+def merged_cycles(rows: list[dict], names: list[str]) -> dict[str, list[int]]:
+    """The cycles in which each named miner was merged: what an adversary's merges may have moved (the report's
+    losses are measured on the test split, which no miner trains on, so a merge helps them only as far as it
+    generalizes)."""
+    return {name: [r["cycle"] for r in rows if name in r.get("merged", [])] for name in names}
 
 
 def _exp(loss):
@@ -105,19 +116,30 @@ def cycles_to_reach(curve: list[dict], base_loss: float | None, loss: float) -> 
     return None
 
 
+SPEEDUP_DEFINITION = ("speedup at a target loss L = cycles a lone miner needs to first reach L / cycles the swarm "
+                      "needs to first reach L (linear between evaluations, the base model at 0 cycles)")
+
+
+def speedup_at(swarm: list[dict], lone: list[dict], base_loss: float | None, loss: float) -> dict:
+    """The one speedup definition (SPEEDUP_DEFINITION) at loss `loss`; None where either never got there."""
+    lone_cycles, swarm_cycles = cycles_to_reach(lone, base_loss, loss), cycles_to_reach(swarm, base_loss, loss)
+    return {"target_loss": loss, "lone_cycles_to_it": lone_cycles, "swarm_cycles_to_it": swarm_cycles,
+            "speedup": lone_cycles / swarm_cycles if lone_cycles is not None and swarm_cycles else None}
+
+
 def speedup(swarm: list[dict], lone: list[dict], base_loss: float | None) -> tuple[list[float | None], dict]:
-    """Per swarm cycle: cycles the lone miner needs for the swarm's loss / the swarm's cycles (None where the
-    lone miner never got there); and the headline: the lone miner's final loss, the swarm's cycles to reach it
-    and their ratio."""
-    per_cycle = []
-    for r in swarm:
-        needed = cycles_to_reach(lone, base_loss, r["target_loss"]) if r.get("target_loss") is not None else None
-        per_cycle.append(needed / (r["cycle"] + 1) if needed is not None else None)
-    final = lone[-1]["target_loss"] if lone else None
-    lone_cycles = lone[-1]["cycle"] + 1 if lone else None
-    reach = cycles_to_reach(swarm, base_loss, final) if final is not None else None
-    headline = {"lone_cycles": lone_cycles, "lone_final_target_loss": final, "swarm_cycles_to_lone_final": reach,
-                "speedup": lone_cycles / reach if reach else None}
+    """Speedups by one definition (SPEEDUP_DEFINITION): per swarm cycle at the loss the swarm holds after it
+    (None where the lone miner never got there), and the headline at the lowest loss both reached."""
+    known = [r for r in swarm if r.get("target_loss") is not None]
+    per_cycle = [speedup_at(known, lone, base_loss, r["target_loss"])["speedup"]
+                 if r.get("target_loss") is not None else None for r in swarm]
+    lows = [min(p["target_loss"] for p in curve) for curve in (known, lone) if curve]
+    if len(lows) < 2:
+        return per_cycle, {"speedup": None, "target_loss": None, "definition": SPEEDUP_DEFINITION}
+    headline = speedup_at(known, lone, base_loss, max(lows))
+    headline.update(definition=SPEEDUP_DEFINITION, lone_cycles=lone[-1]["cycle"] + 1,
+                    lone_final_target_loss=lone[-1]["target_loss"],
+                    swarm_cycles_to_lone_final=cycles_to_reach(known, base_loss, lone[-1]["target_loss"]))
     return per_cycle, headline
 
 
@@ -128,8 +150,8 @@ def add_speedup(report: dict) -> None:
     baseline = report.get("baseline") or {}
     rows = report["per_cycle"]
     lone = baseline.get("lone")
-    per_cycle = speedup(rows, lone, base.get("target_loss"))[0] if lone else [None] * len(rows)
-    report["speedup"] = speedup(rows, lone, base.get("target_loss"))[1] if lone else None
+    per_cycle, report["speedup"] = speedup(rows, lone, base.get("target_loss")) if lone else ([None] * len(rows),
+                                                                                            None)
     for r, value in zip(rows, per_cycle, strict=True):
         r["speedup_vs_lone"] = value
         r["drift_at_same_target_loss"] = {
@@ -170,21 +192,29 @@ def add_drift(report: dict) -> None:
     report["drift_vs_full_ft"] = {"cycles_compared": compared, "cycles_swarm_drifts_less": less}
 
 
+def mean_train_loss(row: dict) -> float | None:
+    """Honest miners' mean training loss over a cycle's whole inner loop (every step's batch), averaged over the
+    miners: a smoothed figure; the first and last batch alone differ by more than a cycle's progress."""
+    values = [v for v in (row.get("train_loss_mean") or {}).values() if v is not None and v == v]
+    return sum(values) / len(values) if values else None
+
+
 def summary(report: dict) -> str:
     rows = report["per_cycle"]
-    first, last = rows[0], rows[-1]
+    last = rows[-1]
     base = report.get("base") or {}
-
-    def mean_train(row, i):
-        losses = [v[i] for v in row["train_loss"].values() if v and v[i] == v[i]]
-        return sum(losses) / len(losses) if losses else math.nan
-
+    trained = [(r["cycle"], mean_train_loss(r)) for r in rows if mean_train_loss(r) is not None]
+    train_line = ([f"| honest miners' mean training loss over a cycle's inner loop, cycle {trained[0][0]} -> cycle "
+                   f"{trained[-1][0]} (different batches each cycle) | {trained[0][1]:.4f} -> {trained[-1][1]:.4f} |"]
+                  if len(trained) > 1 else [])
     lines = ["# Swarm simulation summary", "",
              f"{len(report['peers'])} peers, {report['cycles']} cycles; manifest `{report['manifest']}`.", "",
+             (f"Losses, perplexities, drift and speedups are measured on {report['measured_on']}, never on a split a "
+              "miner may train on." if report.get("measured_on") else
+              "This report does not say which blocks its losses were measured on (made before reports named them)."),
+             "",
              "| measure | value |", "|---|---|",
-             f"| training loss, first cycle (start -> end of inner loop) | {mean_train(first, 0):.4f} -> "
-             f"{mean_train(first, 1):.4f} |",
-             f"| training loss, last cycle | {mean_train(last, 0):.4f} -> {mean_train(last, 1):.4f} |",
+             *train_line,
              f"| target-domain perplexity, base -> last cycle | "
              f"{_fmt(math.exp(base['target_loss']) if base.get('target_loss') else None)} -> "
              f"{_fmt(last['target_perplexity'])} |",
@@ -194,10 +224,12 @@ def summary(report: dict) -> str:
              f"| honest peers agreed on the state hash every cycle | {'yes' if report['all_cycles_agree'] else 'NO'} |",
              f"| general drift below full fine-tuning's at the same target loss | {_verdict(report)} |",
              *_progress_lines(report),
+             *_adversary_merge_lines(report),
              "", "## Per cycle", "",
              "| cycle | merged | target loss | target ppl | general ppl | general drift | full FT drift at same "
-             "target loss | honest peers agree | speedup vs lone miner | lone miner drift at same target loss | "
-             "dense DiLoCo drift at same target loss |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "target loss | honest peers agree | speedup vs lone miner at this target loss | lone miner drift at "
+             "same target loss | dense DiLoCo drift at same target loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         drift, full_drift = r.get("general_drift"), r.get("full_ft_drift_at_same_target_loss")
         others = r.get("drift_at_same_target_loss") or {}
@@ -206,17 +238,31 @@ def summary(report: dict) -> str:
                      f"{_fmt(drift)} | {_fmt(full_drift)} | {'yes' if r['honest_agree'] else 'no'} | "
                      f"{_fmt(r.get('speedup_vs_lone'), 'x')} | {_fmt(others.get('lone'))} | "
                      f"{_fmt(others.get('dense_diloco'))} |")
+    if (report.get("speedup") or {}).get("definition"):
+        lines += ["", f"One speedup definition throughout: {report['speedup']['definition']}."]
     if report["adversaries_ever_merged"]:
-        lines += ["", "## Adversaries", "", "| peer | kind | ever merged | why it scored zero (first cycle seen) |",
-                  "|---|---|---|---|"]
+        cycles = report.get("adversary_merged_cycles") or {}
+        lines += ["", "## Adversaries", "",
+                  "| peer | kind | merged in cycles | why it scored zero (first cycle seen) |", "|---|---|---|---|"]
         for name, merged in sorted(report["adversaries_ever_merged"].items()):
             why = next((r["rejected"][name] for r in rows if name in r["rejected"]), "not ranked / score 0")
-            lines.append(f"| {name} | {report['peers'][name]['adversary']} | {'YES' if merged else 'no'} | {why} |")
+            when = ", ".join(map(str, cycles.get(name, []))) or ("YES" if merged else "never")
+            lines.append(f"| {name} | {report['peers'][name]['adversary']} | {when} | {why} |")
     liars = [n for n, p in report["peers"].items() if p["adversary"] in ("liar", "stranger")]
     if liars:
         lines += ["", f"Misbehaving validators present: {', '.join(liars)}; merged sets above are the combined "
                   "(median) decision of the allowlisted validators."]
     return "\n".join(lines) + "\n"
+
+
+def _adversary_merge_lines(report: dict) -> list[str]:
+    """Which cycles merged an adversary's update: the headline figures include what those merges did."""
+    merged = {n: c for n, c in (report.get("adversary_merged_cycles") or {}).items() if c}
+    if not merged:
+        return []
+    return ["| adversaries merged (the figures above include their effect) | "
+            + "; ".join(f"{n} in cycle{'s' if len(c) > 1 else ''} {', '.join(map(str, c))}"
+                        for n, c in sorted(merged.items())) + " |"]
 
 
 def _verdict(report: dict) -> str:
@@ -236,12 +282,10 @@ def _progress_lines(report: dict) -> list[str]:
     """Headline rows: the speedup over a lone miner and each curve's drift at the swarm's final target loss."""
     speed, final = report.get("speedup"), report.get("drift_at_final_target_loss")
     lines = []
-    if speed and speed.get("lone_final_target_loss") is not None:
-        reach = speed.get("swarm_cycles_to_lone_final")
-        lines.append(f"| speedup vs a lone miner (its {speed['lone_cycles']}-cycle target loss "
-                     f"{speed['lone_final_target_loss']:.4f}: swarm reaches it after "
-                     f"{_fmt(reach, ' cycles') if reach else 'more cycles than ran'}) | "
-                     f"{_fmt(speed.get('speedup'), 'x')} |")
+    if speed and speed.get("target_loss") is not None:
+        lines.append(f"| speedup vs a lone miner at target loss {speed['target_loss']:.4f}, the lowest both reached "
+                     f"(lone miner: {_fmt(speed.get('lone_cycles_to_it'), ' cycles')}, swarm: "
+                     f"{_fmt(speed.get('swarm_cycles_to_it'), ' cycles')}) | {_fmt(speed.get('speedup'), 'x')} |")
     if final:
         names = {"swarm": "swarm", **{m: label for m, _, label in CURVES}}
         lines.append(f"| general drift at the swarm's final target loss {final['target_loss']:.4f} | "

@@ -349,6 +349,7 @@ def run(args, kinds: list[str], out: Path) -> int:
 
         baseline = run_baselines(rt, cycles=args.cycles, miners=args.miners, which=args.baseline)
     report = build_report(swarm, args.cycles, rt.payload_size, dense_bytes, baseline)
+    report["measured_on"] = rt.report_source
     if args.metrics:
         report["last_scrape"] = last_scrape
     write_outputs(report, out)
