@@ -365,7 +365,12 @@ def cmd_train(args) -> Outcome:
         raise TeftError(f"the expert map '{args.expert_map}' selects no experts: nothing to train; "
                         "re-run `teft select` with a larger budget")
     state = _read_state(args.state) if args.state else None
-    model, tokenizer, layout = _load(args)
+    if args.background == "bf16":
+        model, tokenizer, layout = _load(args)
+    else:  # a light miner: the unselected experts frozen in int8 / 4 bits, expanded one at a time
+        from teft.light import load_light_model
+
+        model, tokenizer, layout = load_light_model(args.model, emap, args.background, args.dtype, args.device)
     emap.check_model(layout, model_hash(args.model))
     if state is not None:
         check_state_layout(state, layout)
@@ -379,10 +384,16 @@ def cmd_train(args) -> Outcome:
     seconds = time.time() - start
     digest = save_state(result.state, out)  # the fp32 masters: on a bf16 model finer than its weights
     trend = _trend(result.losses)
+    from teft.light import resident_bytes
+
+    held = resident_bytes(model)
     data = {"out": str(out), "sha256": digest, "steps": args.steps, "seconds": round(seconds, 3),
-            "trainable_params": result.trainable_params, "loss": trend, "losses": result.losses}
+            "trainable_params": result.trainable_params, "loss": trend, "losses": result.losses,
+            "background": args.background, "model_bytes": {"full_precision": held.frozen_full,
+                                                           "background": held.background}}
     text = (f"trained {result.trainable_params:,d} expert parameters for {args.steps} steps in {seconds:.1f}s: "
-            f"{trend['measure']}: {trend['first']:.4f} -> {trend['last']:.4f}; state {out} sha256 {digest[:16]}")
+            f"{trend['measure']}: {trend['first']:.4f} -> {trend['last']:.4f}; state {out} sha256 {digest[:16]}; "
+            f"model held {held.total / 2**20:.1f} MiB ({args.background} background)")
     return Outcome(data, text)
 
 
@@ -516,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=COUNT, default=0, help="linear warmup steps before cosine decay (default 0)")
     p.add_argument("--grad-clip", "--grad_clip", type=NON_NEGATIVE, default=1.0,
                    help="max gradient norm (0: off; default 1)")
+    p.add_argument("--background", choices=("bf16", "int8", "4bit"), default="bf16",
+                   help="the experts not trained: held in the checkpoint's dtype (bf16, default) or frozen in "
+                        "int8 / 4 bits and expanded one at a time (a light miner: a third of the memory)")
     _out_file(p, "the state (.safetensors)")
     p.set_defaults(func=cmd_train)
 

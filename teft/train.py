@@ -54,10 +54,19 @@ class _FusedSelection:
     """The selected experts of one fused experts module: fp32 masters and the split forward."""
 
     def __init__(self, experts: nn.Module, ids: list[int], params: list[str], init: dict[str, torch.Tensor]):
+        from teft.light import light_of
+
         self.experts, self.params = experts, params
         first = getattr(experts, params[0])
-        self.num_experts, device = first.shape[0], first.device
+        self.light = light_of(experts)  # a low-bit background: the module holds only the selected rows
+        if self.light is not None and sorted(ids) != self.light.ids:
+            raise TeftError(f"this light model holds experts {self.light.ids} at full precision, the expert map "
+                            f"selects {sorted(ids)}: load the model for the map it trains")
+        self.num_experts = self.light.num_experts if self.light is not None else first.shape[0]
+        device = first.device
         self.index = torch.tensor(ids, dtype=torch.long, device=device)
+        # where the selected experts' rows sit in the module's tensors (all E rows, or only the k selected)
+        self.rows = torch.arange(len(ids), device=device) if self.light is not None else self.index
         self.local = torch.full((self.num_experts,), -1, dtype=torch.long, device=device)
         self.local[self.index] = torch.arange(len(ids), device=device)
         self.masters = {p: nn.Parameter(init[p].to(device=device, dtype=torch.float32).contiguous()) for p in params}
@@ -73,7 +82,9 @@ class _FusedSelection:
         local = self.local[top_k_index.clamp(0, self.num_experts - 1)]
         chosen = (local >= 0) & (top_k_index < self.num_experts)
         frozen_weights = top_k_weights.masked_fill(chosen, 0.0)
-        if self.sentinel:
+        if self.light is not None:  # background experts expanded one at a time; the selected ones skipped
+            out = self.light.background_forward(hidden_states, top_k_index, frozen_weights, *args, **kwargs)
+        elif self.sentinel:
             with _swapped(self.experts, {}, _is_expert_parallel=True):
                 out = self.call(self.experts, hidden_states, top_k_index.masked_fill(chosen, self.num_experts),
                                 frozen_weights, *args, **kwargs)
@@ -93,7 +104,7 @@ class _FusedSelection:
     def write_back(self) -> None:
         for p, master in self.masters.items():
             full = getattr(self.experts, p)
-            full.index_copy_(0, self.index, master.detach().to(full.dtype))
+            full.index_copy_(0, self.rows, master.detach().to(full.dtype))
 
 
 class _ModuleSelection:
@@ -175,6 +186,7 @@ def trainable_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap
                 for n in names:
                     slices.append(selection.masters[n])
                     slices.keys += [(state_key(layer, e, n), selection.masters[n], row) for row, e in enumerate(ids)]
+                selection.saved_forward = experts.__dict__.get("forward")  # a light model's own forward
                 experts.forward = selection.forward
                 selections.append(selection)
             else:
@@ -189,7 +201,10 @@ def trainable_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap
         yield slices
     finally:
         for selection in selections:
-            del (selection.experts if isinstance(selection, _FusedSelection) else selection.expert).forward
+            module = selection.experts if isinstance(selection, _FusedSelection) else selection.expert
+            del module.forward
+            if getattr(selection, "saved_forward", None) is not None:
+                module.forward = selection.saved_forward
             selection.write_back()
         for name, p in model.named_parameters():
             p.requires_grad_(previous.get(name, False))

@@ -1,0 +1,246 @@
+"""Light miners: the unselected experts frozen in int8 / 4 bits, never held at full precision."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from tiny_models import ARCHS, VOCAB, build
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from teft.errors import TeftError
+from teft.light import code_sizes, dequantize, lighten, load_light_model, quantize, resident_bytes
+from teft.model import discover_layout, expert_tensor, load_model
+from teft.selection import ExpertMap
+from teft.state import extract_state, load_state
+from teft.train import TrainConfig, lm_loss, train_experts
+
+FUSED = [a for a in ARCHS if a != "per_expert"]
+
+
+class StorageWatch(TorchDispatchMode):
+    """Every floating tensor storage an op creates or returns: the largest, and the most bytes alive at once."""
+
+    def __init__(self, min_bytes: int = 1 << 16):
+        super().__init__()
+        self.min_bytes, self.largest, self.peak = min_bytes, 0, 0
+        self.alive: dict[int, tuple[weakref.ref, int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta" or not t.is_floating_point():
+                continue
+            storage = t.untyped_storage()
+            size = storage.nbytes()
+            self.largest = max(self.largest, size)
+            if size >= self.min_bytes:
+                self.alive[storage.data_ptr()] = (weakref.ref(t), size)
+        self.alive = {k: v for k, v in self.alive.items() if v[0]() is not None}
+        self.peak = max(self.peak, sum(size for _, size in self.alive.values()))
+        return out
+
+
+def _tiny_map() -> ExpertMap:
+    from pathlib import Path
+
+    return ExpertMap.load(Path(__file__).resolve().parents[1] / "configs" / "tiny-math.map.json")
+
+
+def _background_bytes(layout, emap, itemsize: int) -> int:
+    return sum((m.num_experts - len(emap.layers.get(m.layer, []))) * layout.expert_numel(m) * itemsize
+               for m in layout.layers)
+
+
+@pytest.mark.parametrize("background", ["4bit", "int8"])
+def test_quantize_round_trip(background):
+    torch.manual_seed(0)
+    w = torch.randn(96, 160)
+    codes, scales = quantize(w, background)
+    code_bytes, scale_bytes = code_sizes(tuple(w.shape), background)
+    assert codes.numel() * codes.element_size() == code_bytes and scales.numel() * 4 == scale_bytes
+    back = dequantize(codes, scales, tuple(w.shape), torch.float32, background)
+    rel = float((back - w).norm() / w.norm())
+    assert rel < (0.12 if background == "4bit" else 0.01), rel
+    assert code_bytes < w.numel() * (0.51 if background == "4bit" else 1.01)
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("background", ["4bit", "int8"])
+def test_light_forward_close_to_full(name, background):
+    """A light model computes what the full one does, up to the background's rounding; bf16 is the model itself."""
+    model = build(name)
+    layout = discover_layout(model)
+    emap = ExpertMap({m.layer: [1, 5] for m in layout.layers}, layout.num_experts)
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = lm_loss(model, ids).item()
+        selected = extract_state(model, layout, emap)
+        lighten(model, layout, emap, background)
+        light = lm_loss(model, ids).item()
+    assert abs(light - full) < (0.05 if background == "4bit" else 0.01) * abs(full), (full, light)
+    relaid = discover_layout(model)  # the layout still names every expert, though only 2 per layer are held
+    assert [m.num_experts for m in relaid.layers] == [m.num_experts for m in layout.layers]
+    pairs = zip(selected.values(), extract_state(model, layout, emap).values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    with pytest.raises(TeftError, match="background"):
+        expert_tensor(model, layout.layers[0], 0, layout.layers[0].params[0][0])
+
+
+def test_light_rejects_other_map_and_per_expert_modules():
+    model = build("qwen3_moe")
+    layout = discover_layout(model)
+    lighten(model, layout, ExpertMap({m.layer: [1, 5] for m in layout.layers}, layout.num_experts), "4bit")
+    other = ExpertMap({m.layer: [2] for m in layout.layers}, layout.num_experts)
+    with pytest.raises(TeftError, match="light model holds experts"):
+        train_experts(model, layout, other, iter([torch.zeros(1, 8, dtype=torch.long)]), TrainConfig(steps=1))
+    per = build("per_expert")
+    per_layout = discover_layout(per)
+    with pytest.raises(TeftError, match="fused expert tensors"):
+        lighten(per, per_layout, ExpertMap({m.layer: [1] for m in per_layout.layers}, per_layout.num_experts),
+                "int8")
+
+
+def _batches(n: int, seed: int = 0, seq: int = 64):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 257, (2, seq), generator=g) for _ in range(n)]
+
+
+def test_light_load_never_holds_the_background():
+    """Loading the embedded model light: at most a layer's fused tensor is ever alive at full precision, and what
+    stays is the hub, the selected rows and codes; loading it in full holds the whole background (the control)."""
+    emap = _tiny_map()
+    with StorageWatch() as watch:
+        model, _, layout = load_light_model("tiny", emap, "4bit")
+    background = _background_bytes(layout, emap, 4)
+    assert watch.peak < background / 2, (watch.peak, background)
+    held = resident_bytes(model)
+    assert held.background < background / 6  # 4 bits + an fp32 absmax per 64 values, of fp32 weights
+    assert not any(p.shape[0] == layout.num_experts for n, p in model.named_parameters() if ".experts." in n)
+    with StorageWatch() as control:
+        full, _ = load_model("tiny")
+    assert control.peak >= background
+    assert resident_bytes(full).total - held.frozen_full >= background
+
+
+def test_light_train_step_allocates_no_layer_of_background():
+    """Forward and backward of a light miner: no storage as large as one layer's projection of the experts."""
+    emap = _tiny_map()
+    model, _, layout = load_light_model("tiny", emap, "4bit")
+    moe = layout.layers[0]
+    one_layer = moe.num_experts * min(n for _, n in [(p, torch.Size(s).numel()) for p, s in moe.params]) * 4
+    with StorageWatch() as watch:
+        result = train_experts(model, layout, emap, iter(_batches(2)), TrainConfig(steps=2, lr=1e-3))
+    assert watch.largest < one_layer, (watch.largest, one_layer)
+    assert result.trainable_params == emap.count * layout.expert_numel(moe)
+    full, _ = load_model("tiny")
+    with StorageWatch() as control:
+        train_experts(full, layout, emap, iter(_batches(2)), TrainConfig(steps=1, lr=1e-3))
+    assert control.largest >= one_layer  # the full model's experts forward reads views of the fused tensors
+
+
+def test_light_update_gains_what_a_full_miner_gains():
+    """Same seed, same data: the light miner's update, scored on the full model, gains >= 0.97 of the full's."""
+    from teft.data import iterate_batches, load_texts, tokenize_blocks
+    from teft.pol import state_loss
+
+    emap = _tiny_map()
+    full, tokenizer = load_model("tiny")
+    layout = discover_layout(full)
+    train = tokenize_blocks(tokenizer, load_texts("math", "train", limit_bytes=400_000), 128)
+    val = tokenize_blocks(tokenizer, load_texts("math", "validation", limit_bytes=200_000), 128)[:32]
+    batches = [val[i:i + 8] for i in range(0, len(val), 8)]
+    base = extract_state(full, layout, emap)
+    cfg = TrainConfig(steps=20, lr=3e-3, warmup_steps=2, grad_clip=1.0, seed=0)
+    full_state = train_experts(full, layout, emap, iterate_batches(train, 2, "s0", 20), cfg).state
+    light, _, _ = load_light_model("tiny", emap, "4bit")
+    light_state = train_experts(light, layout, emap, iterate_batches(train, 2, "s0", 20), cfg).state
+    load_state(full, layout, base)
+    l0 = state_loss(full, layout, base, batches)
+    gain_full = l0 - state_loss(full, layout, full_state, batches)
+    gain_light = l0 - state_loss(full, layout, light_state, batches)
+    assert gain_full > 0.05
+    assert gain_light >= 0.97 * gain_full, (gain_light, gain_full)
+
+
+def _tiny_raw(tmp_path) -> dict:
+    import yaml
+
+    from swarm.net.identity import load_or_create
+
+    raw = yaml.safe_load((_tiny_map_path().parent / "tiny.yaml").read_text())
+    raw["validators"], raw["quorum"] = [load_or_create(tmp_path / "v.key").public_key_str], 1
+    return raw
+
+
+def _tiny_map_path():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "configs" / "tiny-math.map.json"
+
+
+def test_manifest_background_field(tmp_path):
+    from swarm.errors import SwarmError
+    from swarm.protocol.manifest import canonical_json, from_dict, run_id
+
+    raw = _tiny_raw(tmp_path)
+    plain = from_dict(raw)
+    assert plain.inner.background == "bf16" and b"background" not in canonical_json(plain)  # run ids unchanged
+    raw["inner"]["background"] = "4bit"
+    light = from_dict(raw)
+    assert light.inner.background == "4bit" and run_id(light) != run_id(plain)
+    raw["inner"]["background"] = "3bit"
+    with pytest.raises(SwarmError, match="inner.background"):
+        from_dict(raw)
+    raw["inner"]["background"] = "int8"
+    raw["expert_map"] = {"spec": {"method": "esft-token", "top_p": 0.2, "data": "math"}}
+    with pytest.raises(SwarmError, match="needs expert_map.path"):
+        from_dict(raw)
+
+
+def test_runtime_loads_a_light_miner_with_the_full_models_state(tmp_path):
+    from swarm.errors import SwarmError
+    from swarm.launch import write_manifest
+    from swarm.protocol.manifest import load
+    from swarm.protocol.runtime import load_runtime
+    from teft.light import light_of
+    from teft.model import get_module
+
+    raw = _tiny_raw(tmp_path)
+    manifest = load(write_manifest(_tiny_map_path().parent / "tiny.yaml", tmp_path / "run.yaml", raw["validators"],
+                                   0.0, {"quorum": 1, "data": {"train_tokens": 20000, "validation_tokens": 20000}}))
+    full = load_runtime(manifest)
+    light = load_runtime(manifest, background="4bit")
+    assert all(light_of(get_module(light.model, m.experts)) is not None for m in light.layout.layers)
+    assert all(light_of(get_module(full.model, m.experts)) is None for m in full.layout.layers)
+    assert light.layout.num_experts == full.layout.num_experts and light.payload_size == full.payload_size
+    pairs = zip(full.initial_state.values(), light.initial_state.values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    manifest.expert_map.path, manifest.expert_map.spec = None, {"method": "esft-token", "top_p": 0.2, "data": "math"}
+    with pytest.raises(SwarmError, match="needs the manifest's expert_map.path"):
+        load_runtime(manifest, background="int8")
+
+
+def test_light_and_full_miners_merged_in_one_swarm(tmp_path):
+    """A validator scores on the full model; a light miner and a full miner of one run are both merged."""
+    from swarm_double import FEW_STEPS, Swarm
+
+    from swarm.roles.miner import Miner
+    from swarm.roles.validator import Validator
+    from teft.light import light_of
+    from teft.model import get_module
+
+    swarm = Swarm.tiny(tmp_path, ["validator"], {"inner": {**FEW_STEPS, "steps": 4}, "quorum": 1,
+                                                 "data": {"validation_blocks": 8, "private_validation": False}})
+    validator = swarm.add("validator", Validator)
+    full = swarm.add("full", Miner)
+    light = swarm.add("light", Miner, background="4bit")
+    layer = light.rt.layout.layers[0]
+    assert light_of(get_module(light.rt.model, layer.experts)) is not None
+    assert light_of(get_module(validator.rt.model, layer.experts)) is None
+    swarm.run(cycles=1)
+    row = swarm.rows("validator", 1)[0]
+    assert set(row["merged"]) == {full.me, light.me}, row
+    assert row["scores"][light.me] > 0.5 * row["scores"][full.me], row["scores"]
