@@ -36,8 +36,8 @@ class StorageWatch(TorchDispatchMode):
             storage = t.untyped_storage()
             size = storage.nbytes()
             self.largest = max(self.largest, size)
-            if size >= self.min_bytes:
-                self.alive[storage.data_ptr()] = (weakref.ref(t), size)
+            if size >= self.min_bytes:  # a storage's Python object lives as long as the storage does
+                self.alive[storage.data_ptr()] = (weakref.ref(storage), size)
         self.alive = {k: v for k, v in self.alive.items() if v[0]() is not None}
         self.peak = max(self.peak, sum(size for _, size in self.alive.values()))
         return out
@@ -63,7 +63,15 @@ def test_quantize_round_trip(background):
     assert codes.numel() * codes.element_size() == code_bytes and scales.numel() * 4 == scale_bytes
     back = dequantize(codes, scales, tuple(w.shape), torch.float32, background)
     rel = float((back - w).norm() / w.norm())
-    assert rel < (0.12 if background == "4bit" else 0.01), rel
+    assert rel < (0.1 if background == "4bit" else 0.01), rel  # NF4 of Gaussian weights in blocks of 64: 0.09
+    if background == "4bit":  # the nearest of the 16 NF4 levels, scaled per block of 64: what the codes must mean
+        import bitsandbytes.functional as bnbf
+
+        levels = bnbf.get_4bit_type("nf4", device="cpu").float()
+        blocks = w.reshape(-1, 64)
+        absmax = blocks.abs().amax(1, keepdim=True)
+        nearest = levels[(blocks / absmax).unsqueeze(-1).sub(levels).abs().argmin(-1)] * absmax
+        assert torch.allclose(back, nearest.reshape(w.shape), atol=1e-6)
     assert code_bytes < w.numel() * (0.51 if background == "4bit" else 1.01)
 
 
@@ -94,7 +102,7 @@ def test_light_rejects_other_map_and_per_expert_modules():
     layout = discover_layout(model)
     lighten(model, layout, ExpertMap({m.layer: [1, 5] for m in layout.layers}, layout.num_experts), "4bit")
     other = ExpertMap({m.layer: [2] for m in layout.layers}, layout.num_experts)
-    with pytest.raises(TeftError, match="light model holds experts"):
+    with pytest.raises(TeftError, match="light model"):
         train_experts(model, layout, other, iter([torch.zeros(1, 8, dtype=torch.long)]), TrainConfig(steps=1))
     per = build("per_expert")
     per_layout = discover_layout(per)
@@ -109,14 +117,17 @@ def _batches(n: int, seed: int = 0, seq: int = 64):
 
 
 def test_light_load_never_holds_the_background():
-    """Loading the embedded model light: at most a layer's fused tensor is ever alive at full precision, and what
-    stays is the hub, the selected rows and codes; loading it in full holds the whole background (the control)."""
+    """Loading the embedded model light: besides what it keeps (hub, selected rows), at most two layers' fused expert
+    tensors are alive at full precision at once (transformers builds one while the last is let go), never the
+    whole background; what stays is the hub, the selected rows and codes. Loading it in full is the control."""
     emap = _tiny_map()
     with StorageWatch() as watch:
         model, _, layout = load_light_model("tiny", emap, "4bit")
     background = _background_bytes(layout, emap, 4)
-    assert watch.peak < background / 2, (watch.peak, background)
     held = resident_bytes(model)
+    layer = max(m.num_experts * layout.expert_numel(m) * 4 for m in layout.layers)
+    assert watch.peak <= 2 * layer + held.frozen_full, (watch.peak, layer, held)
+    assert watch.peak < background, (watch.peak, background)
     assert held.background < background / 6  # 4 bits + an fp32 absmax per 64 values, of fp32 weights
     assert not any(p.shape[0] == layout.num_experts for n, p in model.named_parameters() if ".experts." in n)
     with StorageWatch() as control:
