@@ -270,3 +270,25 @@ def test_light_and_full_miners_merged_in_one_swarm(tmp_path):
     row = swarm.rows("validator", 1)[0]
     assert set(row["merged"]) == {full.me, light.me}, row
     assert row["scores"][light.me] > 0.5 * row["scores"][full.me], row["scores"]
+
+
+def test_teft_train_with_a_light_background(tmp_path, capsys):
+    """`teft train --background 4bit` writes a state of the map's experts and says what the model held."""
+    import json
+
+    from teft.__main__ import main
+    from teft.state import load_state_file
+
+    args = ["train", "--model", "tiny", "--expert-map", str(_tiny_map_path()), "--data", "math", "--steps", "2",
+            "--block-size", "32", "--tokens", "4000", "--threads", "1", "--json"]
+    assert main([*args, "--background", "4bit", "--out", str(tmp_path / "light.safetensors")]) == 0
+    light = json.loads(capsys.readouterr().out)
+    assert main([*args, "--out", str(tmp_path / "full.safetensors")]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert light["background"] == "4bit" and full["background"] == "bf16"
+    assert light["model_bytes"]["background"] > 0 and full["model_bytes"]["background"] == 0
+    held = {k: sum(v.values()) for k, v in (("light", light["model_bytes"]), ("full", full["model_bytes"]))}
+    assert held["light"] < 0.4 * held["full"]
+    a, b = load_state_file(tmp_path / "light.safetensors"), load_state_file(tmp_path / "full.safetensors")
+    assert list(a) == list(b) and all(torch.allclose(a[k], b[k], atol=5e-3) for k in a)
+    assert main([*args, "--background", "2bit", "--out", str(tmp_path / "x.safetensors")]) == 2
