@@ -421,6 +421,36 @@ def cmd_eval(args) -> Outcome:
     return Outcome(results, text)
 
 
+def cmd_pack(args) -> Outcome:
+    from teft.model import model_hash
+    from teft.pack import build_pack, write_pack
+    from teft.selection import ExpertMap
+
+    _check_model(args)
+    out_dir = Path(args.out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TeftError(f"--out '{args.out}' is a file; name a folder: the pack is written there under its hash")
+    emap = ExpertMap.load(args.expert_map)
+    emap.check_model(_load_layout_only(args.model), model_hash(args.model))
+    data = build_pack(args.model, emap, args.background, args.dtype)
+    data_path = write_pack(data, out_dir)
+    digest = data_path.name.split(".")[0]
+    text = f"pack {data_path} ({len(data) / 2**20:.1f} MiB, {args.background} background), sha256 {digest}"
+    return Outcome({"out": str(data_path), "sha256": digest, "bytes": len(data), "background": args.background}, text)
+
+
+def _load_layout_only(spec):
+    """The layout of a checkpoint from its config alone (a meta-device model: no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from teft.model import discover_layout, resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(spec), local_files_only=True)
+    with torch.device("meta"):
+        return discover_layout(AutoModelForCausalLM.from_config(config))
+
+
 def cmd_merge(args) -> Outcome:
     from teft.integrate import apply_state, save_checkpoint
     from teft.state import check_state_layout
@@ -542,6 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-blocks", "--max_blocks", type=COUNT, default=256,
                    help="evaluate a seeded subset of at most this many blocks (0: all; default 256)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pack", help="a light miner's pack: hub, selected experts, low-bit background, one file",
+                       epilog=EPILOG)
+    _common(p)
+    p.add_argument("--expert-map", "--expert_map", required=True, help="expert map JSON from `teft select`")
+    p.add_argument("--background", choices=("int8", "4bit"), default="4bit",
+                   help="the form of the experts the map does not select (default 4bit)")
+    p.add_argument("--out", required=True, help="folder to write the pack into, named by its sha256")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("merge", help="integrate a state into the full model and save a checkpoint",
                        epilog=EPILOG)

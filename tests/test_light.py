@@ -292,3 +292,38 @@ def test_teft_train_with_a_light_background(tmp_path, capsys):
     a, b = load_state_file(tmp_path / "light.safetensors"), load_state_file(tmp_path / "full.safetensors")
     assert list(a) == list(b) and all(torch.allclose(a[k], b[k], atol=5e-3) for k in a)
     assert main([*args, "--background", "2bit", "--out", str(tmp_path / "x.safetensors")]) == 2
+
+
+def test_pack_is_the_same_bytes_from_two_processes(tmp_path):
+    """`teft pack` in two processes: one file, the same name (its hash) and bytes; it holds the light model."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from teft.files import content_hash
+    from teft.pack import read_pack
+
+    repo = Path(__file__).resolve().parents[1]
+    outs = []
+    for run in ("a", "b"):
+        cmd = [sys.executable, "-m", "teft", "pack", "--model", "tiny", "--expert-map", str(_tiny_map_path()),
+               "--background", "4bit", "--threads", "1", "--out", str(tmp_path / run), "--json"]
+        done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outs.append(json.loads(done.stdout))
+    a, b = (Path(o["out"]).read_bytes() for o in outs)
+    assert a == b and outs[0]["sha256"] == outs[1]["sha256"] == content_hash(a)
+    assert Path(outs[0]["out"]).name == f"{content_hash(a)}.teftpack"
+    tensors, meta = read_pack(a)
+    emap = _tiny_map()
+    model, _, layout = load_light_model("tiny", emap, "4bit")
+    held = dict(model.named_parameters())
+    held.update((n, b) for n, b in model.named_buffers() if "_teft_" in n)
+    assert all(torch.equal(tensors[n], t) for n, t in held.items())
+    assert not any(t.shape[0] == layout.num_experts for n, t in tensors.items() if ".experts." in n)
+    assert meta["background"] == "4bit" and json.loads(meta["config"])["model_type"] == "deepseek_v3"
+    assert "tokenizer.json" in meta["files"] and json.loads(meta["expert_map"])["layers"]
+    assert len(a) < 0.4 * (repo / "teft/assets/tiny-moe/model.safetensors").stat().st_size
+    with pytest.raises(TeftError, match="not a miner pack"):
+        read_pack(b"\x08" + a[1:200])
