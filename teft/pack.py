@@ -79,3 +79,73 @@ def read_pack(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
         raise TeftError(f"not a miner pack (format {metadata.get('format')!r}, expected {FORMAT}); "
                         "build one with `python -m teft pack`")
     return tensors, metadata
+
+
+def load_pack(data: bytes, device: str = "cpu"):
+    """A light miner's model from a pack alone: (model, tokenizer or None, layout, expert map).
+
+    The model is built on the meta device from the pack's config and every tensor is the pack's own (no
+    weight of the base checkpoint is read or allocated); buffers the pack does not carry (rotary tables)
+    are recomputed by transformers' own initialisation of the modules that hold them.
+    """
+    import tempfile
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from teft.light import LightExperts
+    from teft.model import discover_layout, get_module
+    from teft.selection import ExpertMap
+
+    tensors, info = read_pack(data)
+    expert_map = ExpertMap.from_json(info["expert_map"], "the pack's expert map")
+    dtype = getattr(torch, info["dtype"].removeprefix("torch."))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(info["config"])
+        for name, text in info["files"].items():
+            (Path(tmp) / name).write_bytes(base64.b64decode(text))
+        config = AutoConfig.from_pretrained(tmp, local_files_only=True)
+        tokenizer = None
+        if any(n.startswith(("tokenizer", "vocab")) for n in info["files"]):
+            tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    layout = discover_layout(model)
+    lights = {}
+    for moe in layout.layers:
+        experts = get_module(model, moe.experts)
+        light = LightExperts(experts, moe.num_experts, list(expert_map.layers.get(moe.layer, [])),
+                             info["background"], dict(moe.params), dtype)
+        for param, _ in moe.params:
+            light.pending[param] = (tensors.pop(f"{moe.experts}._teft_codes_{param}"),
+                                    tensors.pop(f"{moe.experts}._teft_scales_{param}"))
+            light.taken.add(param)
+        lights[moe.experts] = light
+    for name, tensor in tensors.items():
+        owner_path, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_path) if owner_path else model
+        if leaf in owner._parameters:
+            owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=False)
+        elif leaf in owner._buffers:
+            owner._buffers[leaf] = tensor
+        else:
+            raise TeftError(f"the pack holds {name}, which this model does not have: the pack is damaged")
+    model.tie_weights()
+    for light in lights.values():
+        light.finish()
+    for path, module in model.named_modules():  # what the pack does not carry: non-persistent buffers only
+        missing = [n for n, b in module.named_buffers(recurse=False) if b.is_meta]
+        if not missing:
+            continue
+        if any(p.is_meta for p in module.parameters(recurse=False)) or list(module.parameters(recurse=False)):
+            raise TeftError(f"the pack lacks {path}'s tensors: it is damaged or from another teft version")
+        for n in missing:
+            module._buffers[n] = torch.empty_like(module._buffers[n], device="cpu")
+        model._init_weights(module)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise TeftError(f"the pack lacks {left[0]} (and {len(left) - 1} more): it is damaged or incomplete")
+    model.eval()
+    model.to(device)
+    for light in lights.values():
+        light.to(device)
+    return model, tokenizer, layout, expert_map

@@ -327,3 +327,23 @@ def test_pack_is_the_same_bytes_from_two_processes(tmp_path):
     assert len(a) < 0.4 * (repo / "teft/assets/tiny-moe/model.safetensors").stat().st_size
     with pytest.raises(TeftError, match="not a miner pack"):
         read_pack(b"\x08" + a[1:200])
+
+
+def test_a_pack_alone_loads_the_light_model(tmp_path):
+    """From the pack's bytes only: the same light model (same loss, bit for bit) and nothing of full size."""
+    from teft.pack import build_pack, load_pack
+
+    emap = _tiny_map()
+    data = build_pack("tiny", emap, "4bit")
+    with StorageWatch() as watch:
+        model, tokenizer, layout, packed_map = load_pack(data)
+    light, _, _ = load_light_model("tiny", emap, "4bit")
+    moe = layout.layers[0]
+    one_layer = moe.num_experts * min(torch.Size(s).numel() for _, s in moe.params) * 4
+    assert watch.largest < one_layer
+    assert packed_map.layers == emap.layers and tokenizer is not None and tokenizer("2+2=4")["input_ids"]
+    ids = torch.randint(0, 257, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert lm_loss(model, ids).item() == lm_loss(light, ids).item()
+    result = train_experts(model, layout, emap, iter(_batches(1)), TrainConfig(steps=1, lr=1e-3))
+    assert result.trainable_params == emap.count * layout.expert_numel(moe)
