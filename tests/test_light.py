@@ -347,3 +347,17 @@ def test_a_pack_alone_loads_the_light_model(tmp_path):
         assert lm_loss(model, ids).item() == lm_loss(light, ids).item()
     result = train_experts(model, layout, emap, iter(_batches(1)), TrainConfig(steps=1, lr=1e-3))
     assert result.trainable_params == emap.count * layout.expert_numel(moe)
+
+
+def test_the_peer_refuses_a_background_for_a_validator(tmp_path, capsys):
+    """Validators always score on the full model: --background is refused for them before anything loads."""
+    from swarm import peer
+    from swarm.launch import write_manifest
+
+    raw = _tiny_raw(tmp_path)
+    path = write_manifest(_tiny_map_path().parent / "tiny.yaml", tmp_path / "run.yaml", raw["validators"], 0.0,
+                          {"quorum": 1, "data": {"private_validation": False}})
+    code = peer.main(["--role", "validator", "--config", str(path), "--identity", str(tmp_path / "keys" / "k"),
+                      "--workdir", str(tmp_path / "w"), "--background", "4bit"])
+    assert code == 2 and "--background is for miners" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
