@@ -377,7 +377,8 @@ def cmd_train(args) -> Outcome:
         load_state(model, layout, state)
     blocks = _blocks(tokenizer, args.data, args)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
-                      grad_clip=args.grad_clip, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
+                      grad_clip=args.grad_clip, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
+                      optimizer=args.optimizer)
     start = time.time()
     result = train_experts(model, layout, emap, iterate_batches(blocks, args.batch_size, args.seed, args.steps),
                            cfg, progress=True, init=state)
@@ -389,6 +390,7 @@ def cmd_train(args) -> Outcome:
     held = resident_bytes(model)
     data = {"out": str(out), "sha256": digest, "steps": args.steps, "seconds": round(seconds, 3),
             "trainable_params": result.trainable_params, "loss": trend, "losses": result.losses,
+            "optimizer": args.optimizer, "optimizer_state_bytes": result.optimizer_state_bytes,
             "background": args.background, "model_bytes": {"full_precision": held.frozen_full,
                                                            "background": held.background}}
     text = (f"trained {result.trainable_params:,d} expert parameters for {args.steps} steps in {seconds:.1f}s: "
@@ -560,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", choices=("bf16", "int8", "4bit"), default="bf16",
                    help="the experts not trained: held in the checkpoint's dtype (bf16, default) or frozen in "
                         "int8 / 4 bits and expanded one at a time (a light miner: a third of the memory)")
+    p.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw",
+                   help="AdamW with fp32 moments (default) or bitsandbytes' 8-bit moments (a quarter of the bytes)")
     _out_file(p, "the state (.safetensors)")
     p.set_defaults(func=cmd_train)
 

@@ -220,6 +220,14 @@ def test_manifest_background_field(tmp_path):
     raw["inner"]["background"] = "3bit"
     with pytest.raises(SwarmError, match="inner.background"):
         from_dict(raw)
+    raw["inner"]["background"] = "4bit"
+    raw["inner"]["optimizer"] = "adamw8bit"
+    assert from_dict(raw).inner.optimizer == "adamw8bit" and run_id(from_dict(raw)) != run_id(light)
+    raw["inner"]["optimizer"] = "adam"
+    with pytest.raises(SwarmError, match="inner.optimizer"):
+        from_dict(raw)
+    raw["inner"]["optimizer"] = "adamw"
+    assert run_id(from_dict(raw)) == run_id(light)  # the default leaves the run id as it was
     raw["inner"]["background"] = "int8"
     raw["expert_map"] = {"spec": {"method": "esft-token", "top_p": 0.2, "data": "math"}}
     with pytest.raises(SwarmError, match="needs expert_map.path"):
@@ -361,3 +369,37 @@ def test_the_peer_refuses_a_background_for_a_validator(tmp_path, capsys):
                       "--workdir", str(tmp_path / "w"), "--background", "4bit"])
     assert code == 2 and "--background is for miners" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_adamw8bit_trains_like_adamw_with_a_quarter_of_the_moments(one_thread):
+    """bitsandbytes' 8-bit moments: nearly the same update, a quarter of the optimizer bytes, and the moments a
+    call returns (fp32, the same keys) resume the next call as the fp32 ones do."""
+    emap = _tiny_map()
+    model, _, layout = load_light_model("tiny", emap, "4bit")
+    base = extract_state(model, layout, emap)
+    runs = {}
+    for optimizer in ("adamw", "adamw8bit"):
+        cfg = TrainConfig(steps=4, lr=3e-3, grad_clip=1.0, seed=0, optimizer=optimizer)
+        runs[optimizer] = train_experts(model, layout, emap, iter(_batches(4)), cfg, init=base)
+    full, small = runs["adamw"], runs["adamw8bit"]
+    assert small.optimizer_state_bytes < 0.27 * full.optimizer_state_bytes
+    assert set(small.moments) == set(full.moments)
+    delta = {k: full.state[k] - base[k] for k in base}
+    err = sum(float((small.state[k] - base[k] - d).norm() ** 2) for k, d in delta.items()) ** 0.5
+    assert err < 0.1 * sum(float(d.norm() ** 2) for d in delta.values()) ** 0.5
+    cfg = TrainConfig(steps=1, lr=3e-3, seed=1, optimizer="adamw8bit")
+    again = train_experts(model, layout, emap, iter(_batches(1, seed=5)), cfg, init=small.state,
+                          moments=small.moments)
+    key = next(k for k in again.moments if k.endswith(".step"))
+    assert float(again.moments[key]) == float(small.moments[key]) + 1
+    from teft.train import _get_moments, _make_optimizer, _set_moments
+
+    m = next(k for k in small.moments if k.endswith(".exp_avg_sq"))
+    first, second = small.moments[m.replace("_sq", "")], small.moments[m]
+    p = torch.nn.Parameter(torch.zeros_like(first))
+    optimizer = _make_optimizer([p], cfg)
+    _set_moments(optimizer, p, first, second, 7.0)  # into 8-bit codes and back: within the codes' rounding
+    back = _get_moments(optimizer, p)
+    assert optimizer.state[p]["state2"].dtype == torch.uint8 and back[2] == 7.0
+    for old, new in zip((first, second), back[:2], strict=True):
+        assert float((new - old).norm()) < 0.03 * float(old.norm())

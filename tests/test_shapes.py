@@ -85,6 +85,8 @@ def test_miner_bytes_per_background(path):
     assert nf4["frozen"] < int8["frozen"] < full["frozen"]
     assert all(full[k] == nf4[k] == 4 * r["selected_max"] * r["expert_params"] for k in ("masters", "gradients"))
     assert set(nf4["fits_gb"]) >= set(full["fits_gb"])
+    small = miner_bytes(r, "4bit", "adamw8bit")
+    assert small["frozen"] == nf4["frozen"] and 0.25 < small["moments"] / nf4["moments"] < 0.26
     if path.stem == "qwen3-30b-a3b":  # the case: a full miner does not fit one 80 GB GPU, a 4-bit one does
         assert 80 not in full["fits_gb"] and 80 in nf4["fits_gb"]
         assert 0.35 < nf4["frozen"] / full["frozen"] < 0.4 and 0.55 < int8["frozen"] / full["frozen"] < 0.6

@@ -95,6 +95,7 @@ class InnerSpec(_Strict):
     # how a miner holds the experts it does not train: the checkpoint's dtype, or frozen in int8 / 4 bits (a light
     # miner, teft/light.py); a miner may choose its own with --background; validators always hold the full model
     background: Literal["bf16", "int8", "4bit"] = "bf16"
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit: bitsandbytes' 8-bit moments, a quarter the bytes
 
     @model_validator(mode="after")
     def _horizon(self) -> InnerSpec:
@@ -288,8 +289,9 @@ def canonical_json(manifest: Manifest) -> bytes:
     data = manifest.model_dump(mode="json")
     if data.get("shape") is None:  # a manifest without a shape keeps the run id it had before the field existed
         data.pop("shape", None)
-    if data["inner"].get("background") == "bf16":  # likewise a manifest without a light background
-        data["inner"].pop("background")
+    for key, default in (("background", "bf16"), ("optimizer", "adamw")):  # likewise without these inner fields
+        if data["inner"].get(key) == default:
+            data["inner"].pop(key)
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 

@@ -46,7 +46,7 @@ class Runtime:
         spec = self.manifest.inner
         return TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay,
                            warmup_steps=spec.warmup_steps, grad_clip=spec.grad_clip or 0.0,
-                           gradient_checkpointing=spec.gradient_checkpointing)
+                           gradient_checkpointing=spec.gradient_checkpointing, optimizer=spec.optimizer)
 
     def inner_for(self, cycle: int) -> TrainConfig:
         """A miner's inner config in `cycle`: seeded by it and, with schedule 'run', at its place in the run's

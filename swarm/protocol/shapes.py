@@ -80,13 +80,14 @@ def check(manifest_path: str | Path) -> dict:
 GPU_CLASSES_GB = (24, 48, 80, 141)  # the GPU memory classes a miner is sized against, in 10^9 bytes
 
 
-def miner_bytes(r: dict, background: str) -> dict:
+def miner_bytes(r: dict, background: str, optimizer: str = "adamw") -> dict:
     """A miner's resident bytes for a checked manifest (`check`'s result) and background, before activations.
 
     frozen: the hub, routers, shared and selected experts in the checkpoint's dtype, plus the unselected experts in
     the background's form (teft.light: 4-bit NF4 codes with an fp32 absmax per 64 values, or int8 with an fp32
-    scale per output row); masters, gradients and AdamW moments are fp32 for the selected experts only. With a
-    top-p budget the selection is its upper bound (experts_per_layer_max in every layer).
+    scale per output row); masters, gradients and AdamW moments are fp32 for the selected experts only (adamw8bit:
+    two uint8 moments with an fp32 absmax per 256 values each). With a top-p budget the selection is its upper
+    bound (experts_per_layer_max in every layer).
     """
     import torch
 
@@ -105,7 +106,7 @@ def miner_bytes(r: dict, background: str) -> dict:
         per_expert = sum(sum(code_sizes(shape, background)) for _, shape in layout.layers[0].params)
         frozen += (experts - selected) * per_expert
     out = {"background": background, "frozen": frozen, "masters": 4 * trained, "gradients": 4 * trained,
-           "moments": 8 * trained}
+           "moments": 8 * trained if optimizer == "adamw" else 2 * (trained + 4 * -(-trained // 256))}
     out["total"] = sum(v for k, v in out.items() if k != "background")
     out["fits_gb"] = [gb for gb in GPU_CLASSES_GB if out["total"] <= gb * 10**9]
     return out
@@ -114,7 +115,7 @@ def miner_bytes(r: dict, background: str) -> dict:
 def memory_table() -> str:
     """The README's table of full and light miner bytes for every real manifest."""
     lines = ["| manifest | background | frozen weights | fp32 masters | gradients | AdamW moments | total | "
-             "fits (GB, before activations) |", "|---|---|---|---|---|---|---|---|"]
+             "fits (GB, before activations) | total with adamw8bit (fits) |", "|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(CONFIGS.glob("*.yaml")):
         if not (yaml.safe_load(path.read_text()) or {}).get("shape"):
             continue
@@ -123,7 +124,9 @@ def memory_table() -> str:
             m = miner_bytes(r, background)
             cells = " | ".join(f"{m[k] / 1e9:.1f} GB" for k in ("frozen", "masters", "gradients", "moments", "total"))
             fits = ", ".join(str(gb) for gb in m["fits_gb"]) or "none"
-            lines.append(f"| {path.name} | {background} | {cells} | {fits} |")
+            small = miner_bytes(r, background, "adamw8bit")
+            fits8 = ", ".join(str(gb) for gb in small["fits_gb"]) or "none"
+            lines.append(f"| {path.name} | {background} | {cells} | {fits} | {small['total'] / 1e9:.1f} GB ({fits8}) |")
     return "\n".join(lines)
 
 
