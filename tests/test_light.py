@@ -403,3 +403,17 @@ def test_adamw8bit_trains_like_adamw_with_a_quarter_of_the_moments(one_thread):
     assert optimizer.state[p]["state2"].dtype == torch.uint8 and back[2] == 7.0
     for old, new in zip((first, second), back[:2], strict=True):
         assert float((new - old).norm()) < 0.03 * float(old.norm())
+
+
+def test_simulate_makes_light_miners(tmp_path, capsys):
+    """`python -m swarm.simulate --light-miners N`: the last N honest miners run `swarm.peer --background 4bit`."""
+    from swarm.sim.simulate import Swarm, main
+
+    swarm = Swarm(tmp_path / "run")
+    full, light = swarm.add("miner-0", "miner"), swarm.add("miner-1-light", "miner", background="4bit")
+    assert "--background" not in swarm.command(full)
+    cmd = swarm.command(light)
+    assert cmd[cmd.index("--background") + 1] == "4bit"
+    assert main(["--miners", "2", "--light-miners", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "--light-miners 3 must be from 0 to --miners (2)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
