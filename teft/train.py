@@ -7,7 +7,8 @@ routed to an unselected expert run through the frozen fused weights with no weig
 routed to a selected expert run through the same experts code with a small [k, ...] slice cast from the
 fp32 master. Optimizer state exists only for the masters; on exit they are written back (cast to the
 model's dtype) and everything but the selected slices is bit-identical. Per-expert modules get the same
-treatment: their forward runs with the master tensors swapped in.
+treatment: their forward runs with the master tensors swapped in. On a light model (teft.light) the frozen
+pass is the low-bit background's, expanded one expert at a time, and the module holds only the selected rows.
 """
 
 from __future__ import annotations
