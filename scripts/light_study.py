@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                      f" | {s['qwen3_30b_frozen_share']:.0%} | {s['share_min']:.3f} / {s['share_mean']:.3f} / "
                      f"{s['share_max']:.3f} | {s['drift_minus_full_max']:.4f} | {s['seconds_per_step']:.3f} |")
     lines += ["", f"Base math loss {base_loss['math']:.4f}, general {base_loss['general']:.4f}. The tiny model is "
-              "fp32, so its 'bf16' row is the full model in its own dtype (fp32)."]
+              "fp32, so its 'bf16' row is the full model in its own dtype (fp32). Seconds per step were taken on a "
+              "shared machine under other jobs' load: not a speed comparison."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
