@@ -45,6 +45,9 @@ def build_parser(prog: str = "python -m swarm.peer") -> argparse.ArgumentParser:
              "published, so no miner can train on it); required when the manifest sets data.private_validation")
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default=None,
                    help="weights' dtype, overriding the manifest's base_model.dtype (auto: the checkpoint's own)")
+    p.add_argument("--background", choices=("bf16", "int8", "4bit"), default=None,
+                   help="miners: hold the experts this run does not train in the checkpoint's dtype (bf16) or "
+                   "frozen in int8 / 4 bits (a light miner), overriding the manifest's inner.background")
     cli.compute_flags(p)
     cli.flag(p, "fetch-timeout", type=float, default=30.0,
              help="seconds to wait for one payload from one peer (default 30)")
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
                              "python scripts/build_corpora.py --heldout-math PATH)")
         if args.validation_data and args.role != "validator":
             raise SwarmError("--validation-data is for validators: drop it for a miner")
+        if args.background is not None and args.role != "miner":
+            raise SwarmError("--background is for miners: validators always score on the full model; drop it")
         check_workdir(args.workdir)
         device = cli.resolve_compute(args.device, args.threads)  # then what needs torch: still nothing created
         from swarm.net.identity import load_or_create
@@ -118,7 +123,8 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         net = Network(dht, rid, store.find, args.fetch_timeout, budget_window_s=manifest.clock().cycle_length,
                       priority={peer_key_of(v) for v in manifest.validators})  # validators: reserved lanes
         check_clock(net, dht, manifest, rid, args.initial_peers, identity.peer_key)
-        rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype)
+        background = (args.background or manifest.inner.background) if args.role == "miner" else "bf16"
+        rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype, background)
         logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
         Peer(role, rt, identity, dht, net, store, stop, metrics=metrics).run()

@@ -365,24 +365,37 @@ def cmd_train(args) -> Outcome:
         raise TeftError(f"the expert map '{args.expert_map}' selects no experts: nothing to train; "
                         "re-run `teft select` with a larger budget")
     state = _read_state(args.state) if args.state else None
-    model, tokenizer, layout = _load(args)
+    if args.background == "bf16":
+        model, tokenizer, layout = _load(args)
+    else:  # a light miner: the unselected experts frozen in int8 / 4 bits, expanded one at a time
+        from teft.light import load_light_model
+
+        model, tokenizer, layout = load_light_model(args.model, emap, args.background, args.dtype, args.device)
     emap.check_model(layout, model_hash(args.model))
     if state is not None:
         check_state_layout(state, layout)
         load_state(model, layout, state)
     blocks = _blocks(tokenizer, args.data, args)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
-                      grad_clip=args.grad_clip, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
+                      grad_clip=args.grad_clip, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
+                      optimizer=args.optimizer)
     start = time.time()
     result = train_experts(model, layout, emap, iterate_batches(blocks, args.batch_size, args.seed, args.steps),
                            cfg, progress=True, init=state)
     seconds = time.time() - start
     digest = save_state(result.state, out)  # the fp32 masters: on a bf16 model finer than its weights
     trend = _trend(result.losses)
+    from teft.light import resident_bytes
+
+    held = resident_bytes(model)
     data = {"out": str(out), "sha256": digest, "steps": args.steps, "seconds": round(seconds, 3),
-            "trainable_params": result.trainable_params, "loss": trend, "losses": result.losses}
+            "trainable_params": result.trainable_params, "loss": trend, "losses": result.losses,
+            "optimizer": args.optimizer, "optimizer_state_bytes": result.optimizer_state_bytes,
+            "background": args.background, "model_bytes": {"full_precision": held.frozen_full,
+                                                           "background": held.background}}
     text = (f"trained {result.trainable_params:,d} expert parameters for {args.steps} steps in {seconds:.1f}s: "
-            f"{trend['measure']}: {trend['first']:.4f} -> {trend['last']:.4f}; state {out} sha256 {digest[:16]}")
+            f"{trend['measure']}: {trend['first']:.4f} -> {trend['last']:.4f}; state {out} sha256 {digest[:16]}; "
+            f"model held {held.total / 2**20:.1f} MiB ({args.background} background)")
     return Outcome(data, text)
 
 
@@ -408,6 +421,36 @@ def cmd_eval(args) -> Outcome:
     text = "\n".join(f"{spec:<24} loss {r['loss']:.4f}  perplexity {r['perplexity']:.3f}  ({r['blocks']} blocks)"
                      for spec, r in results.items())
     return Outcome(results, text)
+
+
+def cmd_pack(args) -> Outcome:
+    from teft.model import model_hash
+    from teft.pack import build_pack, write_pack
+    from teft.selection import ExpertMap
+
+    _check_model(args)
+    out_dir = Path(args.out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TeftError(f"--out '{args.out}' is a file; name a folder: the pack is written there under its hash")
+    emap = ExpertMap.load(args.expert_map)
+    emap.check_model(_load_layout_only(args.model), model_hash(args.model))
+    data = build_pack(args.model, emap, args.background, args.dtype)
+    data_path = write_pack(data, out_dir)
+    digest = data_path.name.split(".")[0]
+    text = f"pack {data_path} ({len(data) / 2**20:.1f} MiB, {args.background} background), sha256 {digest}"
+    return Outcome({"out": str(data_path), "sha256": digest, "bytes": len(data), "background": args.background}, text)
+
+
+def _load_layout_only(spec):
+    """The layout of a checkpoint from its config alone (a meta-device model: no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from teft.model import discover_layout, resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(spec), local_files_only=True)
+    with torch.device("meta"):
+        return discover_layout(AutoModelForCausalLM.from_config(config))
 
 
 def cmd_merge(args) -> Outcome:
@@ -516,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=COUNT, default=0, help="linear warmup steps before cosine decay (default 0)")
     p.add_argument("--grad-clip", "--grad_clip", type=NON_NEGATIVE, default=1.0,
                    help="max gradient norm (0: off; default 1)")
+    p.add_argument("--background", choices=("bf16", "int8", "4bit"), default="bf16",
+                   help="the experts not trained: held in the checkpoint's dtype (bf16, default) or frozen in "
+                        "int8 / 4 bits and expanded one at a time (a light miner: a third of the memory)")
+    p.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw",
+                   help="AdamW with fp32 moments (default) or bitsandbytes' 8-bit moments (a quarter of the bytes)")
     _out_file(p, "the state (.safetensors)")
     p.set_defaults(func=cmd_train)
 
@@ -528,6 +576,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-blocks", "--max_blocks", type=COUNT, default=256,
                    help="evaluate a seeded subset of at most this many blocks (0: all; default 256)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pack", help="a light miner's pack: hub, selected experts, low-bit background, one file",
+                       epilog=EPILOG)
+    _common(p)
+    p.add_argument("--expert-map", "--expert_map", required=True, help="expert map JSON from `teft select`")
+    p.add_argument("--background", choices=("int8", "4bit"), default="4bit",
+                   help="the form of the experts the map does not select (default 4bit)")
+    p.add_argument("--out", required=True, help="folder to write the pack into, named by its sha256")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("merge", help="integrate a state into the full model and save a checkpoint",
                        epilog=EPILOG)

@@ -235,8 +235,10 @@ def discover_layout(model: nn.Module) -> MoELayout:
             direct = list(experts.named_parameters(recurse=False))
             if not direct:
                 continue
-            num_experts = direct[0][1].shape[0]
-            if any(p.dim() < 2 or p.shape[0] != num_experts for _, p in direct):
+            light = getattr(experts, "_teft_light", None)  # teft.light: only the selected rows are held
+            num_experts = light.num_experts if light is not None else direct[0][1].shape[0]
+            rows = len(light.ids) if light is not None else num_experts
+            if any(p.dim() < 2 or p.shape[0] != rows for _, p in direct):
                 continue
             fused = True
             params = tuple(sorted((n, tuple(p.shape[1:])) for n, p in direct))
@@ -262,9 +264,10 @@ def discover_layout(model: nn.Module) -> MoELayout:
 def count_parameters(model: nn.Module, layout: MoELayout) -> dict[str, int]:
     """Split parameters into routed experts, routers, shared experts and the rest of the hub."""
     expert = sum(m.num_experts * layout.expert_numel(m) for m in layout.layers)
+    held = sum(p.numel() for m in layout.layers for p in get_module(model, m.experts).parameters())
     router = sum(p.numel() for m in layout.layers for p in get_module(model, m.router).parameters())
     shared = sum(p.numel() for m in layout.layers for s in m.shared for p in get_module(model, s).parameters())
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters()) - held + expert  # a light model holds fewer expert rows
     return {"total": total, "routed_experts": expert, "routers": router, "shared_experts": shared,
             "hub": total - expert - router - shared}
 
@@ -276,6 +279,12 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
 def expert_tensor(model: nn.Module, moe: MoELayer, expert: int, param: str) -> torch.Tensor:
     """A view of one expert's tensor, whether the experts are fused or separate modules."""
     experts = get_module(model, moe.experts)
+    light = getattr(experts, "_teft_light", None)  # teft.light: a low-bit background holds the selected rows only
+    if light is not None:
+        if expert not in light.ids:
+            raise TeftError(f"expert {expert} of layer {moe.layer} is in this light model's {light.background} "
+                            "background, not held at full precision: only the expert map's experts can be read")
+        return getattr(experts, param)[light.ids.index(expert)]
     if moe.fused:
         return getattr(experts, param)[expert]
     return experts[expert].get_parameter(param)

@@ -7,7 +7,8 @@ routed to an unselected expert run through the frozen fused weights with no weig
 routed to a selected expert run through the same experts code with a small [k, ...] slice cast from the
 fp32 master. Optimizer state exists only for the masters; on exit they are written back (cast to the
 model's dtype) and everything but the selected slices is bit-identical. Per-expert modules get the same
-treatment: their forward runs with the master tensors swapped in.
+treatment: their forward runs with the master tensors swapped in. On a light model (teft.light) the frozen
+pass is the low-bit background's, expanded one expert at a time, and the module holds only the selected rows.
 """
 
 from __future__ import annotations
@@ -58,10 +59,19 @@ class _FusedSelection:
     """The selected experts of one fused experts module: fp32 masters and the split forward."""
 
     def __init__(self, experts: nn.Module, ids: list[int], params: list[str], init: dict[str, torch.Tensor]):
+        from teft.light import light_of
+
         self.experts, self.params = experts, params
         first = getattr(experts, params[0])
-        self.num_experts, device = first.shape[0], first.device
+        self.light = light_of(experts)  # a low-bit background: the module holds only the selected rows
+        if self.light is not None and sorted(ids) != self.light.ids:
+            raise TeftError(f"this light model holds experts {self.light.ids} at full precision, the expert map "
+                            f"selects {sorted(ids)}: load the model for the map it trains")
+        self.num_experts = self.light.num_experts if self.light is not None else first.shape[0]
+        device = first.device
         self.index = torch.tensor(ids, dtype=torch.long, device=device)
+        # where the selected experts' rows sit in the module's tensors (all E rows, or only the k selected)
+        self.rows = torch.arange(len(ids), device=device) if self.light is not None else self.index
         self.local = torch.full((self.num_experts,), -1, dtype=torch.long, device=device)
         self.local[self.index] = torch.arange(len(ids), device=device)
         self.masters = {p: nn.Parameter(init[p].to(device=device, dtype=torch.float32).contiguous()) for p in params}
@@ -77,7 +87,9 @@ class _FusedSelection:
         local = self.local[top_k_index.clamp(0, self.num_experts - 1)]
         chosen = (local >= 0) & (top_k_index < self.num_experts)
         frozen_weights = top_k_weights.masked_fill(chosen, 0.0)
-        if self.sentinel:
+        if self.light is not None:  # background experts expanded one at a time; the selected ones skipped
+            out = self.light.background_forward(hidden_states, top_k_index, frozen_weights, *args, **kwargs)
+        elif self.sentinel:
             with _swapped(self.experts, {}, _is_expert_parallel=True):
                 out = self.call(self.experts, hidden_states, top_k_index.masked_fill(chosen, self.num_experts),
                                 frozen_weights, *args, **kwargs)
@@ -97,7 +109,7 @@ class _FusedSelection:
     def write_back(self) -> None:
         for p, master in self.masters.items():
             full = getattr(self.experts, p)
-            full.index_copy_(0, self.index, master.detach().to(full.dtype))
+            full.index_copy_(0, self.rows, master.detach().to(full.dtype))
 
 
 class _ModuleSelection:
@@ -179,6 +191,7 @@ def trainable_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap
                 for n in names:
                     slices.append(selection.masters[n])
                     slices.keys += [(state_key(layer, e, n), selection.masters[n], row) for row, e in enumerate(ids)]
+                selection.saved_forward = experts.__dict__.get("forward")  # a light model's own forward
                 experts.forward = selection.forward
                 selections.append(selection)
             else:
@@ -193,7 +206,10 @@ def trainable_experts(model: nn.Module, layout: MoELayout, expert_map: ExpertMap
         yield slices
     finally:
         for selection in selections:
-            del (selection.experts if isinstance(selection, _FusedSelection) else selection.expert).forward
+            module = selection.experts if isinstance(selection, _FusedSelection) else selection.expert
+            del module.forward
+            if getattr(selection, "saved_forward", None) is not None:
+                module.forward = selection.saved_forward
             selection.write_back()
         for name, p in model.named_parameters():
             p.requires_grad_(previous.get(name, False))
@@ -216,6 +232,9 @@ class TrainConfig:
     # `total_steps` (the whole run, e.g. cycles x steps); None keeps one warmup/cosine per call.
     step_offset: int = 0
     total_steps: int | None = None
+    # adamw: fp32 moments; adamw8bit: bitsandbytes' blockwise 8-bit moments (a quarter of the bytes); either way
+    # the moments a call returns (and takes back) are fp32 tensors under the same keys
+    optimizer: str = "adamw"
 
 
 @dataclass
@@ -378,8 +397,62 @@ def _load_moments(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], 
         if len(steps) != 1:
             raise TeftError(f"optimizer state rows of {names[0]} disagree on the step count: the file is corrupt; "
                             "delete the saved moments")
-        state["step"] = torch.tensor(steps.pop(), dtype=torch.float32)
-        optimizer.state[p] = state
+        _set_moments(optimizer, p, state["exp_avg"], state["exp_avg_sq"], steps.pop())
+
+
+_BNB_BLOCK = 256  # bitsandbytes' 8-bit optimizers quantize their moments in blocks of 256 values
+
+
+def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=False)
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:  # pragma: no cover - a dependency of the project
+            raise TeftError(f"adamw8bit needs bitsandbytes ({err}); pip install 'bitsandbytes==0.50.2'") from err
+        return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    raise TeftError(f"unknown optimizer '{cfg.optimizer}'; use adamw or adamw8bit")
+
+
+def _set_moments(optimizer: torch.optim.Optimizer, p: nn.Parameter, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                 step: float) -> None:
+    """Put fp32 moments into either optimizer's state for p (8-bit ones are quantized on the way in)."""
+    if isinstance(optimizer, torch.optim.AdamW):
+        optimizer.state[p] = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+                              "step": torch.tensor(step, dtype=torch.float32)}
+        return
+    import bitsandbytes.functional as bnbf
+
+    optimizer.init_state(optimizer.param_groups[0], p, 0, 0)
+    state = optimizer.state[p]
+    state["step"] = int(step)
+    pairs = ((exp_avg, "state1", "qmap1", "absmax1"), (exp_avg_sq, "state2", "qmap2", "absmax2"))
+    for value, key, qmap, absmax in pairs:
+        if state[key].dtype == torch.uint8:
+            codes, quant = bnbf.quantize_blockwise(value.float(), code=state[qmap], blocksize=_BNB_BLOCK)
+            state[key].copy_(codes.reshape(state[key].shape))
+            state[absmax].copy_(quant.absmax)
+        else:
+            state[key].copy_(value)
+
+
+def _get_moments(optimizer: torch.optim.Optimizer, p: nn.Parameter) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """(exp_avg, exp_avg_sq, step) of p as fp32, whichever optimizer holds them."""
+    state = optimizer.state.get(p)
+    if not state:
+        return None
+    if isinstance(optimizer, torch.optim.AdamW):
+        return state["exp_avg"], state["exp_avg_sq"], float(state["step"])
+    import bitsandbytes.functional as bnbf
+
+    out = []
+    for key, qmap, absmax in (("state1", "qmap1", "absmax1"), ("state2", "qmap2", "absmax2")):
+        value = state[key]
+        if value.dtype == torch.uint8:
+            value = bnbf.dequantize_blockwise(value, absmax=state[absmax], code=state[qmap], blocksize=_BNB_BLOCK)
+        out.append(value.float().reshape(p.shape))
+    return out[0], out[1], float(state["step"])
 
 
 def _export_moments(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
@@ -387,12 +460,12 @@ def _export_moments(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]
     """AdamW's state as fp32 CPU tensors keyed `<key>.exp_avg`, `<key>.exp_avg_sq`, `<key>.step`."""
     out: dict[str, torch.Tensor] = {}
     for p, names in zip(params, keys, strict=True):
-        state = optimizer.state.get(p)
-        if not state:
+        moments = _get_moments(optimizer, p)
+        if moments is None:
             continue
-        step = state["step"].detach().to(device="cpu", dtype=torch.float32).reshape(())
-        for f in ("exp_avg", "exp_avg_sq"):
-            for name, part in _rows(state[f], names):
+        step = torch.tensor(moments[2], dtype=torch.float32)
+        for f, value in zip(("exp_avg", "exp_avg_sq"), moments[:2], strict=True):
+            for name, part in _rows(value, names):
                 out[f"{name}.{f}"] = part.detach().to(device="cpu", dtype=torch.float32).clone()
         for name in [names] if isinstance(names, str) else names:
             out[f"{name}.step"] = step.clone()
@@ -418,8 +491,7 @@ def train_loop(model: nn.Module, params: list[nn.Parameter], batches: Iterable, 
     keys = keys if keys is not None else [f"params.{i}" for i in range(len(params))]
     if len(keys) != len(params):
         raise TeftError(f"{len(keys)} optimizer-state key lists for {len(params)} parameters: they must pair up")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                                  foreach=False)
+    optimizer = _make_optimizer(params, cfg)
     if moments:
         _load_moments(optimizer, params, keys, moments)
     result = TrainResult(trainable_params=sum(p.numel() for p in params))

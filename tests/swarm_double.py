@@ -216,13 +216,18 @@ class Swarm:
         self._private = None
         self.time: VirtualTime | None = None
 
-    def add(self, name: str, make_role, identity=None, dht_validators=None) -> Peer:
-        """A peer of this run; validators get private held-out data when the manifest asks for it."""
+    def add(self, name: str, make_role, identity=None, dht_validators=None, background: str = "bf16") -> Peer:
+        """A peer of this run; validators get private held-out data when the manifest asks for it; a miner with
+        a low-bit `background` holds a light model (teft.light), loaded as swarm.peer loads it."""
         from swarm.protocol.manifest import run_id
 
         identity = identity or load_or_create(self.root / f"{name}.key")
         store = Store(self.root / name)
         rt = self.runtime()
+        if background != "bf16":
+            from teft.light import load_light_model
+
+            rt.model, _, rt.layout = load_light_model(self.manifest.base_model.path, rt.expert_map, background)
         if getattr(make_role, "kind", None) == "validator" and self.manifest.data.private_validation:
             rt.private_blocks = self.private_data()
         net = MemoryNetwork(store, identity.peer_key, self.nets)

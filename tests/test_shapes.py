@@ -86,3 +86,38 @@ def test_the_command_helps_instead_of_running(capsys, tmp_path):
     assert main([str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: manifest") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("path", NAMED, ids=lambda p: p.stem)
+def test_miner_bytes_per_background(path):
+    from swarm.protocol.shapes import miner_bytes
+
+    r = check(path)
+    full, int8, nf4 = (miner_bytes(r, b) for b in ("bf16", "int8", "4bit"))
+    assert full["frozen"] == r["layout"].param_counts["total"] * 2  # every weight in bf16
+    assert nf4["frozen"] < int8["frozen"] < full["frozen"]
+    assert all(full[k] == nf4[k] == 4 * r["selected_max"] * r["expert_params"] for k in ("masters", "gradients"))
+    assert set(nf4["fits_gb"]) >= set(full["fits_gb"])
+    small = miner_bytes(r, "4bit", "adamw8bit")
+    assert small["frozen"] == nf4["frozen"] and 0.25 < small["moments"] / nf4["moments"] < 0.26
+    if path.stem == "qwen3-30b-a3b":  # the issue's case: a full miner does not fit one 80 GB GPU, a 4-bit one does
+        assert 80 not in full["fits_gb"] and 80 in nf4["fits_gb"]
+        assert 0.35 < nf4["frozen"] / full["frozen"] < 0.4 and 0.55 < int8["frozen"] / full["frozen"] < 0.6
+
+
+def test_miner_bytes_match_what_a_light_model_holds():
+    """The estimate's frozen bytes for the embedded model and its map are what teft.light's model really holds:
+    its parameters (hub and selected experts, fp32 here) plus the background's codes and scales."""
+    from swarm.protocol.shapes import miner_bytes
+    from teft.light import load_light_model, resident_bytes
+    from teft.model import discover_layout, load_model
+
+    emap = ExpertMap.load(CONFIGS / "tiny-math.map.json")
+    full, _ = load_model("tiny")
+    layout = discover_layout(full)
+    r = {"layout": layout, "model_dtype": "float32", "selected_max": emap.count, "experts": layout.num_experts,
+         "moe_layers": len(layout.layers), "expert_params": layout.expert_numel(layout.layers[0])}
+    for background in ("bf16", "int8", "4bit"):
+        model = full if background == "bf16" else load_light_model("tiny", emap, background)[0]
+        params = sum(p.numel() * p.element_size() for p in model.parameters())
+        assert miner_bytes(r, background)["frozen"] == params + resident_bytes(model).background, background

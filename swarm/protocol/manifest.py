@@ -92,6 +92,10 @@ class InnerSpec(_Strict):
     keep_moments: bool = False  # each miner keeps its AdamW moments across cycles (persisted: kill -9 safe)
     schedule: Literal["cycle", "run"] = "cycle"  # warmup/cosine per cycle, or one spanning schedule_cycles
     schedule_cycles: int | None = Field(default=None, gt=0)
+    # how a miner holds the experts it does not train: the checkpoint's dtype, or frozen in int8 / 4 bits (a light
+    # miner, teft/light.py); a miner may choose its own with --background; validators always hold the full model
+    background: Literal["bf16", "int8", "4bit"] = "bf16"
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit: bitsandbytes' 8-bit moments, a quarter the bytes
 
     @model_validator(mode="after")
     def _horizon(self) -> InnerSpec:
@@ -190,6 +194,15 @@ class Manifest(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _light_map(self) -> Manifest:
+        """A light miner cannot route the full model to select experts: it needs the map as a file."""
+        if self.inner.background != "bf16" and self.expert_map.path is None:
+            raise ValueError(f"inner.background {self.inner.background} needs expert_map.path: a light miner cannot "
+                             "route the full model to select experts; run `python -m teft select` once and give "
+                             "its map file")
+        return self
+
+    @model_validator(mode="after")
     def _top_k(self) -> Manifest:
         """A ranking lists at most MAX_RANKED entries; merging more than that could never happen."""
         from swarm.net.records import MAX_RANKED
@@ -276,6 +289,9 @@ def canonical_json(manifest: Manifest) -> bytes:
     data = manifest.model_dump(mode="json")
     if data.get("shape") is None:  # a manifest without a shape keeps the run id it had before the field existed
         data.pop("shape", None)
+    for key, default in (("background", "bf16"), ("optimizer", "adamw")):  # likewise without these inner fields
+        if data["inner"].get(key) == default:
+            data["inner"].pop(key)
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 

@@ -50,7 +50,7 @@ class Runtime:
         spec = self.manifest.inner
         return TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay,
                            warmup_steps=spec.warmup_steps, grad_clip=spec.grad_clip or 0.0,
-                           gradient_checkpointing=spec.gradient_checkpointing)
+                           gradient_checkpointing=spec.gradient_checkpointing, optimizer=spec.optimizer)
 
     def inner_for(self, cycle: int) -> TrainConfig:
         """A miner's inner config in `cycle`: seeded by it and, with schedule 'run', at its place in the run's
@@ -129,11 +129,13 @@ def _model_path(manifest: Manifest) -> str:
 
 
 def load_runtime(manifest: Manifest, data_override: str | None = None, device: str = "cpu",
-                 validation_data: str | None = None, dtype: str | None = None) -> Runtime:
+                 validation_data: str | None = None, dtype: str | None = None,
+                 background: str = "bf16") -> Runtime:
     """Load the model, check its hash, build the expert map and the data blocks; one-line errors.
 
     validation_data: a validator's private held-out data; Proof-of-Loss subsets are drawn from it, so
-    no miner can have trained on what it is scored on.
+    no miner can have trained on what it is scored on. background: how a miner holds the experts it does not
+    train (teft.light); a validator always passes bf16, so it scores on the full model in its own dtype.
     """
     if validation_data is not None:
         from teft.data import check_data
@@ -149,12 +151,22 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
             if found != manifest.base_model.sha256:
                 raise SwarmError(f"base model {path} hashes to {found[:12]}, the manifest pins "
                                  f"{manifest.base_model.sha256[:12]}: use the exact checkpoint of this run")
-        model, tokenizer = load_model(path, dtype=dtype or manifest.base_model.dtype, device=device)
-        layout = discover_layout(model)
-        if manifest.expert_map.path:
+        if background != "bf16":  # a light miner: the map first, since its experts stay at full precision
+            from teft.light import load_light_model
+
+            if not manifest.expert_map.path:
+                raise SwarmError(f"a {background} background needs the manifest's expert_map.path: a light miner "
+                                 "cannot route the full model to select experts; use --background bf16")
             expert_map = ExpertMap.load(manifest.resolve(manifest.expert_map.path))
+            model, tokenizer, layout = load_light_model(path, expert_map, background,
+                                                        dtype=dtype or manifest.base_model.dtype, device=device)
         else:
-            expert_map = _select_from_spec(manifest, model, tokenizer, layout)
+            model, tokenizer = load_model(path, dtype=dtype or manifest.base_model.dtype, device=device)
+            layout = discover_layout(model)
+            if manifest.expert_map.path:
+                expert_map = ExpertMap.load(manifest.resolve(manifest.expert_map.path))
+            else:
+                expert_map = _select_from_spec(manifest, model, tokenizer, layout)
         expert_map.check_model(layout, manifest.base_model.sha256)
         data = manifest.data
 

@@ -77,7 +77,61 @@ def check(manifest_path: str | Path) -> dict:
             "expert_params": expert_numel, "budget": {"top_k": top_k} if top_k is not None else {"top_p": top_p},
             "experts_per_layer_max": per_layer, "selected_max": selected,
             "selected_share": selected / (experts * len(layout.layers)), "payload_dtype": dtype,
-            "payload_bytes_max": selected * expert_numel * itemsize, "layout": layout}
+            "payload_bytes_max": selected * expert_numel * itemsize, "layout": layout,
+            "model_dtype": model_dtype}
+
+
+GPU_CLASSES_GB = (24, 48, 80, 141)  # the GPU memory classes a miner is sized against, in 10^9 bytes
+
+
+def miner_bytes(r: dict, background: str, optimizer: str = "adamw") -> dict:
+    """A miner's resident bytes for a checked manifest (`check`'s result) and background, before activations.
+
+    frozen: the hub, routers, shared and selected experts in the checkpoint's dtype, plus the unselected experts in
+    the background's form (teft.light: 4-bit NF4 codes with an fp32 absmax per 64 values, or int8 with an fp32
+    scale per output row); masters, gradients and AdamW moments are fp32 for the selected experts only (adamw8bit:
+    two uint8 moments with an fp32 absmax per 256 values each). With a top-p budget the selection is its upper
+    bound (experts_per_layer_max in every layer).
+    """
+    import torch
+
+    from teft.light import code_sizes
+
+    layout = r["layout"]
+    itemsize = getattr(torch, r["model_dtype"]).itemsize
+    counts = layout.param_counts
+    selected, experts = r["selected_max"], r["experts"] * r["moe_layers"]
+    trained = selected * r["expert_params"]
+    full_precision = counts["total"] - counts["routed_experts"] + trained
+    frozen = full_precision * itemsize
+    if background == "bf16":
+        frozen += (experts - selected) * r["expert_params"] * itemsize
+    else:
+        per_expert = sum(sum(code_sizes(shape, background)) for _, shape in layout.layers[0].params)
+        frozen += (experts - selected) * per_expert
+    out = {"background": background, "frozen": frozen, "masters": 4 * trained, "gradients": 4 * trained,
+           "moments": 8 * trained if optimizer == "adamw" else 2 * (trained + 4 * -(-trained // 256))}
+    out["total"] = sum(v for k, v in out.items() if k != "background")
+    out["fits_gb"] = [gb for gb in GPU_CLASSES_GB if out["total"] <= gb * 10**9]
+    return out
+
+
+def memory_table() -> str:
+    """The README's table of full and light miner bytes for every real manifest."""
+    lines = ["| manifest | background | frozen weights | fp32 masters | gradients | AdamW moments | total | "
+             "fits (GB, before activations) | total with adamw8bit (fits) |", "|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        if not (yaml.safe_load(path.read_text()) or {}).get("shape"):
+            continue
+        r = check(path)
+        for background in ("bf16", "int8", "4bit"):
+            m = miner_bytes(r, background)
+            cells = " | ".join(f"{m[k] / 1e9:.1f} GB" for k in ("frozen", "masters", "gradients", "moments", "total"))
+            fits = ", ".join(str(gb) for gb in m["fits_gb"]) or "none"
+            small = miner_bytes(r, background, "adamw8bit")
+            fits8 = ", ".join(str(gb) for gb in small["fits_gb"]) or "none"
+            lines.append(f"| {path.name} | {background} | {cells} | {fits} | {small['total'] / 1e9:.1f} GB ({fits8}) |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {path.name} | {r['moe_layers']} x {r['experts']} (top-{r['top_k_routing']}) | "
               f"{r['expert_params']:,d} | {budget} | {r['selected_max']:,d} ({r['selected_share']:.1%}) | "
               f"{r['payload_bytes_max']:,d} ({r['payload_dtype']}, {r['payload_bytes_max'] / 2**30:.2f} GiB) |")
+    print("\nA miner's resident bytes (GB = 10^9 bytes; top-p budgets at their upper bound):\n")
+    print(memory_table())
     return 0
 
 

@@ -45,6 +45,7 @@ class PeerProc:
     start_cycle: int = 0  # start only when this cycle begins (late joiners)
     validation_data: Path | None = None  # a validator's private held-out data
     metrics_port: int | None = None
+    background: str = "bf16"  # a miner's --background (teft.light): 4bit makes it a light miner
     proc: subprocess.Popen | None = None
     restarts: list[str] = field(default_factory=list)
 
@@ -76,12 +77,12 @@ class Swarm:
                     "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
 
     def add(self, name: str, role: str, adversary: str | None = None, allowlisted: bool | None = None,
-            start_cycle: int = 0) -> PeerProc:
+            start_cycle: int = 0, background: str = "bf16") -> PeerProc:
         from swarm.net.identity import load_or_create
 
         key = self.out / "keys" / f"{name}.key"
         peer = PeerProc(name, role, adversary, key, self.out / "peers" / name, self.out / "logs" / f"{name}.log",
-                        start_cycle=start_cycle)
+                        start_cycle=start_cycle, background=background)
         peer.peer_id = load_or_create(key).peer_key
         peer.allowlisted = role == "validator" and adversary != "stranger" if allowlisted is None else allowlisted
         peer.workdir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,8 @@ class Swarm:
                "--threads", str(self.threads), "--startup-timeout", str(PEER_STARTUP_TIMEOUT)]
         if peer.validation_data:
             cmd += ["--validation-data", str(peer.validation_data)]
+        if peer.background != "bf16":
+            cmd += ["--background", peer.background]
         if self.metrics:
             peer.metrics_port = peer.metrics_port or free_port()
             cmd += ["--metrics-port", str(peer.metrics_port)]
@@ -198,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml", help="manifest template (default configs/tiny.yaml)")
     parser.add_argument("--miners", type=int, default=4, help="honest miners (default 4)")
+    parser.add_argument("--light-miners", "--light_miners", type=int, default=0, metavar="N",
+                        help="of the honest miners, N hold the experts they do not train in 4 bits (light miners, "
+                             "--background 4bit); default 0")
     parser.add_argument("--validators", type=int, default=3, help="honest validators (default 3)")
     parser.add_argument("--cycles", type=int, default=6, help="cycles to run (default 6)")
     parser.add_argument("--adversary", nargs="*", default=[], metavar="KIND",
@@ -242,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     args.baseline = baselines
+    if not 0 <= args.light_miners <= args.miners:
+        print(f"error: --light-miners {args.light_miners} must be from 0 to --miners ({args.miners})", file=sys.stderr)
+        return 2
     out = Path(args.out)
     try:
         return run(args, kinds, out)
@@ -269,7 +278,8 @@ def run(args, kinds: list[str], out: Path) -> int:
     for i in range(args.validators):
         swarm.add(f"validator-{i}", "validator")
     for i in range(args.miners):
-        swarm.add(f"miner-{i}", "miner")
+        light = i >= args.miners - args.light_miners
+        swarm.add(f"miner-{i}{'-light' if light else ''}", "miner", background="4bit" if light else "bf16")
     for kind in kinds:
         role = role_kind(kind)
         swarm.add(f"{role}-{kind}", role, kind)
