@@ -48,6 +48,7 @@ def build_report(swarm, cycles: int, payload_size: int, dense_bytes: int, baseli
             "combined": {names.get(m, m): s for m, s in ref.get("medians", {}).items()},
             "quorum_met": ref.get("quorum_met", False),
             "honest_peers_reporting": len(present),
+            "reporting": sorted(present),
             "honest_agree": len(present) > 0 and len(set(present.values())) == 1,
             "state_hash": next(iter(present.values()), ""),
             "target_loss": ref.get("target_loss"),
@@ -75,6 +76,48 @@ def build_report(swarm, cycles: int, payload_size: int, dense_bytes: int, baseli
         "all_cycles_agree": all(r["honest_agree"] for r in rows),
         "baseline": baseline,
     }
+
+
+def fault_rows(report: dict, faults: list, clock) -> list[dict]:
+    """Per scripted fault (swarm.sim.faults): what was done, and from its cycle on what the swarm did; its cost
+    is the cycles until the targets were back (a miner merged again, any other peer reporting the agreed state
+    again) or, for a killed bootstrap node, the cycles from then on in which honest peers disagreed or an honest
+    miner no other fault hit was not merged."""
+    rows, peers = report["per_cycle"], report["peers"]
+    honest_miners = [n for n, p in peers.items() if p["role"] == "miner" and p["adversary"] is None]
+    out = []
+    for fault in faults:
+        hit_by_others = {(t, c) for f in faults if f is not fault for t in f.targets
+                         for c in range(f.cycle, f.cycle + 1 + int(f.seconds // clock.cycle_length))}
+        seen = []
+        for r in rows[fault.cycle:]:
+            c = r["cycle"]
+            seen.append({"cycle": c, "honest_miners_merged": sum(m in r["merged"] for m in honest_miners),
+                         "honest_miners": len(honest_miners), "agree": r["honest_agree"],
+                         "targets_back": [t for t in fault.targets if _back(t, r, peers)]})
+        if fault.kind == "kill-bootstrap":
+            bad = [s["cycle"] for s, r in zip(seen, rows[fault.cycle:], strict=True) if not s["agree"] or any(
+                m not in r["merged"] and (m, r["cycle"]) not in hit_by_others for m in honest_miners)]
+            cost, back = len(bad), None
+            verdict = (f"{len(bad)} of {len(seen)} cycles from {fault.cycle} on had a disagreement or an honest "
+                       f"miner not merged ({', '.join(map(str, bad)) or 'none'})")
+        else:
+            back = next((s["cycle"] for s in seen if len(s["targets_back"]) == len(fault.targets)), None)
+            cost = (back if back is not None else len(rows)) - fault.cycle
+            verdict = (f"back in cycle {back}: cost {cost} cycle(s)" if back is not None
+                       else f"not back by the end: cost {cost} cycle(s) or more")
+        out.append({"fault": fault.describe(), "kind": fault.kind, "targets": fault.targets, "cycle": fault.cycle,
+                    "seconds": fault.seconds, "notes": fault.notes, "applied_at": fault.started,
+                    "undone_at": fault.ended, "cycles": seen, "back_in_cycle": back, "cost_cycles": cost,
+                    "verdict": verdict})
+    return out
+
+
+def _back(name: str, row: dict, peers: dict) -> bool:
+    """A miner is back once merged, any other peer once it reports the cycle's state (the bootstrap never)."""
+    if name in peers and peers[name]["role"] == "miner":
+        return name in row["merged"]
+    return name in row.get("reporting", [])
 
 
 def _exp(loss):
@@ -212,6 +255,13 @@ def summary(report: dict) -> str:
         for name, merged in sorted(report["adversaries_ever_merged"].items()):
             why = next((r["rejected"][name] for r in rows if name in r["rejected"]), "not ranked / score 0")
             lines.append(f"| {name} | {report['peers'][name]['adversary']} | {'YES' if merged else 'no'} | {why} |")
+    if report.get("faults"):
+        lines += ["", "## Faults", "", "| fault | what was done | per cycle: honest miners merged, agree | verdict |",
+                  "|---|---|---|---|"]
+        for f in report["faults"]:
+            cycles = "; ".join(f"{s['cycle']}: {s['honest_miners_merged']}/{s['honest_miners']}, "
+                               f"{'yes' if s['agree'] else 'no'}" for s in f["cycles"])
+            lines.append(f"| {f['fault']} | {'; '.join(f['notes'])} | {cycles} | {f['verdict']} |")
     liars = [n for n, p in report["peers"].items() if p["adversary"] in ("liar", "stranger")]
     if liars:
         lines += ["", f"Misbehaving validators present: {', '.join(liars)}; merged sets above are the combined "
