@@ -4,7 +4,7 @@ Every run so far had all peers on 127.0.0.1: every peer dialable, loopback speed
 swarm's users have, out of Linux network namespaces (root only):
 
     internet   one namespace holding a bridge; public hosts (bootstrap nodes, validators) and the home routers
-               plug into it with veth pairs, addresses in 198.18.0.0/16 (RFC 2544's benchmark range)
+               plug into it with veth pairs, addresses in 10.77.0.0/16 (why not a benchmark range: PUBLIC_PREFIX)
     public     a namespace per host, one address on the bridge, no default route (nothing but the lab exists)
     home       a namespace per miner, 192.168.1.2/24 in every home (like real homes), default route via its
                router namespace, which masquerades the home onto its public address with nftables and lets
@@ -32,7 +32,10 @@ from dataclasses import dataclass
 from swarm.errors import SwarmError
 
 PREFIX = "teftlab"
-PUBLIC_PREFIX = "198.18"  # 198.18.0.0/15 is set aside for benchmarks: never a real host's address
+# the lab's internet is 10.77.0.0/16. Not 198.18.0.0/15 (set aside for benchmarks): libp2p's DHT takes an
+# address into its WAN table only if public and into its LAN table only if private, and 198.18/15 is neither, so
+# p2pd found no peer by id ('routing: not found') and the hivemind DHT became a star around the bootstrap node
+PUBLIC_PREFIX = "10.77"
 HOME_ADDRESS, HOME_GATEWAY = "192.168.1.2", "192.168.1.1"
 BRIDGE, ETH, WAN, LAN = f"{PREFIX}-br", f"{PREFIX}-eth0", f"{PREFIX}-wan", f"{PREFIX}-lan"
 

@@ -34,6 +34,7 @@ PEER_STARTUP_TIMEOUT = 180
 # a home uplink in the lab (README, "A swarm across a real network"): a real 5 GB payload on 100 Mbit/s takes 400 s,
 # 13.9% of a real 2880 s cycle; 13.9% of tiny's 20 s evaluate phase is 2.78 s, in which 923,592 bytes need 2.66 Mbit/s
 DEFAULT_UPLINK_MBIT = 2.7
+LAB_PORT = 31337  # every lab host has an address of its own: one port for all, so peers can be listed before they start
 
 
 @dataclass
@@ -110,7 +111,8 @@ class Swarm:
         metrics = ["--config", str(self.manifest_path), "--metrics-port", str(self.bootstrap_metrics_port)] \
             if self.metrics else []
         host = self.bootstrap_host
-        cmd = [self.python, "-m", "bootstrap", "--host-maddrs", host.maddr() if host else "/ip4/127.0.0.1/tcp/0",
+        listen = host.maddr(LAB_PORT) if host else "/ip4/127.0.0.1/tcp/0"
+        cmd = [self.python, "-m", "bootstrap", "--host-maddrs", listen,
                "--identity", str(self.out / "keys" / "bootstrap.key"), *metrics]
         self.bootstrap = subprocess.Popen(host.wrap(cmd) if host else cmd, stdout=subprocess.PIPE, stderr=log,
                                           text=True, env=self.env)
@@ -131,16 +133,25 @@ class Swarm:
         """The command line of one peer: the same `python -m swarm.peer` a user runs (or the rogue's)."""
         entry = ["swarm.sim.rogue", "--adversary", peer.adversary] if peer.adversary else ["swarm.peer"]
         cmd = [self.python, "-m", *entry, "--role", peer.role, "--config", str(self.manifest_path),
-               "--initial-peers", *self.join, "--identity", str(peer.key), "--workdir", str(peer.workdir),
+               "--initial-peers", *self.join, *self.public_validators(peer), "--identity", str(peer.key),
+               "--workdir", str(peer.workdir),
                "--threads", str(self.threads), "--startup-timeout", str(PEER_STARTUP_TIMEOUT)]
         if peer.validation_data:
             cmd += ["--validation-data", str(peer.validation_data)]
         if peer.host is not None:  # listen on (and so announce) the host's own address, not 127.0.0.1
-            cmd += ["--host-maddrs", peer.host.maddr()]
+            cmd += ["--host-maddrs", peer.host.maddr(LAB_PORT)]
         if self.metrics:
             peer.metrics_port = peer.metrics_port or free_port()
             cmd += ["--metrics-port", str(peer.metrics_port)]
         return cmd
+
+    def public_validators(self, peer: PeerProc) -> list[str]:
+        """In the lab, the allowlisted validators' addresses (a fixed port on each host), to join through too:
+        as an operator lists several initial peers, so the swarm does not hang on one bootstrap node."""
+        if self.lab is None:
+            return []
+        return [f"{v.host.maddr(LAB_PORT)}/p2p/{v.peer_id}" for v in self.peers
+                if v.allowlisted and v.host is not None and v is not peer]
 
     def start_peer(self, peer: PeerProc) -> None:
         log = open(peer.log, "a")

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# shorter than tests/e2e/test_swarm.py's: 6 processes, and the suite's time is shared; evaluate=13 s is 65% of
-# tiny's 20 s, so the uplink is 4 Mbit/s, not the default 2.7, for the same share of the phase per payload
-TIMINGS = "sync=3,train=10,commit=3,reveal=4,evaluate=13,reduce=5"
-CYCLE_S = 38
+# evaluate=13 s is 65% of tiny's 20 s, so the uplink is 4 Mbit/s, not the default 2.7: the same share of the phase
+# per payload
+TIMINGS = "sync=3,train=14,commit=3,reveal=4,evaluate=13,reduce=5"  # as tests/e2e/test_swarm.py
+CYCLE_S = 42
 ENV = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor"}
 pytestmark = [pytest.mark.timeout(600),
               pytest.mark.skipif(os.geteuid() != 0, reason="the network lab creates network namespaces: root only")]
@@ -35,7 +35,7 @@ def test_natted_miners_merged_through_faults(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "swarm.simulate", "--network", "lab", "--out", str(out), "--timings", TIMINGS,
-         "--steps", "10", "--start-in", "40", "--miners", "3", "--validators", "2", "--cycles", "2",
+         "--start-in", "75", "--miners", "3", "--validators", "2", "--cycles", "2",
          "--uplink", "4", "--loss", "1", "--partition", f"miner-2@0:{CYCLE_S}", "--kill-bootstrap", "1"],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -32,6 +32,13 @@ s = socket.create_connection((sys.argv[1], 9000), timeout=float(sys.argv[3]))
 s.sendall(b"x" * int(sys.argv[2])); s.shutdown(socket.SHUT_WR); s.recv(1); print(time.monotonic() - t)
 """
 
+PROBE = """
+import sys
+from swarm.net.probe import probe
+for address in sys.argv[1:]:
+    print(probe(f"/ip4/{address}/tcp/9000", 2.0))
+"""
+
 
 def namespaces() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -75,6 +82,9 @@ def test_nat_cap_loss_partition_and_cleanup():
             for target in (home.wan, home.address):
                 dialed = send(public, target, 10, timeout=2.0)
                 assert dialed.returncode != 0 and ("timed out" in dialed.stderr or "unreachable" in dialed.stderr)
+            said = subprocess.run(public.wrap([sys.executable, "-c", PROBE, home.wan, home.address]), cwd=REPO,
+                                  capture_output=True, text=True, timeout=60).stdout.splitlines()
+            assert said[0].startswith("timed out") and said[1].startswith("unreachable"), said
         finally:
             server.kill()
             server.wait()
