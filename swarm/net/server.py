@@ -370,22 +370,30 @@ class PayloadServer:
             await self._refuse(writer, "server busy")
             return
         ended = False
+        self.stats.begin("out")  # busy until the ACK: p2pd buffers about 1 MiB, so END leaves before the bytes do
         try:
             ended = await self._send(key, address, priority, peer, wanted, max_size, writer)
         except Exception as e:  # noqa: BLE001 - a broken client must never take the server down
             self._failed(peer, address, priority, " ".join(str(e).split()) or type(e).__name__)
         finally:
             self._slots.release(token, key, address, priority)  # at END: waiting for the ACK takes no slot
+            if not ended:
+                self.stats.end("out")
         if not ended:
             return
+        # p2pd holds about 1 MiB of what was written: through a home uplink shared by 2 validators that took
+        # over 2.5 s to drain before the ACK could come (network lab), so validators get the stall deadline here
+        ack_timeout = self.ack_timeout if not priority else max(self.ack_timeout, PRIORITY_STALL_TIMEOUT)
         try:
-            kind, _ = await asyncio.wait_for(read_head(reader), self.ack_timeout)
+            kind, _ = await asyncio.wait_for(read_head(reader), ack_timeout)
         except TimeoutError:
-            self._failed(peer, address, priority, f"no ACK within {self.ack_timeout:g}s of END")
+            self._failed(peer, address, priority, f"no ACK within {ack_timeout:g}s of END")
             return
         except Exception as e:  # noqa: BLE001 - closed or reset instead of an ACK
             self._failed(peer, address, priority, "no ACK: " + (" ".join(str(e).split()) or type(e).__name__))
             return
+        finally:
+            self.stats.end("out")
         if kind != ACK:
             self._failed(peer, address, priority, f"expected ACK, got frame {kind!r}")
             return
@@ -434,7 +442,6 @@ class PayloadServer:
         deadline = start + self.rate_grace + size / self.min_rate if not priority else float("inf")
         stall = self.stall_timeout if not priority else max(self.stall_timeout, PRIORITY_STALL_TIMEOUT)
         sent = 0
-        self.stats.begin("out")
         try:
             async with asyncio.timeout(min(start + stall, deadline)) as limit:
                 await send_frame(writer, HDR, msgpack.packb({"size": size}))
@@ -457,6 +464,4 @@ class PayloadServer:
                 raise TimeoutError(f"read {sent} of {size} bytes in {loop.time() - start:.1f}s, slower than "
                                    f"{rate} after {self.rate_grace:g}s") from None
             raise TimeoutError(f"took no bytes for {stall:g}s ({sent} of {size} sent)") from None
-        finally:
-            self.stats.end("out")
         return True

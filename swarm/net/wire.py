@@ -47,7 +47,7 @@ STALL_TIMEOUT = 2.0  # a payload write that makes no progress for this long ends
 WRITE_PIECE = 64 * 1024  # payload bytes are handed to p2pd this many at a time, each under STALL_TIMEOUT (256 KiB
 #                          pieces took over 2 s through a 4 Mbit/s home uplink serving 2 validators with 1% loss:
 #                          the stall rule cut honest streams in the network lab; 64 KiB is under 2 s down to 32 KB/s)
-PRIORITY_STALL_TIMEOUT = 6.0  # the same for an allowlisted validator's stream (a home uplink's lost packet)
+PRIORITY_STALL_TIMEOUT = 6.0  # the same, and the ACK deadline, for an allowlisted validator (a home uplink)
 PRIORITY_LANE = 2  # serving slots reserved for each priority (allowlisted validator) peer, on top of the pool
 BUDGET_WINDOW_S = 600.0  # rolling window of the per-reader byte budgets (a peer passes its cycle length)
 BUDGET_PER_PEER = 8  # bytes one non-priority peer id may take per window, in units of the largest payload served

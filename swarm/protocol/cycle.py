@@ -90,6 +90,7 @@ class Peer:
         self._pending_peers: dict[int, object] = {}  # cycle -> a peers read still under way (its future)
         self._validator_maddrs: dict[str, list[str]] = {}  # allowlisted validator -> maddrs last announced
         self._meeting: threading.Thread | None = None
+        self._met = -1  # the last cycle whose start met the validators
         self.failed_holders: Counter[str] = Counter()  # peer id -> checkpoint fetches it failed: asked last
         self.before_reduce: tuple[int, str] = (-1, "")  # (cycle, hash) of the state our last reduce started from
         self.state: ExpertState = rt.initial_state
@@ -355,8 +356,11 @@ class Peer:
         vote, holders = self.state_vote(cycle - 1)
         digest = vote.agreed
         end = self.clock.phase_end(cycle, "sync")
-        while digest is None and vote.votes and self.now() < end - 0.5 and not self.stop.is_set():
-            self.wait_until(min(self.now() + 1.0, end - 0.5))  # votes may still be arriving: decide late in sync
+        # votes may still be arriving, or not be readable yet (a peer back from a partition meets the validators
+        # in the background meanwhile): decide late in sync. Trusting our own reduce on seeing no vote at once
+        # kept a peer that had been cut off a whole cycle on its own state (network lab)
+        while digest is None and self.now() < end - 0.5 and not self.stop.is_set():
+            self.wait_until(min(self.now() + 1.0, end - 0.5))
             vote, holders = self.state_vote(cycle - 1)
             digest = vote.agreed
         if digest is None and vote.votes:
@@ -422,6 +426,9 @@ class Peer:
                 logger.info("holding the state of cycle %d already; waiting for it to begin", self.cycle)
                 self.wait_until(self.clock.cycle_start(self.cycle))
                 continue
+            if self._met < pos.cycle:  # before the state check: a peer back from a partition needs its DHT first
+                self._met = pos.cycle
+                self.meet_validators(pos.cycle)
             if not self.sync_to(pos.cycle):
                 if pos.phase == "sync" and self.cycle < pos.cycle:
                     self.wait_until(min(self.now() + 1.0, self.clock.phase_end(pos.cycle, "sync")))

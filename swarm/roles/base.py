@@ -49,7 +49,6 @@ class Role:
         p = self.peer
         p.put(cycle.number, "peers", records.PeerRecord(role=self.kind, version=VERSION,
                                                         maddrs=records.announceable(p.net.maddrs)))
-        p.meet_validators(cycle.number)
 
     def on_train(self, cycle: Cycle) -> None:
         pass

@@ -49,6 +49,7 @@ def build_report(swarm, cycles: int, payload_size: int, dense_bytes: int, baseli
             "quorum_met": ref.get("quorum_met", False),
             "honest_peers_reporting": len(present),
             "reporting": sorted(present),
+            "states": {n: h[:12] for n, h in sorted(present.items())},
             "honest_agree": len(present) > 0 and len(set(present.values())) == 1,
             "state_hash": next(iter(present.values()), ""),
             "target_loss": ref.get("target_loss"),
