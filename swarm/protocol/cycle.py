@@ -185,11 +185,14 @@ class Peer:
 
     def validator_addresses(self, cycle: int, wait_s: float = ADDRESS_WAIT_S) -> dict[str, list[str] | None]:
         """Allowlisted validator id -> its last announced maddrs (None: never read), kept across cycles: a read
-        that does not finish in time, or a peer whose p2pd forgot them (after a partition), still has them."""
+        that does not finish in time, or a peer whose p2pd forgot them (after a partition), still has them.
+
+        Only the previous cycle's peers records are read: this cycle's are still being written, and a read
+        now would be reused (PEERS_TTL_S) where every key's address counts (a validator's evaluate order)."""
         trusted = {peer_key_of(v) for v in self.manifest.validators} - {self.me}
-        for pid, maddrs in self.addresses(cycle, wait_s=wait_s).items():
-            if pid in trusted and maddrs:
-                self._validator_maddrs[pid] = maddrs
+        for pid, signed in (self.peer_records(cycle - 1, wait_s) if cycle >= 1 else {}).items():
+            if pid in trusted and signed.record.maddrs:
+                self._validator_maddrs[pid] = list(signed.record.maddrs)
         return {v: self._validator_maddrs.get(v) for v in sorted(trusted)}
 
     def remember(self, maddrs: list[str]) -> None:
