@@ -51,6 +51,5 @@ def explain(initial_peers: list[str], waited: float, timeout: float = 5.0) -> st
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(initial_peers), 16) or 1) as pool:
         reasons = list(pool.map(lambda m: probe(m, timeout), initial_peers))
     shown = "; ".join(f"{m} {r}" for m, r in zip(initial_peers, reasons, strict=True))
-    many = len(initial_peers) > 1
-    return (f"could not reach any initial peer: {'none of the ' + str(len(initial_peers)) if many else 'it'} "
-            f"answered within {waited:.0f}s: {shown}")
+    who = f"none of the {len(initial_peers)} answered" if len(initial_peers) > 1 else "it did not answer"
+    return f"could not reach any initial peer: {who} within {waited:.0f}s: {shown}"

@@ -59,7 +59,9 @@ def build_report(swarm, cycles: int, payload_size: int, dense_bytes: int, baseli
             "train_loss": {p.name: per_peer[p.name].get(c, {}).get("train_loss") for p in swarm.peers
                            if p.role == "miner" and per_peer[p.name].get(c, {}).get("train_loss")},
             "bytes": {p.name: {"in": per_peer[p.name].get(c, {}).get("bytes_in", 0),
-                               "out": per_peer[p.name].get(c, {}).get("bytes_out", 0)} for p in swarm.peers},
+                               "out": per_peer[p.name].get(c, {}).get("bytes_out", 0),
+                               "rate_in": per_peer[p.name].get(c, {}).get("rate_in"),
+                               "rate_out": per_peer[p.name].get(c, {}).get("rate_out")} for p in swarm.peers},
             "rejected": {names.get(m, m): r for m, r in ref.get("rejected", {}).items()},
         })
     start = next((per_peer[p.name][0] for p in honest if p.role == "validator" and 0 in per_peer[p.name]), {})

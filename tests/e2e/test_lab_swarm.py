@@ -49,7 +49,10 @@ def test_natted_miners_merged_through_faults(tmp_path):
     cut_off = {n: h for n, h in rows[0]["states"].items() if n != "miner-2"}
     assert len(cut_off) == 4 and len(set(cut_off.values())) == 1, rows[0]["states"]
     assert len(rows[1]["states"]) == 5 and rows[1]["honest_agree"], rows[1]["states"]
-    partition, kill = report["faults"]
+    for miner in ("miner-0", "miner-1", "miner-2"):  # its measured uplink: about the 4 Mbit/s (0.5 MB/s) cap
+        rate = rows[1]["bytes"][miner]["rate_out"]
+        assert rate is not None and 0.1e6 < rate < 0.75e6, (miner, rate)
+        partition, kill = report["faults"]
     assert (partition["kind"], partition["back_in_cycle"], partition["cost_cycles"]) == ("partition", 1, 1)
     assert (kill["kind"], kill["cost_cycles"]) == ("kill-bootstrap", 0), kill["verdict"]
     assert "Faults" in (out / "summary.md").read_text()
