@@ -83,9 +83,9 @@ def build_report(swarm, cycles: int, payload_size: int, dense_bytes: int, baseli
 
 def fault_rows(report: dict, faults: list, clock) -> list[dict]:
     """Per scripted fault (swarm.sim.faults): what was done, and from its cycle on what the swarm did; its cost
-    is the cycles until the targets were back (a miner merged again, any other peer reporting the agreed state
-    again) or, for a killed bootstrap node, the cycles from then on in which honest peers disagreed or an honest
-    miner no other fault hit was not merged."""
+    is the cycles until the targets were back (a miner serving its payload or merged again, any other peer
+    reporting the state again) or, for a killed bootstrap node, the cycles from then on in which honest peers
+    disagreed or an honest miner no other fault hit was not back in that sense."""
     rows, peers = report["per_cycle"], report["peers"]
     honest_miners = [n for n, p in peers.items() if p["role"] == "miner" and p["adversary"] is None]
     out = []
@@ -97,13 +97,15 @@ def fault_rows(report: dict, faults: list, clock) -> list[dict]:
             c = r["cycle"]
             seen.append({"cycle": c, "honest_miners_merged": sum(m in r["merged"] for m in honest_miners),
                          "honest_miners": len(honest_miners), "agree": r["honest_agree"],
-                         "targets_back": [t for t in fault.targets if _back(t, r, peers)]})
+                         "targets_back": [t for t in fault.targets
+                                          if _back(t, r, peers, report["payload_bytes"])]})
         if fault.kind == "kill-bootstrap":
             bad = [s["cycle"] for s, r in zip(seen, rows[fault.cycle:], strict=True) if not s["agree"] or any(
-                m not in r["merged"] and (m, r["cycle"]) not in hit_by_others for m in honest_miners)]
+                not _back(m, r, peers, report["payload_bytes"]) and (m, r["cycle"]) not in hit_by_others
+                for m in honest_miners)]
             cost, back = len(bad), None
             verdict = (f"{len(bad)} of {len(seen)} cycles from {fault.cycle} on had a disagreement or an honest "
-                       f"miner not merged ({', '.join(map(str, bad)) or 'none'})")
+                       f"miner that neither served its payload nor was merged ({', '.join(map(str, bad)) or 'none'})")
         else:
             back = next((s["cycle"] for s in seen if len(s["targets_back"]) == len(fault.targets)), None)
             cost = (back if back is not None else len(rows)) - fault.cycle
@@ -116,10 +118,11 @@ def fault_rows(report: dict, faults: list, clock) -> list[dict]:
     return out
 
 
-def _back(name: str, row: dict, peers: dict) -> bool:
-    """A miner is back once merged, any other peer once it reports the cycle's state (the bootstrap never)."""
+def _back(name: str, row: dict, peers: dict, payload: int) -> bool:
+    """A miner is back once it served a payload's worth to the validators or was merged (a merge also needs a
+    positive score, which is not the network's to give); any other peer once it reports the cycle's state."""
     if name in peers and peers[name]["role"] == "miner":
-        return name in row["merged"]
+        return name in row["merged"] or row["bytes"].get(name, {}).get("out", 0) >= payload
     return name in row.get("reporting", [])
 
 
