@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype, background)
         logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
-        Peer(role, rt, identity, dht, net, store, stop, metrics=metrics).run()
+        peer = Peer(role, rt, identity, dht, net, store, stop, metrics=metrics)
+        peer.remember(args.initial_peers)  # validators among them are met each cycle, with or without the DHT
+        peer.run()
     except SwarmError as err:
         return cli.fail(str(err))
     except KeyboardInterrupt:

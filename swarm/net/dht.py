@@ -19,12 +19,13 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from swarm.errors import SwarmError
 from swarm.net.identity import Identity
+from swarm.net.probe import explain
 from swarm.net.reap import tie_subprocesses_to_this_process, watch_parent
 from swarm.net.validation import BoundedStorage, CycleHorizon, OwnerKeyCheck, SchemaCheck, install_bounded_storage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SwarmDHT", "default_validators", "dht_time", "start_dht", "visible_maddrs"]
+__all__ = ["SwarmDHT", "default_validators", "dht_time", "ping_nodes", "start_dht", "visible_maddrs"]
 
 dht_time = get_dht_time
 CALL_TIMEOUT = 120.0
@@ -154,10 +155,6 @@ def start_dht(
         validators = default_validators(identity, run_id, horizon)
     else:
         validators = list(record_validators)
-    unreachable = SwarmError(
-        f"could not reach any initial peer ({', '.join(initial)}): "
-        "check the address and that the bootstrap node is running"
-    )
     started = time.monotonic()
     retry_in_use = False
     while True:
@@ -181,7 +178,7 @@ def start_dht(
         except concurrent.futures.TimeoutError:
             _stop(dht)
             if initial:
-                raise unreachable from None
+                raise SwarmError(explain(initial, time.monotonic() - started)) from None
             raise SwarmError(f"the DHT node did not start within {startup_timeout:g}s: raise the startup timeout") \
                 from None
         except Exception as e:  # noqa: BLE001 - translated into one readable line
@@ -203,7 +200,7 @@ def start_dht(
                 raise SwarmError(f"identity {identity.path} is in use by another running peer: stop it or use "
                                  "another identity file") from None
             if pinged:
-                raise unreachable from None
+                raise SwarmError(explain(initial, time.monotonic() - started)) from None
             if "address already in use" in text.lower():
                 raise SwarmError(f"a host address in {', '.join(hosts)} is already in use: pick another port") \
                     from None
@@ -221,3 +218,20 @@ def start_dht(
 def visible_maddrs(dht: DHT) -> list[str]:
     """Multiaddrs (with /p2p/<peer id>) that others can join or dial this node with."""
     return [str(m) for m in dht.get_visible_maddrs()]
+
+
+def ping_nodes(dht: DHT, peer_ids: Sequence[str]) -> set[str]:
+    """Ping these DHT nodes (p2pd must know their addresses) so that each routing table holds the other; the
+    ones that answered. A peer that joined through one bootstrap node may know no other node yet, and when
+    that node dies it reads and stores nothing (seen in the network lab)."""
+    return dht.run_coroutine(functools.partial(_ping, list(peer_ids))) if peer_ids else set()
+
+
+async def _ping(peer_ids: list[str], _dht: DHT, node: Any) -> set[str]:
+    """In the DHT process (run_coroutine pickles it: a module-level function)."""
+    import asyncio
+
+    from hivemind.p2p import PeerID
+
+    found = await asyncio.gather(*(node.protocol.call_ping(PeerID.from_base58(p)) for p in peer_ids))
+    return {p for p, f in zip(peer_ids, found, strict=True) if f is not None}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from swarm.net.dht import visible_maddrs
+from swarm.net.dht import ping_nodes, visible_maddrs
 from swarm.net.server import PayloadServer
 from swarm.net.timesync import ClockSample, TimeServer, sample_clocks
-from swarm.net.transfer import BackgroundLoop, FetchRequest, FetchResult, fetch_first, fetch_stream
+from swarm.net.transfer import BackgroundLoop, FetchRequest, FetchResult, connect_all, fetch_first, fetch_stream
 from swarm.net.wire import BUDGET_WINDOW_S, TransferStats
 
 
@@ -18,7 +18,7 @@ class Network:
                  priority: Iterable[str] = (), budget_window_s: float = BUDGET_WINDOW_S):
         """`priority`: the peer ids the payload server serves from reserved lanes, exempt from its per-address
         caps and byte budgets (the allowlisted validators); `budget_window_s`: the budgets' window (a cycle)."""
-        self.run_id, self.timeout = run_id, timeout
+        self.run_id, self.timeout, self.dht = run_id, timeout, dht
         self.stats = TransferStats()
         self.loop = BackgroundLoop()
         self.p2p = self.loop.run(dht.replicate_p2p(), timeout=30)
@@ -43,6 +43,18 @@ class Network:
         slow or silent peer costs its own slot only (for at most `timeout`, default the peer's fetch timeout)."""
         return fetch_stream(self.loop, self.p2p, requests, budget_s, max_parallel, timeout=timeout or self.timeout,
                             run_id=self.run_id, stats=self.stats)
+
+    def connect(self, peers: dict[str, list[str] | None], timeout: float = 5.0) -> dict[str, str | None]:
+        """Dial each of `peers` (peer id -> maddrs) at once: None for each connected now, else why not."""
+        return self.loop.run(connect_all(self.p2p, peers, timeout), timeout=timeout + 5.0)
+
+    def meet(self, peers: dict[str, list[str] | None], timeout: float = 3.0) -> dict[str, str | None]:
+        """connect() to each of `peers`, then ping the DHT node of each connected one, so both routing tables
+        hold the other: None for each met, else why not."""
+        result = self.connect(peers, timeout)
+        answered = ping_nodes(self.dht, [p for p, why in result.items() if why is None])
+        return {p: why or (None if p in answered else "its DHT node did not answer a ping")
+                for p, why in result.items()}
 
     def clock_samples(self, peers: dict[str, list[str] | None], timeout: float = 3.0) -> list[ClockSample]:
         """How far each of `peers` (peer id -> maddrs) that answers in time is from this clock."""

@@ -13,11 +13,16 @@ What a stream may cost, in the order the server checks it:
   hold at most `max_address_slots` (half) at once; each priority peer (an allowlisted validator: they are
   known, while keys are free to everyone else) has `priority_lane` slots of its own on top, and takes a
   free general slot too when its lane is full, so no number of strangers holds a slot a validator needs.
-- Time. A slot is held only while bytes move: HDR..END must go at `min_rate` on average after
-  `rate_grace`, and a write that makes no progress for `stall_timeout` ends the stream, so a reader that
-  stops taking bytes loses its slot within seconds. The slot is given back at END; the stream then waits
-  at most `ack_timeout` for the client's ACK before it is closed (a stream closed right after its last
-  write sometimes lost that write: HIVEMIND_NOTES.md), holding no slot meanwhile.
+- Time. A slot is held only while bytes move: a write that makes no progress for `stall_timeout` ends
+  the stream, so a reader that stops taking bytes loses its slot within seconds; and a non-priority
+  reader's HDR..END must go at `min_rate` on average after `rate_grace`. Priority peers are exempt from
+  that average: a miner on a home uplink sends every validator its copy at once, and in the network lab
+  two validators sharing a 4 Mbit/s uplink got 250 KB/s each, under the 256 KiB/s floor, so the miner cut
+  its own validators off; and their stall deadline is PRIORITY_STALL_TIMEOUT (a 64 KiB write through
+  a lossy home uplink on a loaded machine still stalled over 2 s there). A slow allowlisted validator holds its own
+  lane and, with `max_per_peer` streams at most, two general slots. The slot is given back at END; the
+  stream then waits at most `ack_timeout` for the client's ACK before it is closed (a stream closed right
+  after its last write sometimes lost that write: HIVEMIND_NOTES.md), holding no slot meanwhile.
 
 Why the per-address slot cap is half the pool, not less: on one machine (simulations, the tests) or
 behind one NAT every peer shares an address, attacker and honest miners alike, so a per-address limit
@@ -60,6 +65,7 @@ from swarm.net.wire import (
     LOG_BURST_S,
     MIN_RATE,
     PRIORITY_LANE,
+    PRIORITY_STALL_TIMEOUT,
     RATE_GRACE,
     SLOT_TIMEOUT,
     STALL_TIMEOUT,
@@ -364,22 +370,30 @@ class PayloadServer:
             await self._refuse(writer, "server busy")
             return
         ended = False
+        self.stats.begin("out")  # busy until the ACK: p2pd buffers about 1 MiB, so END leaves before the bytes do
         try:
             ended = await self._send(key, address, priority, peer, wanted, max_size, writer)
         except Exception as e:  # noqa: BLE001 - a broken client must never take the server down
             self._failed(peer, address, priority, " ".join(str(e).split()) or type(e).__name__)
         finally:
             self._slots.release(token, key, address, priority)  # at END: waiting for the ACK takes no slot
+            if not ended:
+                self.stats.end("out")
         if not ended:
             return
+        # p2pd holds about 1 MiB of what was written: through a home uplink shared by 2 validators that took
+        # over 2.5 s to drain before the ACK could come (network lab), so validators get the stall deadline here
+        ack_timeout = self.ack_timeout if not priority else max(self.ack_timeout, PRIORITY_STALL_TIMEOUT)
         try:
-            kind, _ = await asyncio.wait_for(read_head(reader), self.ack_timeout)
+            kind, _ = await asyncio.wait_for(read_head(reader), ack_timeout)
         except TimeoutError:
-            self._failed(peer, address, priority, f"no ACK within {self.ack_timeout:g}s of END")
+            self._failed(peer, address, priority, f"no ACK within {ack_timeout:g}s of END")
             return
         except Exception as e:  # noqa: BLE001 - closed or reset instead of an ACK
             self._failed(peer, address, priority, "no ACK: " + (" ".join(str(e).split()) or type(e).__name__))
             return
+        finally:
+            self.stats.end("out")
         if kind != ACK:
             self._failed(peer, address, priority, f"expected ACK, got frame {kind!r}")
             return
@@ -425,12 +439,13 @@ class PayloadServer:
             self._budget.charge(key, size, self._capacity(self.budget_per_peer), now)
             self._budget.charge("@" + address, size, self._capacity(self.budget_per_address), now)
         start = loop.time()
-        deadline = start + self.rate_grace + size / self.min_rate
+        deadline = start + self.rate_grace + size / self.min_rate if not priority else float("inf")
+        stall = self.stall_timeout if not priority else max(self.stall_timeout, PRIORITY_STALL_TIMEOUT)
         sent = 0
         try:
-            async with asyncio.timeout(min(start + self.stall_timeout, deadline)) as limit:
+            async with asyncio.timeout(min(start + stall, deadline)) as limit:
                 await send_frame(writer, HDR, msgpack.packb({"size": size}))
-                limit.reschedule(min(loop.time() + self.stall_timeout, deadline))
+                limit.reschedule(min(loop.time() + stall, deadline))
                 hasher = hashlib.sha256()  # hashed as sent: overlaps with the network instead of a second pass
                 for offset in range(0, size, CHUNK):
                     chunk = view[offset : offset + CHUNK]
@@ -439,7 +454,7 @@ class PayloadServer:
                     for piece in range(0, len(chunk), WRITE_PIECE):  # each piece must move within the stall limit
                         writer.write(chunk[piece : piece + WRITE_PIECE])
                         await writer.drain()
-                        limit.reschedule(min(loop.time() + self.stall_timeout, deadline))
+                        limit.reschedule(min(loop.time() + stall, deadline))
                     sent += len(chunk)
                     self.stats.bytes_out += len(chunk)
                 await send_frame(writer, END, size.to_bytes(8, "big") + hasher.digest())
@@ -448,5 +463,5 @@ class PayloadServer:
                 rate = f"{self.min_rate / 1024:g} KiB/s"
                 raise TimeoutError(f"read {sent} of {size} bytes in {loop.time() - start:.1f}s, slower than "
                                    f"{rate} after {self.rate_grace:g}s") from None
-            raise TimeoutError(f"took no bytes for {self.stall_timeout:g}s ({sent} of {size} sent)") from None
+            raise TimeoutError(f"took no bytes for {stall:g}s ({sent} of {size} sent)") from None
         return True

@@ -54,6 +54,27 @@ async def _connect(p2p: P2P, peer_id: PeerID, maddrs: Sequence[str | Multiaddr] 
         await p2p._client.connect(peer_id, [Multiaddr(str(m).split("/p2p/", 1)[0]) for m in maddrs])
 
 
+async def connect_all(p2p: P2P, peers: Mapping[str, Sequence[str | Multiaddr] | None], timeout: float
+                      ) -> dict[str, str | None]:
+    """Dial every peer (id -> maddrs) at once; per peer None once connected, else one line saying why not.
+
+    A connection carries streams both ways, whoever dialled it: a peer that nobody can dial (behind a NAT)
+    dials those that must reach it, and their streams to it then go over that connection."""
+    async def one(key: str, maddrs) -> str | None:
+        try:
+            addrs = [Multiaddr(str(m).split("/p2p/", 1)[0]) for m in maddrs or ()]  # none: the daemon's own
+            await asyncio.wait_for(p2p._client.connect(PeerID.from_base58(key), addrs), timeout)
+            return None
+        except TimeoutError:
+            return f"no connection within {timeout:g}s"
+        except Exception as e:  # noqa: BLE001 - every failure becomes one line
+            return " ".join(str(e).split())[:200] or type(e).__name__
+
+    keys = list(peers)
+    results = await asyncio.gather(*(one(k, peers[k]) for k in keys))
+    return dict(zip(keys, results, strict=True))
+
+
 FIRST_BYTE_S = 3.0  # dial, open a stream, and the answer's first frame: an honest server needs well under this
 STALL_S = 5.0  # then every frame's head within this, and its body at MIN_FRAME_RATE: a holder that sends a header
 MIN_FRAME_RATE = 64 * 1024  # and then nothing (or a trickle) fails in seconds, not after the whole timeout
@@ -77,6 +98,7 @@ async def _fetch(
         _, reader, writer = await asyncio.wait_for(opened(), FIRST_BYTE_S)
     except TimeoutError:
         raise ConnectionError(f"no stream within {FIRST_BYTE_S:g}s") from None
+    moving = False
     try:
         await send_frame(writer, REQ, encode_request(wanted, expected_size))
         receiver = Receiver(wanted, expected_size, exact)
@@ -87,6 +109,9 @@ async def _fetch(
             except TimeoutError:
                 raise ConnectionError(f"no answer within {FIRST_BYTE_S:g}s of the request" if first
                                       else f"stalled: no frame for {STALL_S:g}s") from None
+            if first:  # the link is busy from the first frame to the last (the rate the cycle log reports)
+                stats.begin("in")
+                moving = True
             first = False
             length = receiver.body_length(head)
             before = len(receiver.buf)
@@ -102,6 +127,8 @@ async def _fetch(
         await send_frame(writer, ACK)
         return data
     finally:
+        if moving:
+            stats.end("in")
         writer.close()
 
 

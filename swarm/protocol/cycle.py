@@ -56,6 +56,22 @@ class NetworkLike(Protocol):
     def fetch_stream(self, requests: list, budget_s: float, max_parallel: int = 4,
                      timeout: float | None = None) -> Iterator: ...
 
+    def connect(self, peers: dict[str, list[str] | None], timeout: float = 5.0) -> dict[str, str | None]: ...
+
+    def meet(self, peers: dict[str, list[str] | None], timeout: float = 3.0) -> dict[str, str | None]: ...
+
+
+def link_busy(stats) -> tuple[float, float]:
+    """Seconds the link was moving payload bytes in and out (TransferStats.busy; 0 for a network without it)."""
+    busy = getattr(stats, "busy", None)
+    return (busy("in"), busy("out")) if busy is not None else (0.0, 0.0)
+
+
+def rates(log) -> str:
+    """' (down X MB/s, up Y MB/s)' for the summary line: measured while bytes moved, so a link's real rate."""
+    shown = [f"{way} {rate / 1e6:.2f} MB/s" for way, rate in (("down", log.rate_in), ("up", log.rate_out)) if rate]
+    return f" ({', '.join(shown)})" if shown else ""
+
 
 class Peer:
     """One peer's protocol loop; the role, network and model are handed in ready."""
@@ -72,6 +88,9 @@ class Peer:
         self._measured: tuple[str, tuple[float, float | None]] = ("", (0.0, None))  # (checkpoint hash, losses)
         self._peers: dict[int, tuple[float, dict[str, SignedRecord]]] = {}  # cycle -> (read at, records)
         self._pending_peers: dict[int, object] = {}  # cycle -> a peers read still under way (its future)
+        self._validator_maddrs: dict[str, list[str]] = {}  # allowlisted validator -> maddrs last announced
+        self._meeting: threading.Thread | None = None
+        self._met = -1  # the last cycle whose start met the validators
         self.failed_holders: Counter[str] = Counter()  # peer id -> checkpoint fetches it failed: asked last
         self.before_reduce: tuple[int, str] = (-1, "")  # (cycle, hash) of the state our last reduce started from
         self.state: ExpertState = rt.initial_state
@@ -163,6 +182,52 @@ class Peer:
                 for pid, signed in self.peer_records(c, wait_s).items():
                     found[pid] = list(signed.record.maddrs)
         return found
+
+    def validator_addresses(self, cycle: int, wait_s: float = ADDRESS_WAIT_S) -> dict[str, list[str] | None]:
+        """Allowlisted validator id -> its last announced maddrs (None: never read), kept across cycles: a read
+        that does not finish in time, or a peer whose p2pd forgot them (after a partition), still has them.
+
+        Only the previous cycle's peers records are read: this cycle's are still being written, and a read
+        now would be reused (PEERS_TTL_S) where every key's address counts (a validator's evaluate order)."""
+        trusted = {peer_key_of(v) for v in self.manifest.validators} - {self.me}
+        for pid, signed in (self.peer_records(cycle - 1, wait_s) if cycle >= 1 else {}).items():
+            if pid in trusted and signed.record.maddrs:
+                self._validator_maddrs[pid] = list(signed.record.maddrs)
+        return {v: self._validator_maddrs.get(v) for v in sorted(trusted)}
+
+    def remember(self, maddrs: list[str]) -> None:
+        """Keep the addresses of the allowlisted validators among `maddrs` (full /p2p/ addresses: the initial
+        peers): a peer whose DHT knows nobody else once its bootstrap node is gone can still meet them."""
+        trusted = {peer_key_of(v) for v in self.manifest.validators} - {self.me}
+        for maddr in maddrs:
+            pid = maddr.rsplit("/p2p/", 1)[-1]
+            if pid in trusted:
+                self._validator_maddrs.setdefault(pid, []).append(maddr)
+
+    def meet_validators(self, cycle: int) -> None:
+        """In the background, connect to the allowlisted validators and ping their DHT nodes: the DHT keeps
+        working when the bootstrap node dies, and a validator can open streams to a peer nobody can dial (NAT).
+        Never holds up a phase: at most one round at a time, each step bounded."""
+        if self._meeting is not None and self._meeting.is_alive():
+            return
+        known = self.validator_addresses(cycle, wait_s=0.0)  # no wait: what was read before, a read started
+        if not known:
+            return
+
+        def run() -> None:
+            started = wallclock.monotonic()
+            try:
+                failed = {pid: why for pid, why in self.net.meet(known).items() if why}
+            except Exception as err:  # noqa: BLE001 - a background helper: one line, never a traceback
+                logger.info("cycle %d: meeting the validators failed: %s", cycle, " ".join(str(err).split())
+                            or type(err).__name__)
+                return
+            logger.info("cycle %d: met %d of %d validators in %.2fs%s", cycle, len(known) - len(failed), len(known),
+                        wallclock.monotonic() - started, "; not met: " + "; ".join(
+                            f"{pid[:12]}: {why}" for pid, why in sorted(failed.items())) if failed else "")
+
+        self._meeting = threading.Thread(target=run, name="swarm-meet", daemon=True)
+        self._meeting.start()
 
     def fetch(self, digest: str, holders: list[str], cycle: int, max_size: int, exact: bool) -> bytes:
         """The one fetch path: our own store first, then several holders at once, the allowlisted validators
@@ -294,8 +359,11 @@ class Peer:
         vote, holders = self.state_vote(cycle - 1)
         digest = vote.agreed
         end = self.clock.phase_end(cycle, "sync")
-        while digest is None and vote.votes and self.now() < end - 0.5 and not self.stop.is_set():
-            self.wait_until(min(self.now() + 1.0, end - 0.5))  # votes may still be arriving: decide late in sync
+        # votes may still be arriving, or not be readable yet (a peer back from a partition meets the validators
+        # in the background meanwhile): decide late in sync. Trusting our own reduce on seeing no vote at once
+        # kept a peer that had been cut off a whole cycle on its own state (network lab)
+        while digest is None and self.now() < end - 0.5 and not self.stop.is_set():
+            self.wait_until(min(self.now() + 1.0, end - 0.5))
             vote, holders = self.state_vote(cycle - 1)
             digest = vote.agreed
         if digest is None and vote.votes:
@@ -360,6 +428,9 @@ class Peer:
                 logger.info("holding the state of cycle %d already; waiting for it to begin", self.cycle)
                 self.wait_until(self.clock.cycle_start(self.cycle))
                 continue
+            if self._met < pos.cycle:  # before the state check: a peer back from a partition needs its DHT first
+                self._met = pos.cycle
+                self.meet_validators(pos.cycle)
             if not self.sync_to(pos.cycle):
                 if pos.phase == "sync" and self.cycle < pos.cycle:
                     self.wait_until(min(self.now() + 1.0, self.clock.phase_end(pos.cycle, "sync")))
@@ -371,7 +442,8 @@ class Peer:
 
     def run_cycle(self, number: int, joined_in: str) -> None:
         """Every phase of one cycle, in order, handed to the role; a phase already over is skipped."""
-        before = (self.net.stats.bytes_in, self.net.stats.bytes_out)
+        stats = self.net.stats
+        before = (stats.bytes_in, stats.bytes_out, *link_busy(stats))
         log = CycleLog(number, self.role.kind, self.me, getattr(self.role, "variant", None))
         cycle = Cycle(number, fresh=joined_in in ("sync", "train"), log=log)
         self.announce(number, joined_in)
@@ -387,8 +459,11 @@ class Peer:
                     log.note += f"{phase}: {err}; "
                 log.phase_seconds[phase] = round(wallclock.monotonic() - started, 3)
                 log.phase_cpu[phase] = round(wallclock.process_time() - cpu, 3)
-        log.bytes_in = self.net.stats.bytes_in - before[0]
-        log.bytes_out = self.net.stats.bytes_out - before[1]
+        log.bytes_in = stats.bytes_in - before[0]
+        log.bytes_out = stats.bytes_out - before[1]
+        busy_in, busy_out = link_busy(stats)
+        log.rate_in = round(log.bytes_in / (busy_in - before[2])) if busy_in - before[2] > 0.01 else None
+        log.rate_out = round(log.bytes_out / (busy_out - before[3])) if busy_out - before[3] > 0.01 else None
         if self.stop.is_set() and self.cycle <= number:  # stopped before this cycle's reduce: nothing to report
             logger.info("stopped in cycle %d before its reduce; no summary for it", number)
             return
@@ -414,7 +489,7 @@ class Peer:
         with open(self.store.root / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(asdict(lo), default=str) + "\n")
         logger.info("cycle %d summary: role %s%s, submitted %s, scores %s, merged %d (%s), state %s, "
-                    "bytes in %d out %d%s", cycle.number, lo.role, f" ({lo.variant})" if lo.variant else "",
+                    "bytes in %d out %d%s%s", cycle.number, lo.role, f" ({lo.variant})" if lo.variant else "",
                     (lo.submitted or "-")[:12], {k[:8]: round(v, 4) for k, v in lo.scores.items()},
                     len(lo.merged), ",".join(m[:8] for m in lo.merged), lo.state_hash[:12],
-                    lo.bytes_in, lo.bytes_out, f", {lo.note}" if lo.note else "")
+                    lo.bytes_in, lo.bytes_out, rates(lo), f", {lo.note}" if lo.note else "")

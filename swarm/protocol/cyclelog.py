@@ -35,6 +35,8 @@ class CycleLog:
     start_general_loss: float | None = None
     bytes_in: int = 0
     bytes_out: int = 0
+    rate_in: float | None = None  # bytes/s received while a fetch was moving bytes (None: nothing fetched)
+    rate_out: float | None = None  # bytes/s served while a serve was moving bytes: what this link carried
     phase_seconds: dict[str, float] = field(default_factory=dict)  # time the role worked in each phase
     phase_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds this process spent in each phase
     note: str = ""

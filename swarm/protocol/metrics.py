@@ -85,6 +85,8 @@ class Metrics:
         self.cycles = c("cycles_total", "cycles this peer finished")
         self.bytes_in = c("bytes_in_total", "payload and state bytes received")
         self.bytes_out = c("bytes_out_total", "payload and state bytes served")
+        self.link_rate = g("link_rate_bytes", "bytes/s the link carried while a transfer moved bytes, last "
+                           "finished cycle (download: fetches, upload: serving)", ("direction",))
         self.train_loss = g("train_loss", "a miner's inner training loss at the start and end of its cycle",
                             ("at",))
         self.eval_loss = g("validation_loss", "a validator's loss of Phi_{c+1} on fixed blocks", ("domain",))
@@ -147,6 +149,9 @@ class Metrics:
         self.state_votes.labels("none").set(len(log.state_silent))
         self.bytes_in.inc(max(log.bytes_in, 0))
         self.bytes_out.inc(max(log.bytes_out, 0))
+        for direction, rate in (("download", log.rate_in), ("upload", log.rate_out)):
+            if rate:
+                self.link_rate.labels(direction).set(rate)
         if log.train_loss:
             self.train_loss.labels("start").set(log.train_loss[0])
             self.train_loss.labels("end").set(log.train_loss[-1])

@@ -147,6 +147,31 @@ class Miner(Role):
     def on_reveal(self, cycle: Cycle) -> None:
         if self.payload:
             self.reveal(cycle.number, self.payload[0])
+            self.reach_validators(cycle)
+
+    def reach_validators(self, cycle: Cycle) -> None:
+        """Dial every allowlisted validator, so that each can open its fetch stream to us over our connection.
+
+        Validators fetch a payload by opening a stream to its miner. Behind a NAT nobody can dial the miner
+        (measured in the network lab: 'all dials failed ... network is unreachable', nothing merged), but a
+        libp2p connection carries streams opened by either side, and p2pd opens a stream over a connection
+        it already has rather than dialling. Dialled here, after the reveal, it is fresh when the evaluate
+        phase begins; a miner that can be dialled loses nothing by it. (Why this and not a relay or a push:
+        README, "A swarm across a real network".)"""
+        p, number = self.peer, cycle.number
+        known = p.validator_addresses(number)
+        left = p.clock.phase_end(number, "reveal") - p.now()
+        if not known or left <= 0.5:
+            return
+        started = time.monotonic()
+        failed = {pid: why for pid, why in p.net.connect(known, timeout=min(5.0, left)).items() if why}
+        logger.info("cycle %d: connected to %d of %d validators in %.2fs", number, len(known) - len(failed),
+                    len(known), time.monotonic() - started)
+        if failed:
+            logger.warning("cycle %d: could not reach %d of %d validators (they fetch our payload over that "
+                           "connection): %s", number, len(failed), len(known),
+                           "; ".join(f"{pid[:12]}: {why}" for pid, why in sorted(failed.items())))
+            cycle.log.note += f"{len(failed)} validator(s) not reached; "
 
     def reveal(self, number: int, digest: str) -> None:
         """Publish the payload hash with the commit's proof of work (honest nodes store the reveal only with it)."""

@@ -160,6 +160,13 @@ FETCHES_PER_SLOT = 16  # payloads a validator may try to fetch per evaluation it
 
 LOG_READ_S = 3.0  # a DHT read whose result only labels the log waits this long at most
 
+HOLDER_SHARE = 0.75  # of the evaluate phase's fetch budget one miner may take to send its payload. A miner on a
+#                     home uplink sends every validator a copy at once: 2 validators fetching 923,592 bytes through
+#                     a 4 Mbit/s uplink with 1% loss took 3.7 s each, and the default quarter of the budget (3.75 s)
+#                     cut both off (network lab, README). Stallers are not let through by this: a holder that sends
+#                     no frame within 3 s, or frames under 64 KiB/s, is dropped at once (swarm/net/transfer.py).
+
+
 REVEAL_SHARE = 0.6  # a DHT store takes seconds under load: honest reveals need most of the phase to be seen
 
 
@@ -260,8 +267,9 @@ class Validator(Role):
         tried = candidates[:FETCHES_PER_SLOT * cap]
         if len(candidates) > len(tried):
             log.note += f"{len(candidates) - len(tried)} submissions over the fetch cap of {len(tried)} not tried; "
+        budget = max(deadline - p.now(), 0.0)
         arrivals = p.fetch_stream([(digest, [pid]) for pid, digest in tried], c, p.rt.payload_size,
-                                  budget_s=max(deadline - p.now(), 0.0))
+                                  budget_s=budget, timeout=max(budget * HOLDER_SHARE, 1.0))
         started = p.now()
         stick = yardstick(p.rt, p.state, seed)
         cost = p.now() - started  # a judgement measures what the yardstick measured: about as long

@@ -48,6 +48,8 @@ def build_report(swarm, cycles: int, payload_size: int, dense_bytes: int, baseli
             "combined": {names.get(m, m): s for m, s in ref.get("medians", {}).items()},
             "quorum_met": ref.get("quorum_met", False),
             "honest_peers_reporting": len(present),
+            "reporting": sorted(present),
+            "states": {n: h[:12] for n, h in sorted(present.items())},
             "honest_agree": len(present) > 0 and len(set(present.values())) == 1,
             "state_hash": next(iter(present.values()), ""),
             "target_loss": ref.get("target_loss"),
@@ -59,7 +61,9 @@ def build_report(swarm, cycles: int, payload_size: int, dense_bytes: int, baseli
             "train_loss_mean": {p.name: per_peer[p.name][c]["train_loss_mean"] for p in honest
                                 if p.role == "miner" and per_peer[p.name].get(c, {}).get("train_loss_mean")},
             "bytes": {p.name: {"in": per_peer[p.name].get(c, {}).get("bytes_in", 0),
-                               "out": per_peer[p.name].get(c, {}).get("bytes_out", 0)} for p in swarm.peers},
+                               "out": per_peer[p.name].get(c, {}).get("bytes_out", 0),
+                               "rate_in": per_peer[p.name].get(c, {}).get("rate_in"),
+                               "rate_out": per_peer[p.name].get(c, {}).get("rate_out")} for p in swarm.peers},
             "rejected": {names.get(m, m): r for m, r in ref.get("rejected", {}).items()},
         })
     start = next((per_peer[p.name][0] for p in honest if p.role == "validator" and 0 in per_peer[p.name]), {})
@@ -86,6 +90,51 @@ def merged_cycles(rows: list[dict], names: list[str]) -> dict[str, list[int]]:
     losses are measured on the test split, which no miner trains on, so a merge helps them only as far as it
     generalizes)."""
     return {name: [r["cycle"] for r in rows if name in r.get("merged", [])] for name in names}
+
+
+def fault_rows(report: dict, faults: list, clock) -> list[dict]:
+    """Per scripted fault (swarm.sim.faults): what was done, and from its cycle on what the swarm did; its cost
+    is the cycles until the targets were back (a miner serving its payload or merged again, any other peer
+    reporting the state again) or, for a killed bootstrap node, the cycles from then on in which honest peers
+    disagreed or an honest miner no other fault hit was not back in that sense."""
+    rows, peers = report["per_cycle"], report["peers"]
+    honest_miners = [n for n, p in peers.items() if p["role"] == "miner" and p["adversary"] is None]
+    out = []
+    for fault in faults:
+        hit_by_others = {(t, c) for f in faults if f is not fault for t in f.targets
+                         for c in range(f.cycle, f.cycle + 1 + int(f.seconds // clock.cycle_length))}
+        seen = []
+        for r in rows[fault.cycle:]:
+            c = r["cycle"]
+            seen.append({"cycle": c, "honest_miners_merged": sum(m in r["merged"] for m in honest_miners),
+                         "honest_miners": len(honest_miners), "agree": r["honest_agree"],
+                         "targets_back": [t for t in fault.targets
+                                          if _back(t, r, peers, report["payload_bytes"])]})
+        if fault.kind == "kill-bootstrap":
+            bad = [s["cycle"] for s, r in zip(seen, rows[fault.cycle:], strict=True) if not s["agree"] or any(
+                not _back(m, r, peers, report["payload_bytes"]) and (m, r["cycle"]) not in hit_by_others
+                for m in honest_miners)]
+            cost, back = len(bad), None
+            verdict = (f"{len(bad)} of {len(seen)} cycles from {fault.cycle} on had a disagreement or an honest "
+                       f"miner that neither served its payload nor was merged ({', '.join(map(str, bad)) or 'none'})")
+        else:
+            back = next((s["cycle"] for s in seen if len(s["targets_back"]) == len(fault.targets)), None)
+            cost = (back if back is not None else len(rows)) - fault.cycle
+            verdict = (f"back in cycle {back}: cost {cost} cycle(s)" if back is not None
+                       else f"not back by the end: cost {cost} cycle(s) or more")
+        out.append({"fault": fault.describe(), "kind": fault.kind, "targets": fault.targets, "cycle": fault.cycle,
+                    "seconds": fault.seconds, "notes": fault.notes, "applied_at": fault.started,
+                    "undone_at": fault.ended, "cycles": seen, "back_in_cycle": back, "cost_cycles": cost,
+                    "verdict": verdict})
+    return out
+
+
+def _back(name: str, row: dict, peers: dict, payload: int) -> bool:
+    """A miner is back once it served a payload's worth to the validators or was merged (a merge also needs a
+    positive score, which is not the network's to give); any other peer once it reports the cycle's state."""
+    if name in peers and peers[name]["role"] == "miner":
+        return name in row["merged"] or row["bytes"].get(name, {}).get("out", 0) >= payload
+    return name in row.get("reporting", [])
 
 
 def _exp(loss):
@@ -248,6 +297,13 @@ def summary(report: dict) -> str:
             why = next((r["rejected"][name] for r in rows if name in r["rejected"]), "not ranked / score 0")
             when = ", ".join(map(str, cycles.get(name, []))) or ("YES" if merged else "never")
             lines.append(f"| {name} | {report['peers'][name]['adversary']} | {when} | {why} |")
+    if report.get("faults"):
+        lines += ["", "## Faults", "", "| fault | what was done | per cycle: honest miners merged, agree | verdict |",
+                  "|---|---|---|---|"]
+        for f in report["faults"]:
+            cycles = "; ".join(f"{s['cycle']}: {s['honest_miners_merged']}/{s['honest_miners']}, "
+                               f"{'yes' if s['agree'] else 'no'}" for s in f["cycles"])
+            lines.append(f"| {f['fault']} | {'; '.join(f['notes'])} | {cycles} | {f['verdict']} |")
     liars = [n for n, p in report["peers"].items() if p["adversary"] in ("liar", "stranger")]
     if liars:
         lines += ["", f"Misbehaving validators present: {', '.join(liars)}; merged sets above are the combined "

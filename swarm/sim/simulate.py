@@ -25,11 +25,17 @@ from pathlib import Path
 
 from swarm.errors import SwarmError
 from swarm.sim.adversaries import EXTRA, SHOWN, role_kind
+from swarm.sim.faults import FREEZE, THAW, Fault, parse_faults, signal_tree
+from swarm.sim.lab import Host, Lab
 from swarm.sim.report import BASELINES
 
 KINDS = SHOWN
 # dozens of peers starting at once on two cores take well over the interactive default to reach the bootstrap
 PEER_STARTUP_TIMEOUT = 180
+# a home uplink in the lab (README, "A swarm across a real network"): a real 5 GB payload on 100 Mbit/s takes 400 s,
+# 13.9% of a real 2880 s cycle; 13.9% of tiny's 20 s evaluate phase is 2.78 s, in which 923,592 bytes need 2.66 Mbit/s
+DEFAULT_UPLINK_MBIT = 2.7
+LAB_PORT = 31337  # every lab host has an address of its own: one port for all, so peers can be listed before they start
 
 
 @dataclass
@@ -48,6 +54,7 @@ class PeerProc:
     background: str = "bf16"  # a miner's --background (teft.light): 4bit makes it a light miner
     proc: subprocess.Popen | None = None
     restarts: list[str] = field(default_factory=list)
+    host: Host | None = None  # its machine in the network lab (None: 127.0.0.1)
 
 
 def free_port() -> int:
@@ -60,12 +67,16 @@ def free_port() -> int:
 
 
 class Swarm:
-    """Processes of one localhost run: start, watch, stop; nothing is left running afterwards."""
+    """Processes of one run, on 127.0.0.1 or each on its own host of a network lab: start, watch, stop; nothing
+    is left running afterwards."""
 
     def __init__(self, out: Path, python: str = sys.executable, threads: int = 1, metrics: bool = False,
-                 adversary_nice: int = 0):
+                 adversary_nice: int = 0, lab: Lab | None = None, uplink_mbit: float | None = None,
+                 loss_pct: float = 0.0):
         self.out, self.python, self.threads, self.metrics = out, python, threads, metrics
         self.adversary_nice = adversary_nice
+        self.lab, self.uplink_mbit, self.loss_pct = lab, uplink_mbit, loss_pct
+        self.bootstrap_host: Host | None = lab.add_public("bootstrap") if lab is not None else None
         self.bootstrap_metrics_port: int | None = free_port() if metrics else None
         self.bootstrap: subprocess.Popen | None = None
         self.join: list[str] = []
@@ -86,6 +97,9 @@ class Swarm:
         peer.peer_id = load_or_create(key).peer_key
         peer.allowlisted = role == "validator" and adversary != "stranger" if allowlisted is None else allowlisted
         peer.workdir.mkdir(parents=True, exist_ok=True)
+        if self.lab is not None:  # validators are public hosts; every miner is at home behind a NAT router
+            peer.host = self.lab.add_public(name) if role == "validator" else \
+                self.lab.add_home(name, self.uplink_mbit, self.loss_pct)
         self.peers.append(peer)
         return peer
 
@@ -100,10 +114,12 @@ class Swarm:
         log = open(self.out / "logs" / "bootstrap.log", "w")
         metrics = ["--config", str(self.manifest_path), "--metrics-port", str(self.bootstrap_metrics_port)] \
             if self.metrics else []
-        self.bootstrap = subprocess.Popen(
-            [self.python, "-m", "bootstrap", "--host-maddrs", "/ip4/127.0.0.1/tcp/0",
-             "--identity", str(self.out / "keys" / "bootstrap.key"), *metrics],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=self.env)
+        host = self.bootstrap_host
+        listen = host.maddr(LAB_PORT) if host else "/ip4/127.0.0.1/tcp/0"
+        cmd = [self.python, "-m", "bootstrap", "--host-maddrs", listen,
+               "--identity", str(self.out / "keys" / "bootstrap.key"), *metrics]
+        self.bootstrap = subprocess.Popen(host.wrap(cmd) if host else cmd, stdout=subprocess.PIPE, stderr=log,
+                                          text=True, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.bootstrap.stdout.readline()
@@ -121,32 +137,90 @@ class Swarm:
         """The command line of one peer: the same `python -m swarm.peer` a user runs (or the rogue's)."""
         entry = ["swarm.sim.rogue", "--adversary", peer.adversary] if peer.adversary else ["swarm.peer"]
         cmd = [self.python, "-m", *entry, "--role", peer.role, "--config", str(self.manifest_path),
-               "--initial-peers", *self.join, "--identity", str(peer.key), "--workdir", str(peer.workdir),
+               "--initial-peers", *self.join, *self.public_validators(peer), "--identity", str(peer.key),
+               "--workdir", str(peer.workdir),
                "--threads", str(self.threads), "--startup-timeout", str(PEER_STARTUP_TIMEOUT)]
         if peer.validation_data:
             cmd += ["--validation-data", str(peer.validation_data)]
         if peer.background != "bf16":
             cmd += ["--background", peer.background]
+        if peer.host is not None:  # listen on (and so announce) the host's own address, not 127.0.0.1
+            cmd += ["--host-maddrs", peer.host.maddr(LAB_PORT)]
         if self.metrics:
             peer.metrics_port = peer.metrics_port or free_port()
             cmd += ["--metrics-port", str(peer.metrics_port)]
         return cmd
+
+    def public_validators(self, peer: PeerProc) -> list[str]:
+        """In the lab, the allowlisted validators' addresses (a fixed port on each host), to join through too:
+        as an operator lists several initial peers, so the swarm does not hang on one bootstrap node."""
+        if self.lab is None:
+            return []
+        return [f"{v.host.maddr(LAB_PORT)}/p2p/{v.peer_id}" for v in self.peers
+                if v.allowlisted and v.host is not None and v is not peer]
 
     def start_peer(self, peer: PeerProc) -> None:
         log = open(peer.log, "a")
         cmd = self.command(peer)
         if peer.adversary and self.adversary_nice and shutil.which("nice"):  # nice execs: the pid stays python's
             cmd = ["nice", "-n", str(self.adversary_nice), *cmd]
-        peer.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        peer.proc = subprocess.Popen(peer.host.wrap(cmd) if peer.host else cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     env=self.env)
 
     def scrape(self) -> dict[str, dict[str, float] | None]:
         """Every metrics endpoint's current values by peer name (None where it did not answer)."""
         from swarm.protocol.metrics import scrape_url
 
-        ports = {p.name: p.metrics_port for p in self.peers if p.metrics_port}
+        ports = {p.name: (p.metrics_port, p.host) for p in self.peers if p.metrics_port}
         if self.bootstrap_metrics_port:
-            ports["bootstrap"] = self.bootstrap_metrics_port
-        return {name: scrape_url(f"http://127.0.0.1:{port}/metrics") for name, port in sorted(ports.items())}
+            ports["bootstrap"] = (self.bootstrap_metrics_port, self.bootstrap_host)
+        return {name: scrape_url(f"http://127.0.0.1:{port}/metrics") if host is None else self._scrape_in(host, port)
+                for name, (port, host) in sorted(ports.items())}
+
+    def _scrape_in(self, host: Host, port: int) -> dict[str, float] | None:
+        """A scrape from inside a lab host's namespace, where its endpoint's 127.0.0.1 is."""
+        import json
+
+        code = ("import json, sys; from swarm.protocol.metrics import scrape_url; "
+                "print(json.dumps(scrape_url(sys.argv[1])))")
+        try:
+            done = subprocess.run(host.wrap([self.python, "-c", code, f"http://127.0.0.1:{port}/metrics"]),
+                                  capture_output=True, text=True, timeout=30, env=self.env)
+            return json.loads(done.stdout)
+        except (subprocess.TimeoutExpired, ValueError):
+            return None
+
+    def apply(self, fault: Fault, now: float) -> None:
+        """Start a scripted fault (swarm.sim.faults) and note what was done."""
+        fault.started = now
+        for target in fault.targets:
+            if fault.kind == "partition":
+                self.lab.partition(target)
+                fault.notes.append(f"{target} cut off the internet")
+            elif fault.kind == "kill-bootstrap":
+                if self.bootstrap is not None and self.bootstrap.poll() is None:
+                    self.bootstrap.kill()
+                    self.bootstrap.wait(10)
+                fault.notes.append("bootstrap node SIGKILLed")
+            else:
+                proc = self._proc(target)
+                fault.notes.append(f"{target}: SIGSTOP to {signal_tree(proc.pid, FREEZE) if proc else 0} processes")
+
+    def undo(self, fault: Fault, now: float) -> None:
+        """End a partition or a freeze."""
+        fault.ended = now
+        for target in fault.targets:
+            if fault.kind == "partition":
+                self.lab.heal(target)
+                fault.notes.append(f"{target} back on the internet")
+            else:
+                proc = self._proc(target)
+                fault.notes.append(f"{target}: SIGCONT to {signal_tree(proc.pid, THAW) if proc else 0} processes")
+
+    def _proc(self, name: str) -> subprocess.Popen | None:
+        if name == "bootstrap":
+            return self.bootstrap
+        return next((p.proc for p in self.peers if p.name == name), None)
 
     def alive(self) -> int:
         return sum(1 for p in self.peers if p.proc is not None and p.proc.poll() is None)
@@ -161,6 +235,7 @@ class Swarm:
         procs = [p.proc for p in self.peers if p.proc is not None] + ([self.bootstrap] if self.bootstrap else [])
         for proc in procs:
             if proc.poll() is None:
+                signal_tree(proc.pid, THAW)  # a frozen peer cannot hear SIGTERM
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for proc in procs:
@@ -235,7 +310,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", action="store_true",
                         help="give every peer and the bootstrap node a Prometheus endpoint on 127.0.0.1 and write "
                              "their last scrape into report.json (`last_scrape`)")
+    net = parser.add_argument_group("network (swarm.sim.lab; README, \"A swarm across a real network\")")
+    net.add_argument("--network", choices=("loopback", "lab"), default="loopback",
+                     help="loopback: every peer on 127.0.0.1 (default); lab: each peer on a host of its own in "
+                          "network namespaces, validators and the bootstrap public, each miner behind a NAT "
+                          "router (needs root, ip, tc, nft)")
+    net.add_argument("--uplink", type=float, default=DEFAULT_UPLINK_MBIT, metavar="MBIT",
+                     help=f"lab: each home's uplink cap in Mbit/s (default {DEFAULT_UPLINK_MBIT:g}: a tiny payload "
+                          "then takes the share of the evaluate phase a 5 GB payload on 100 Mbit/s takes of a real "
+                          "cycle; 0 for none)")
+    net.add_argument("--loss", type=float, default=0.0, metavar="PCT",
+                     help="lab: percent of packets each home router drops, each way (default 0)")
+    net.add_argument("--partition", action="append", default=[], metavar="HOSTS@CYCLE:SECONDS",
+                     help="lab: cut these hosts (comma list of peer names, or bootstrap) off the internet when "
+                          "CYCLE begins, heal them SECONDS later (repeatable)")
+    net.add_argument("--kill-bootstrap", "--kill_bootstrap", type=int, default=None, metavar="CYCLE",
+                     help="SIGKILL the bootstrap node when CYCLE (>= 1) begins")
+    net.add_argument("--freeze", action="append", default=[], metavar="PEER@CYCLE:SECONDS",
+                     help="SIGSTOP a peer (and its DHT and p2pd processes) when CYCLE begins, SIGCONT it SECONDS "
+                          "later (repeatable)")
     args = parser.parse_args(argv)
+    if args.partition and args.network != "lab":
+        print("error: --partition needs --network lab (a partition takes a host's link down)", file=sys.stderr)
+        return 2
+    if args.uplink < 0 or not 0 <= args.loss < 100:
+        print("error: --uplink must be >= 0 and --loss in [0, 100)", file=sys.stderr)
+        return 2
     kinds = list(KINDS) if args.adversary == ["all"] else args.adversary
     unknown = [k for k in kinds if k not in KINDS + EXTRA]
     if unknown:
@@ -257,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     except SwarmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the peers started (they are stopped, and the lab removed, where they run)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _baselines(value: str | None) -> tuple[str, ...] | None:
@@ -268,13 +371,32 @@ def _baselines(value: str | None) -> tuple[str, ...] | None:
 
 
 def run(args, kinds: list[str], out: Path) -> int:
+    if out.exists() and any(out.iterdir()):
+        raise SwarmError(f"--out {out} exists and is not empty: choose a new directory")
+
+    def on_sigterm(*_):  # a SIGTERM (kill, timeout, a supervisor) stops every peer as Ctrl-C does, never orphans them
+        raise KeyboardInterrupt  # (and removes the lab's namespaces)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    lab = Lab() if args.network == "lab" else None
+    try:
+        return _run(args, kinds, out, lab)
+    finally:
+        if lab is not None:
+            lab.close()
+
+
+def _run(args, kinds: list[str], out: Path, lab: Lab | None) -> int:
     from tqdm import tqdm
 
     from swarm.protocol.manifest import load
 
     if out.exists() and any(out.iterdir()):
         raise SwarmError(f"--out {out} exists and is not empty: choose a new directory")
-    swarm = Swarm(out, threads=args.threads, metrics=args.metrics, adversary_nice=args.adversary_nice)
+    if lab is not None:
+        lab.start()
+    swarm = Swarm(out, threads=args.threads, metrics=args.metrics, adversary_nice=args.adversary_nice, lab=lab,
+                  uplink_mbit=args.uplink or None, loss_pct=args.loss)
     for i in range(args.validators):
         swarm.add(f"validator-{i}", "validator")
     for i in range(args.miners):
@@ -290,6 +412,8 @@ def run(args, kinds: list[str], out: Path) -> int:
         overrides["timings"] = {k: float(v) for k, v in (item.split("=") for item in args.timings.split(","))}
     if args.steps:
         overrides["inner"] = {"steps": args.steps}
+    faults = parse_faults(args.partition, args.kill_bootstrap, args.freeze,
+                          {p.name for p in swarm.peers} | {"bootstrap"})
     start_in = args.start_in if args.start_in is not None else 30 + 8 * len(swarm.peers)
     swarm.write_manifest(Path(args.config), time.time() + start_in, overrides)
     manifest = load(swarm.manifest_path)
@@ -302,11 +426,6 @@ def run(args, kinds: list[str], out: Path) -> int:
     last_scrape: dict = {}
     print(f"simulating {len(swarm.peers)} peers for {args.cycles} cycles of {clock.cycle_length:.0f}s; "
           f"logs in {out / 'logs'}", flush=True)
-
-    def on_sigterm(*_):  # a SIGTERM (kill, timeout, a supervisor) stops every peer as Ctrl-C does, never orphans them
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         swarm.start_bootstrap()
         for peer in swarm.peers:
@@ -321,6 +440,15 @@ def run(args, kinds: list[str], out: Path) -> int:
             for peer in swarm.peers:
                 if peer.proc is None and pos.cycle >= peer.start_cycle > 0:
                     swarm.start_peer(peer)
+            for fault in faults:
+                now = time.time()
+                if fault.started is None and pos.cycle >= fault.cycle:
+                    swarm.apply(fault, now)
+                    print(f"fault: {fault.describe()}: {'; '.join(fault.notes)}", file=sys.stderr, flush=True)
+                elif fault.seconds and fault.ended is None and fault.started is not None \
+                        and now >= fault.started + fault.seconds:
+                    swarm.undo(fault, now)
+                    print(f"fault over: {fault.describe()}: {fault.notes[-1]}", file=sys.stderr, flush=True)
             if kill_name and not killed and pos.cycle == int(kill_cycle) and pos.phase == "train" \
                     and pos.seconds_into_phase > 2:
                 victim = next(p for p in swarm.peers if p.name == kill_name)
@@ -349,7 +477,7 @@ def run(args, kinds: list[str], out: Path) -> int:
             last_scrape = swarm.scrape()
         swarm.stop()
     from swarm.protocol.runtime import load_runtime
-    from swarm.sim.report import build_report, write_outputs
+    from swarm.sim.report import build_report, fault_rows, write_outputs
 
     rt = load_runtime(manifest)
     dense_bytes = sum(p.numel() * 4 for p in rt.model.parameters())  # what a dense fp32 exchange would send
@@ -360,6 +488,11 @@ def run(args, kinds: list[str], out: Path) -> int:
         baseline = run_baselines(rt, cycles=args.cycles, miners=args.miners, which=args.baseline)
     report = build_report(swarm, args.cycles, rt.payload_size, dense_bytes, baseline)
     report["measured_on"] = rt.report_source
+    report["network"] = {"kind": args.network, "uplink_mbit": args.uplink if lab else None,
+                         "loss_pct": args.loss if lab else None,
+                         "hosts": {p.name: {"address": p.host.address, "public": p.host.public, "wan": p.host.wan}
+                                   for p in swarm.peers if p.host is not None}}
+    report["faults"] = fault_rows(report, faults, clock)
     if args.metrics:
         report["last_scrape"] = last_scrape
     write_outputs(report, out)
