@@ -37,10 +37,11 @@ from swarm.protocol.cycle import ADDRESS_WAIT_S
 from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
+from teft.codec import apply_delta, check_delta
 from teft.data import subset
 from teft.errors import TeftError
 from teft.pol import score, state_loss
-from teft.state import ExpertState, check_state, from_bytes
+from teft.state import ExpertState
 
 logger = logging.getLogger("swarm.peer")
 
@@ -95,16 +96,14 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
     With private held-out data, a submission whose gain on the public validation split is far above its gain
     on the held-out data was fitted to public data (the only data a miner could have aimed at): it scores zero.
     """
-    try:
-        state = from_bytes(data)
+    try:  # the decoded delta applied to Phi_t is scored: exactly what the reduce would merge
+        delta = rt.codec.decode(data)
     except TeftError as err:
         return Score(miner, payload_hash, float("inf"), 0.0, str(err))
-    reason = check_state(state, rt.layout, rt.expert_map, dtype=rt.payload_dtype,
-                         max_norm=rt.manifest.max_delta_norm, reference=base)
+    reason = check_delta(delta, rt.manifest.max_delta_norm)  # a zero delta (free-riding) costs no forward pass
     if reason:
         return Score(miner, payload_hash, float("inf"), 0.0, reason)
-    if all(torch.equal(state[k], base[k].to(state[k].dtype)) for k in base):  # free-riding costs no forward pass
-        return Score(miner, payload_hash, float("inf"), 0.0, "no update: the cycle's start state sent back")
+    state = apply_delta(base, delta)
     loss = state_loss(rt.model, rt.layout, state, stick.batches)
     gain = score(stick.base_loss, loss)
     if stick.public is not None:

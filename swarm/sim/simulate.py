@@ -334,6 +334,7 @@ def run(args, kinds: list[str], out: Path) -> int:
 
         baseline = run_baselines(rt, cycles=args.cycles, miners=args.miners, which=args.baseline)
     report = build_report(swarm, args.cycles, rt.payload_size, dense_bytes, baseline)
+    report["payload_codec"] = rt.codec.spec.label()
     if args.metrics:
         report["last_scrape"] = last_scrape
     write_outputs(report, out)
