@@ -222,17 +222,23 @@ def manifest_variant(rt: Runtime) -> Variant:
 
 
 def codec_rows(rt: Runtime, base: dict, specs: list[CodecSpec], seeds: list[int], miners: int, cycles: int,
-               lone_cycles: int, done: list[dict], save) -> list[dict]:
+               lone_cycles: int, done: list[dict], save, outer: tuple[float, float] | None = None) -> list[dict]:
     """One row per (codec, seed): the swarm's curve through that codec, the same seed's lone miner, the speedup
-    and the drift; rows already in `done` (same codec label, seed, M, cycles) are kept, not rerun."""
+    and the drift; rows already in `done` (same label, seed, M, cycles) are kept, not rerun. `outer`: an outer
+    lr and momentum other than the manifest's (the row's label says so)."""
     v, steps = manifest_variant(rt), rt.manifest.inner.steps
+    if outer is not None:
+        v = replace(v, name=f"{v.name.split(', outer')[0]}, outer {outer[0]:g}/{outer[1]:g}", outer_lr=outer[0],
+                    momentum=outer[1])
+    suffix = "" if outer is None else f" @ outer {outer[0]:g}/{outer[1]:g}"
     plan = InnerPlan(v.keep_moments, v.schedule, lone_cycles)
     rows = list(done)
     for seed in seeds:
         prefix = "" if seed == 0 else f"s{seed}/"
         lone = None
         for spec in specs:
-            if any(r["codec"] == spec.label() and r["seed"] == seed and r["miners"] == miners
+            label = spec.label() + suffix
+            if any(r["codec"] == label and r["seed"] == seed and r["miners"] == miners
                    and r["cycles"] == cycles for r in rows):
                 continue
             start = time.time()
@@ -246,11 +252,11 @@ def codec_rows(rt: Runtime, base: dict, specs: list[CodecSpec], seeds: list[int]
                 p["general_drift"] = p["general_loss"] - base["general_loss"]
                 p["speedup_vs_lone"] = sp
                 p["bytes_sent_per_miner"] = codec.size * (p["cycle"] + 1)
-            rows.append({"codec": spec.label(), "settings": spec.settings(), "seed": seed, "miners": miners,
+            rows.append({"codec": label, "settings": spec.settings(), "seed": seed, "miners": miners,
                          "steps": steps, "cycles": cycles, "variant": asdict(v), "bytes_per_miner_per_cycle":
                          codec.size, "curve": curve, "lone": lone, "speedup": headline,
                          "seconds": round(time.time() - start, 1)})
-            print(f"{spec.label()} seed {seed} | {codec.size:,d} B/miner/cycle: target "
+            print(f"{label} seed {seed} | {codec.size:,d} B/miner/cycle: target "
                   + " ".join(f"{p['target_loss']:.3f}" for p in curve) + " merged "
                   + " ".join(str(p["merged"]) for p in curve) + f" | speedup {fmt(headline['speedup'], '.2f')} | "
                   f"drift {curve[-1]['general_drift']:+.3f} [{rows[-1]['seconds']}s]", flush=True)
@@ -372,6 +378,8 @@ def main() -> None:
                         help="payload codecs the `codecs` phase tries, each `name` or `name:key=value,...` "
                              "(e.g. sparse:chunk=4096,density=0.015625,bits=2)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the `codecs` phase (default 0)")
+    parser.add_argument("--codec-outer", metavar="LR:MOMENTUM",
+                        help="the `codecs` phase with this outer lr and momentum instead of the manifest's")
     parser.add_argument("--miners", type=int, default=4, help="miners in the `codecs` phase (default 4)")
     parser.add_argument("--chosen", help="variant name for the miners/horizon phases (default: the variants "
                         "phase's pick, from this run or the JSON)")
@@ -468,10 +476,12 @@ def main() -> None:
             plot_codecs(results, out.with_suffix(".png"))
 
         specs = [parse_codec(c) for c in args.codecs]
-        if "fp32" not in {s.codec for s in specs}:
-            specs.insert(0, CodecSpec("fp32"))  # every codec's speedup and drift are compared with fp32's
-        codec_rows(rt, base, specs, args.seeds, args.miners, args.cycles, args.lone_cycles,
-                   results.get("codec_rows", []), save_codecs)
+        rows = results.get("codec_rows", [])
+        if "fp32" not in {s.codec for s in specs} or args.codec_outer:  # the reference every codec is compared with
+            rows = codec_rows(rt, base, [CodecSpec("fp32")], args.seeds, args.miners, args.cycles, args.lone_cycles,
+                              rows, save_codecs)
+        outer = tuple(float(x) for x in args.codec_outer.split(":")) if args.codec_outer else None
+        codec_rows(rt, base, specs, args.seeds, args.miners, args.cycles, args.lone_cycles, rows, save_codecs, outer)
         print(f"wrote {json_path}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
         return
     if "horizon" in args.phases:

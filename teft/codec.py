@@ -215,7 +215,9 @@ class Codec:
         mags = torch.full((count * spec.chunk,), -1.0)
         mags[:n] = x.abs()
         mags = mags.view(count, spec.chunk)
-        idx = mags.topk(spec.k, dim=1).indices.sort(dim=1).values  # [count, k]; the last chunk trimmed below
+        top = mags.topk(spec.k, dim=1)
+        scale = top.values[:, 0].clamp(min=0.0)  # the largest magnitude sent in each chunk
+        idx = top.indices.sort(dim=1).values  # [count, k]; the last chunk trimmed below
         last = n - (count - 1) * spec.chunk
         keep = torch.ones_like(idx, dtype=torch.bool)
         if last < spec.k:
@@ -225,7 +227,6 @@ class Codec:
         flat_idx = (idx + torch.arange(count)[:, None] * spec.chunk)[keep]
         values = x[flat_idx]
         chunk_of = torch.arange(count)[:, None].expand_as(idx)[keep]
-        scale = torch.zeros(count).index_reduce_(0, chunk_of, values.abs(), "amax", include_self=True)
         levels = 1 << (spec.bits - 1)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))[chunk_of]
         level = (torch.round(values.abs() / safe * levels) - 1).clamp_(0, levels - 1).to(torch.int64)

@@ -92,6 +92,13 @@ def minutes(size: int, mbit_s: float = UPLINK_MBIT_S) -> float:
     return size * 8 / (mbit_s * 1e6) / 60
 
 
+def _cell(size: int) -> str:
+    """A payload's size and its time over the uplink, readable at every scale."""
+    shown = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+    taken = minutes(size)
+    return f"{shown}, {taken:.1f} min" if taken >= 1 else f"{shown}, {taken * 60:.0f} s"
+
+
 def main() -> int:
     labels = [spec.label() for spec in _table_codecs()]
     print("| manifest | MoE layers x experts (top-k) | params per expert | budget | experts chosen, at most | "
@@ -102,8 +109,7 @@ def main() -> int:
             continue
         r = check(path)
         budget = ", ".join(f"{k} {v}" for k, v in r["budget"].items())
-        codecs = " | ".join(f"{r['codec_bytes_max'][label] / 2**30:.2f} GiB, {minutes(r['codec_bytes_max'][label]):.1f}"
-                            " min" for label in labels)
+        codecs = " | ".join(_cell(r["codec_bytes_max"][label]) for label in labels)
         print(f"| {path.name} | {r['moe_layers']} x {r['experts']} (top-{r['top_k_routing']}) | "
               f"{r['expert_params']:,d} | {budget} | {r['selected_max']:,d} ({r['selected_share']:.1%}) | "
               f"{r['payload_bytes_max']:,d} ({r['payload_dtype']}, {r['payload_bytes_max'] / 2**30:.2f} GiB) | "

@@ -1,0 +1,102 @@
+"""A miner's payload on the real roles: its pseudo-gradient through the run's codec, the error-feedback residual
+kept in its work directory and restored after a restart, and the manifest's `payload` section."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from swarm_double import FEW_STEPS, REPO
+
+from swarm.errors import SwarmError
+from swarm.launch import write_manifest
+from swarm.net.identity import load_or_create
+from swarm.protocol.cyclelog import Cycle, CycleLog
+from swarm.protocol.manifest import canonical_json, from_dict, load, run_id
+from swarm.protocol.runtime import load_runtime
+from swarm.protocol.store import Store
+from swarm.roles.miner import Miner
+from teft.codec import delta_norm
+from teft.outer import pseudo_gradient
+
+SPARSE = {"codec": "sparse", "chunk": 1024, "density": 1 / 32, "bits": 2}
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("payload")
+    key = load_or_create(root / "v.key").public_key_str
+    path = write_manifest(REPO / "configs" / "tiny.yaml", root / "run" / "run.yaml", [key], 1.9e9,
+                          {"quorum": 1, "inner": {**FEW_STEPS, "steps": 3}, "payload": SPARSE})
+    return load_runtime(load(path))
+
+
+def _miner(rt, workdir) -> Miner:
+    """A miner role on a peer that holds Phi_0; a new one on the same work directory is a restarted process."""
+    peer = SimpleNamespace(rt=rt, manifest=rt.manifest, store=Store(workdir), state=rt.initial_state,
+                           me="miner-key", stop=threading.Event())
+    return Miner(peer)
+
+
+def _cycle(number: int) -> Cycle:
+    return Cycle(number, True, CycleLog(cycle=number, role="miner", peer="miner-key"))
+
+
+def test_the_residual_is_kept_across_cycles_and_restored_after_a_restart(rt, tmp_path):
+    assert rt.payload_size == rt.codec.size and rt.codec.spec.codec == "sparse"
+    first = _miner(rt, tmp_path / "w").submission(_cycle(0))
+    trained = pseudo_gradient(rt.initial_state, first.state)
+    assert rt.codec.decode(first.payload).keys() == first.delta.keys()
+    assert all(torch.equal(rt.codec.decode(first.payload)[k], first.delta[k]) for k in first.delta)
+    assert all(torch.allclose(first.delta[k] + first.residual[k], trained[k], atol=1e-6) for k in trained)
+    assert delta_norm(first.residual) > 0.5 * delta_norm(trained)  # most of a 1/32 top-k stays behind
+
+    # the process is killed and restarted: cycle 1 starts from the residual cycle 0 left on disk
+    second = _miner(rt, tmp_path / "w").submission(_cycle(1))
+    trained = pseudo_gradient(rt.initial_state, second.state)
+    for k in trained:
+        assert torch.allclose(second.delta[k] + second.residual[k], trained[k] + first.residual[k], atol=1e-5)
+    # killed again inside cycle 1: it retrains from cycle 0's residual, not the one cycle 1 wrote (the retrained
+    # delta may differ in the last bits: the BLAS picks its threads by load)
+    again = _miner(rt, tmp_path / "w").submission(_cycle(1))
+    trained = pseudo_gradient(rt.initial_state, again.state)
+    for k in trained:
+        assert torch.allclose(again.delta[k] + again.residual[k], trained[k] + first.residual[k], atol=1e-5)
+    assert not all(torch.allclose(again.delta[k] + again.residual[k], trained[k] + second.residual[k], atol=1e-5)
+                   for k in trained)
+    assert sorted(p.name for p in (tmp_path / "w" / "residual").iterdir()) == ["residual-000000.safetensors",
+                                                                              "residual-000001.safetensors"]
+
+
+def test_a_lossless_codec_writes_an_empty_residual(rt, tmp_path):
+    from swarm.protocol.runtime import codec_spec
+    from teft.codec import Codec
+
+    fp32 = copy.copy(rt)
+    fp32.manifest = rt.manifest.model_copy(update={"payload": None})
+    fp32.codec = Codec(codec_spec(fp32.manifest), rt.codec.shapes)
+    sub = _miner(fp32, tmp_path / "w").submission(_cycle(0))
+    assert all(not v.any() for v in sub.residual.values())
+    assert Store(tmp_path / "w").load_tagged("residual", before=1) == {}
+    assert (tmp_path / "w" / "residual" / "residual-000000.safetensors").stat().st_size < 200
+
+
+def test_the_payload_section_is_checked_and_absent_keeps_the_run_id(tmp_path):
+    raw = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    raw.pop("payload", None)
+    raw["validators"], raw["quorum"] = [load_or_create(tmp_path / "v.key").public_key_str], 1
+    plain = from_dict(raw)
+    assert b'"payload"' not in canonical_json(plain)
+    coded = from_dict({**raw, "payload": {"codec": "fp32"}})
+    assert run_id(coded) != run_id(plain)
+    for bad, message in (({"codec": "zip"}, "payload.codec"), ({"codec": "sparse", "bits": 1}, "payload.bits"),
+                         ({"codec": "sparse", "density": 0}, "payload.density"), ({"codec": "int8", "blok": 3},
+                                                                                  "payload.blok")):
+        with pytest.raises(SwarmError, match=message):
+            from_dict({**raw, "payload": bad})
+    with pytest.raises(SwarmError, match="not both"):
+        from_dict({**raw, "payload_dtype": "bfloat16", "payload": {"codec": "bf16"}})
