@@ -100,3 +100,53 @@ def test_the_payload_section_is_checked_and_absent_keeps_the_run_id(tmp_path):
             from_dict({**raw, "payload": bad})
     with pytest.raises(SwarmError, match="not both"):
         from_dict({**raw, "payload_dtype": "bfloat16", "payload": {"codec": "bf16"}})
+
+
+ENCODED_ATTACKS = ("noise", "poison", "nan", "wrong-shape", "free-rider")
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    """Whole cycles with the sparse codec on the real roles: honest miners' residuals on disk, adversaries whose
+    payloads arrive encoded."""
+    from swarm_double import Swarm
+
+    from swarm.roles import Validator
+    from swarm.sim.adversaries import role_for
+
+    swarm = Swarm.tiny(tmp_path_factory.mktemp("encoded"), ["validator-0", "validator-1"],
+                       {"inner": {**FEW_STEPS, "steps": 4}, "quorum": 2, "data": {"validation_blocks": 8},
+                        "payload": SPARSE})
+    for v in ("validator-0", "validator-1"):
+        swarm.add(v, Validator)
+    for i in range(2):
+        swarm.add(f"miner-{i}", Miner)
+    for kind in ENCODED_ATTACKS:
+        swarm.add(f"miner-{kind}", role_for(kind))
+    swarm.run(cycles=2)
+    return swarm
+
+
+def test_a_sparse_swarm_agrees_merges_honest_miners_only_and_refuses_encoded_attacks(encoded):
+    honest = {encoded.peers[f"miner-{i}"].me for i in range(2)}
+    rows = {n: encoded.rows(n, 2) for n in ("validator-0", "validator-1", "miner-0", "miner-1")}
+    ids = {kind: encoded.peers[f"miner-{kind}"].me for kind in ENCODED_ATTACKS}
+    for cycle in range(2):
+        hashes = {r[cycle]["state_hash"] for r in rows.values()}
+        assert len(hashes) == 1 and "" not in hashes, (cycle, hashes)  # every peer decoded the same bits
+        row = rows["validator-0"][cycle]
+        assert row["quorum_met"] and row["merged"] and set(row["merged"]) <= honest, (cycle, row["merged"])
+        for kind in ("nan", "wrong-shape", "poison", "free-rider"):
+            assert row["medians"].get(ids[kind], 0.0) == 0.0, kind
+    reasons = {}
+    for row in rows["validator-0"].values():
+        for pid, why in row["rejected"].items():
+            reasons.setdefault(pid, why)
+    assert "non-finite" in reasons[ids["nan"]]
+    assert "shape" in reasons[ids["wrong-shape"]]
+    assert "no update" in reasons[ids["free-rider"]]
+    assert rows["validator-0"][1]["target_loss"] < rows["validator-0"][0]["start_target_loss"]
+    # each honest miner kept what its payloads did not carry
+    for i in range(2):
+        kept = encoded.peers[f"miner-{i}"].store.load_tagged("residual", before=2)
+        assert kept and delta_norm(kept) > 0
