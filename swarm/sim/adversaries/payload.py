@@ -46,19 +46,22 @@ def corrupt(kind: str, honest: Submission, base: dict, codec: Codec, cycle: int)
     return other.encode_flat(torch.full((other.numel,), 0.01))
 
 
-def untrained(peer) -> Submission:
-    """Phi_t as a submission (a zero delta): for misbehaving miners whose attack is not in the update, so that
-    they spend no CPU training (a simulation runs two dozen peers on two cores, and honest miners must finish
-    in time)."""
-    zero = {k: torch.zeros_like(v) for k, v in peer.state.items()}
-    return Submission(peer.state, peer.rt.codec.encode(zero), delta=zero)
+def untrained(peer, cycle: int, exact: bool = False) -> Submission:
+    """Phi_t as a submission, for misbehaving miners whose attack is not in the update, so that they spend no
+    CPU training (a simulation runs two dozen peers on two cores, and honest miners must finish in time): a delta
+    that is zero but for one token number that names the cycle, so each cycle's bytes are new (the replay memory
+    would refuse a repeat before the attack is reached); `exact`: the zero delta itself."""
+    delta = {k: torch.zeros_like(v) for k, v in peer.state.items()}
+    if not exact:
+        next(iter(delta.values())).view(-1)[0] = 1e-3 * (cycle + 1)
+    return Submission(peer.state, peer.rt.codec.encode(delta), delta=delta)
 
 
 class PayloadMiner(Miner):
     """Sends corrupted bytes of the kind named by `variant`; only `poison` needs the honest update to flip."""
 
     def submission(self, cycle: Cycle) -> Submission | None:
-        honest = super().submission(cycle) if self.variant == "poison" else untrained(self.peer)
+        honest = super().submission(cycle) if self.variant == "poison" else untrained(self.peer, cycle.number)
         if honest is None:
             return None
         payload = corrupt(self.variant, honest, self.peer.state, self.peer.rt.codec, cycle.number)
@@ -69,11 +72,15 @@ class Untrained(Miner):
     """A misbehaving miner whose attack is not in the update: it submits Phi_t and spends no CPU training."""
 
     def submission(self, cycle: Cycle) -> Submission | None:
-        return untrained(self.peer)
+        return untrained(self.peer, cycle.number)
 
 
 class FreeRider(Untrained):
-    """Submits Phi_t unchanged, hoping to be merged for nothing."""
+    """Submits Phi_t unchanged (a zero delta), hoping to be merged for nothing: the same bytes every cycle, so
+    from its second cycle on the replay memory refuses it before the zero delta is seen."""
+
+    def submission(self, cycle: Cycle) -> Submission | None:
+        return untrained(self.peer, cycle.number, exact=True)
 
 
 class Replay(FreeRider):
