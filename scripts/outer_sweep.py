@@ -276,16 +276,21 @@ def codec_summary(rows: list[dict], base: dict) -> list[dict]:
     out = []
     for label in dict.fromkeys(r["codec"] for r in rows):
         mine = sorted((r for r in rows if r["codec"] == label), key=lambda r: r["seed"])
-        pairs = [(r["speedup"]["speedup"], fp32[r["seed"]]["speedup"]["speedup"]) for r in mine if r["seed"] in fp32]
+        # a swarm that did not reach the lone miner's final loss in its cycles is slower than lone cycles / cycles
+        values = [(r["speedup"]["speedup"], r["speedup"]["speedup"] is None) for r in mine]
+        values = [(r["speedup"]["lone_cycles"] / r["cycles"], True) if v is None else (v, False)
+                  for r, (v, _) in zip(mine, values, strict=True)]
+        ratios = [(v / fp32[r["seed"]]["speedup"]["speedup"], bound) for r, (v, bound) in zip(mine, values, strict=True)
+                  if r["seed"] in fp32 and fp32[r["seed"]]["speedup"]["speedup"]]
         at_loss = [_interp_drift(fp32[r["seed"]]["curve"], base, r["curve"][-1]["target_loss"])
                    for r in mine if r["seed"] in fp32]
         out.append({"codec": label, "settings": mine[0]["settings"], "seeds": [r["seed"] for r in mine],
                     "bytes": mine[0]["bytes_per_miner_per_cycle"],
                     "fewer_than_today": TODAY_FP32_PAYLOAD / mine[0]["bytes_per_miner_per_cycle"],
-                    "speedups": [r["speedup"]["speedup"] for r in mine],
-                    "speedup": _mean([r["speedup"]["speedup"] for r in mine]),
-                    "of_fp32": _mean([a / b for a, b in pairs if a is not None and b]) if pairs else None,
-                    "of_fp32_missing": sum(1 for a, b in pairs if a is None or not b),
+                    "speedups": values, "speedup": _mean([v for v, _ in values]),
+                    "speedup_bound": any(b for _, b in values),
+                    "of_fp32": _mean([x for x, _ in ratios]), "of_fp32_bound": any(b for _, b in ratios),
+                    "end_speedup": _mean([r["curve"][-1]["speedup_vs_lone"] for r in mine]),
                     "final_target_loss": _mean([r["curve"][-1]["target_loss"] for r in mine]),
                     "drift": _mean([r["curve"][-1]["general_drift"] for r in mine]),
                     "fp32_drift_at_loss": _mean(at_loss)})
@@ -309,16 +314,23 @@ def write_codec_markdown(results: dict, path: Path) -> None:
              f"{TODAY_FP32_PAYLOAD:,d} bytes per miner per cycle.", "",
              "Commands:", "", *[f"    {c}" for c in results["commands"] if "codecs" in c], "",
              "| codec | settings | bytes per miner per cycle | fewer than today's fp32 | speedup per seed | mean "
-             "speedup | of fp32's | final target loss | general drift at end | fp32's drift at that loss |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "speedup | of fp32's | lone cycles to the final loss / swarm cycles | final target loss | general "
+             "drift at end | fp32's drift at that loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         settings = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["settings"].items()
                              if k != "codec") or "-"
-        missing = f" ({r['of_fp32_missing']} seed(s) unmeasured)" if r["of_fp32_missing"] else ""
+        below = "<" if r["speedup_bound"] else ""
         lines.append(f"| {r['codec']} | {settings} | {r['bytes']:,d} | {r['fewer_than_today']:.1f}x | "
-                     + " ".join(fmt(x, ".2f") for x in r["speedups"]) + f" | {fmt(r['speedup'], '.2f')}x | "
-                     f"{fmt(r['of_fp32'], '.2f')}{missing} | {fmt(r['final_target_loss'], '.4f')} | "
-                     f"{fmt(r['drift'], '+.4f')} | {fmt(r['fp32_drift_at_loss'], '+.4f')} |")
+                     + " ".join(("<" if b else "") + f"{v:.2f}" for v, b in r["speedups"])
+                     + f" | {below}{fmt(r['speedup'], '.2f')}x | {'<' if r['of_fp32_bound'] else ''}"
+                     f"{fmt(r['of_fp32'], '.2f')} | {fmt(r['end_speedup'], '.2f')} | "
+                     f"{fmt(r['final_target_loss'], '.4f')} | {fmt(r['drift'], '+.4f')} | "
+                     f"{fmt(r['fp32_drift_at_loss'], '+.4f')} |")
+    lines += ["", "`<x`: the swarm did not reach the lone miner's final loss in its cycles, so its speedup is below "
+              "lone cycles / swarm cycles (the mean and the ratio to fp32 then use that bound). The column after the "
+              "ratio is the other way round: the cycles the lone miner needs for the swarm's final loss / the "
+              "swarm's cycles (`-`: the swarm ended below the lone miner's final loss)."]
     lines += ["", "Per seed:", "", "| codec | seed | target loss per cycle | merged per cycle | lone miner per cycle | "
               "swarm cycles to the lone miner's final | speedup | general drift at end |",
               "|---|---|---|---|---|---|---|---|"]
@@ -481,7 +493,8 @@ def main() -> None:
             rows = codec_rows(rt, base, [CodecSpec("fp32")], args.seeds, args.miners, args.cycles, args.lone_cycles,
                               rows, save_codecs)
         outer = tuple(float(x) for x in args.codec_outer.split(":")) if args.codec_outer else None
-        codec_rows(rt, base, specs, args.seeds, args.miners, args.cycles, args.lone_cycles, rows, save_codecs, outer)
+        save_codecs(codec_rows(rt, base, specs, args.seeds, args.miners, args.cycles, args.lone_cycles, rows,
+                               save_codecs, outer))
         print(f"wrote {json_path}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
         return
     if "horizon" in args.phases:
