@@ -355,18 +355,19 @@ def plot_codecs(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows, base = results["codec_rows"], results["base"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     for label in dict.fromkeys(r["codec"] for r in rows):
         mine = [r for r in rows if r["codec"] == label]
         cycles = min(len(r["curve"]) for r in mine)
         xs = [mine[0]["curve"][i]["bytes_sent_per_miner"] for i in range(cycles)]
         ys = [_mean([r["curve"][i]["target_loss"] for r in mine]) for i in range(cycles)]
-        ax.plot([xs[0] / 4] + xs, [base["target_loss"]] + ys, "o-", label=f"{label} ({xs[0]:,d} B/cycle)")
+        ax.plot([xs[0] / 4] + xs, [base["target_loss"]] + ys, "o-",
+                label=f"{label} ({xs[0]:,d} B/cycle, {len(mine)} seed{'s' if len(mine) > 1 else ''})")
     ax.set_xscale("log")
     ax.set_xlabel("bytes one miner sent (cumulative; the first point is the base model)")
     ax.set_ylabel("target (math) loss")
-    ax.set_title(f"M = {rows[0]['miners']} miners, mean over seeds {sorted({r['seed'] for r in rows})}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"M = {rows[0]['miners']} miners, {rows[0]['cycles']} cycles, mean over each codec's seeds")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

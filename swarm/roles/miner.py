@@ -122,6 +122,9 @@ class Miner(Role):
         keep = p.manifest.inner.keep_moments
         moments = p.store.load_moments(before=cycle.number) if keep else None
         residual = p.store.load_tagged("residual", before=cycle.number)
+        if residual and {k: tuple(v.shape) for k, v in residual.items()} != dict(p.rt.codec.shapes):
+            logger.warning("the stored error-feedback residual is for another expert map; starting without one")
+            residual = None
         try:
             sub = train_submission(p.rt, p.state, p.me, cycle.number, p.stop.is_set, moments,
                                    residual=residual or None)

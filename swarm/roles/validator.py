@@ -9,7 +9,7 @@
               validation subset from it, order the commits that revealed in time (last cycle's merged
               miners first, then by the seed, keys with an address of their own first), fetch at most
               16 x max_submissions of them, 8 at once, and judge the first max_submissions as they arrive
-              (keys, shapes, dtype, finiteness, delta norm, Proof-of-Loss) while time is left; publish the
+              (decoded by the codec, finiteness, delta norm, Proof-of-Loss) while time is left; publish the
               ranking of the positive scores
     reduce    like every peer (roles.base), then measure Phi_{c+1} for the report
 
