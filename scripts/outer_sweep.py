@@ -15,8 +15,13 @@ Phases (each appends rows to the JSON, so a phase can be re-run alone):
   miners    the chosen variant at M = 1, 2, 8 (M = 4 is the variants row), plus dense DiLoCo and full
             fine-tuning at M = 4 for the forgetting comparison
   horizon   the chosen variant at H = 50, 100 (M = 2, 2 cycles against a 3-cycle lone miner)
+  codecs    the manifest's own inner and outer loop at M=4 with each payload codec (--codecs) and error
+            feedback, per seed (--seeds: each seed its own miner batches and Proof-of-Loss subsets): bytes per
+            miner per cycle, speedup over a lone miner of the same seed, general drift at the final target loss
+            against fp32's at that loss; writes <out>.md and a plot of target loss against bytes sent (<out>.png)
 
     python scripts/outer_sweep.py --threads 1 --out teft/assets/studies/outer_sweep
+    python scripts/outer_sweep.py --threads 1 --phases codecs --cycles 4 --seeds 0 1 2 --out teft/assets/studies/codecs
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ from swarm.protocol.consensus import Score, combine  # noqa: E402
 from swarm.protocol.runtime import Runtime, report_batches  # noqa: E402
 from swarm.sim.baseline import InnerPlan, dense_diloco, lone_miner, miner_cycle, token_budget  # noqa: E402
 from swarm.sim.report import SPEEDUP_DEFINITION, _interp_drift, speedup  # noqa: E402
+from teft.codec import Codec, CodecSpec, apply_delta  # noqa: E402
 from teft.data import subset  # noqa: E402
-from teft.outer import NesterovOuter, OuterConfig, outer_step  # noqa: E402
+from teft.outer import NesterovOuter, OuterConfig, merge, outer_step, pseudo_gradient  # noqa: E402
 from teft.pol import score, state_loss  # noqa: E402
 
 
@@ -84,27 +90,43 @@ def load_tiny(config: str) -> Runtime:
         return load_runtime(load(write_manifest(config, Path(tmp) / "run.yaml", [key], 0, {"quorum": 1})))
 
 
-def swarm_run(rt: Runtime, v: Variant, miners: int, cycles: int, steps: int, horizon: int) -> list[dict]:
-    """`cycles` cycles of M honest miners, one validator's scores, the swarm's merge rule and outer step."""
+def swarm_run(rt: Runtime, v: Variant, miners: int, cycles: int, steps: int, horizon: int,
+              codec: Codec | None = None, prefix: str = "") -> list[dict]:
+    """`cycles` cycles of M honest miners, one validator's scores, the swarm's merge rule and outer step.
+
+    With a codec, each miner sends its pseudo-gradient through it with error feedback (its residual carried
+    from cycle to cycle, as roles.miner does), and the validator scores, and the outer step merges, exactly the
+    decoded deltas. `prefix` names another seed's miners and Proof-of-Loss subsets."""
     plan = InnerPlan(v.keep_moments, v.schedule, horizon)
     target, general = report_batches(rt.validation_blocks), report_batches(rt.general_blocks)
     n_val = rt.manifest.data.validation_blocks
     state, buffer, moments, curve = rt.initial_state, None, [None] * miners, []
+    residuals: list = [None] * miners
     for cycle in range(cycles):
         subs = []
         for m in range(miners):
-            trained, moments[m], _ = miner_cycle(rt, state, f"miner-{m}", cycle, plan, moments[m], steps, v.inner_lr)
-            subs.append(trained)
-        pol = report_batches(subset(rt.validation_blocks, f"outer-sweep/{cycle}", n_val))
+            trained, moments[m], _ = miner_cycle(rt, state, f"{prefix}miner-{m}", cycle, plan, moments[m], steps,
+                                                 v.inner_lr)
+            if codec is not None:
+                _, sent, residuals[m] = codec.compress(pseudo_gradient(state, trained), residuals[m],
+                                                       rt.manifest.max_delta_norm)
+                trained = apply_delta(state, sent)
+                subs.append((trained, sent))
+            else:
+                subs.append((trained, None))
+        pol = report_batches(subset(rt.validation_blocks, f"{prefix}outer-sweep/{cycle}", n_val))
         base_loss = state_loss(rt.model, rt.layout, state, pol)
-        losses = [state_loss(rt.model, rt.layout, s, pol) for s in subs]
+        losses = [state_loss(rt.model, rt.layout, s, pol) for s, _ in subs]
         entries = [Score(f"miner-{m}", str(m), loss, score(base_loss, loss)) for m, loss in enumerate(losses)]
         decision = combine({"v": entries}, {"v"}, 1, v.top_k or miners, rt.manifest.outer.min_relative_score)
         if decision.merged:
             chosen = [subs[int(m.payload_hash)] for m in decision.merged]
             weights = [m.score for m in decision.merged] if v.weighted else None
             optimizer = NesterovOuter(OuterConfig(v.outer_lr, v.momentum, True), buffer)
-            state = outer_step(state, chosen, optimizer, weights)
+            if codec is not None:
+                state = optimizer.step(state, merge([d for _, d in chosen], weights))
+            else:
+                state = outer_step(state, [t for t, _ in chosen], optimizer, weights)
             buffer = optimizer.buffer
         t, g = (state_loss(rt.model, rt.layout, state, b) for b in (target, general))
         curve.append({"cycle": cycle, "target_loss": t, "general_loss": g, "merged": len(decision.merged)})
@@ -178,11 +200,185 @@ def write_markdown(results: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+TODAY_FP32_PAYLOAD = 923_592  # bytes: the full-width fp32 weights every miner sent per cycle before codecs
+
+
+def parse_codec(text: str) -> CodecSpec:
+    """`name` or `name:key=value,...` (e.g. `sparse:chunk=4096,density=0.015625,bits=2`)."""
+    name, _, rest = text.partition(":")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        kwargs[key] = float(value) if key == "density" else int(value)
+    return CodecSpec(name, **kwargs)
+
+
+def manifest_variant(rt: Runtime) -> Variant:
+    """The run's own inner and outer loop as a Variant (every miner merged, uniform weights)."""
+    inner, outer = rt.manifest.inner, rt.manifest.outer
+    return Variant(f"manifest: {'keep' if inner.keep_moments else 'reset'} + {inner.schedule}, outer "
+                   f"{outer.lr:g}/{outer.momentum:g}", keep_moments=inner.keep_moments, schedule=inner.schedule,
+                   outer_lr=outer.lr, momentum=outer.momentum)
+
+
+def codec_rows(rt: Runtime, base: dict, specs: list[CodecSpec], seeds: list[int], miners: int, cycles: int,
+               lone_cycles: int, done: list[dict], save, outer: tuple[float, float] | None = None) -> list[dict]:
+    """One row per (codec, seed): the swarm's curve through that codec, the same seed's lone miner, the speedup
+    and the drift; rows already in `done` (same label, seed, M, cycles) are kept, not rerun. `outer`: an outer
+    lr and momentum other than the manifest's (the row's label says so)."""
+    v, steps = manifest_variant(rt), rt.manifest.inner.steps
+    if outer is not None:
+        v = replace(v, name=f"{v.name.split(', outer')[0]}, outer {outer[0]:g}/{outer[1]:g}", outer_lr=outer[0],
+                    momentum=outer[1])
+    suffix = "" if outer is None else f" @ outer {outer[0]:g}/{outer[1]:g}"
+    plan = InnerPlan(v.keep_moments, v.schedule, lone_cycles)
+    rows = list(done)
+    for seed in seeds:
+        prefix = "" if seed == 0 else f"s{seed}/"
+        lone = None
+        for spec in specs:
+            label = spec.label() + suffix
+            if any(r["codec"] == label and r["seed"] == seed and r["miners"] == miners
+                   and r["cycles"] == cycles for r in rows):
+                continue
+            start = time.time()
+            if lone is None:
+                lone = next((r["lone"] for r in rows if r["seed"] == seed and len(r["lone"]) == lone_cycles), None) \
+                    or lone_miner(rt, lone_cycles, plan, steps, v.inner_lr, miner_id=f"{prefix}miner-0")
+            codec = Codec(spec, rt.codec.shapes)
+            curve = swarm_run(rt, v, miners, cycles, steps, lone_cycles, codec, prefix)
+            per_cycle, headline = speedup(curve, lone, base["target_loss"])
+            for p, sp in zip(curve, per_cycle, strict=True):
+                p["general_drift"] = p["general_loss"] - base["general_loss"]
+                p["speedup_vs_lone"] = sp
+                p["bytes_sent_per_miner"] = codec.size * (p["cycle"] + 1)
+            rows.append({"codec": label, "settings": spec.settings(), "seed": seed, "miners": miners,
+                         "steps": steps, "cycles": cycles, "variant": asdict(v), "bytes_per_miner_per_cycle":
+                         codec.size, "curve": curve, "lone": lone, "speedup": headline,
+                         "seconds": round(time.time() - start, 1)})
+            print(f"{label} seed {seed} | {codec.size:,d} B/miner/cycle: target "
+                  + " ".join(f"{p['target_loss']:.3f}" for p in curve) + " merged "
+                  + " ".join(str(p["merged"]) for p in curve) + f" | speedup {fmt(headline['speedup'], '.2f')} | "
+                  f"drift {curve[-1]['general_drift']:+.3f} [{rows[-1]['seconds']}s]", flush=True)
+            save(rows)
+    return rows
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def codec_summary(rows: list[dict], base: dict) -> list[dict]:
+    """Per codec over its seeds: bytes, speedup (each seed and the mean), its ratio to fp32's, the final target
+    loss and general drift, and fp32's drift at that same loss (the same seed's fp32 curve, interpolated)."""
+    fp32 = {r["seed"]: r for r in rows if r["codec"] == "fp32"}
+    out = []
+    for label in dict.fromkeys(r["codec"] for r in rows):
+        mine = sorted((r for r in rows if r["codec"] == label), key=lambda r: r["seed"])
+        # a swarm that did not reach the lone miner's final loss in its cycles is slower than lone cycles / cycles
+        values = [(r["speedup"]["speedup"], r["speedup"]["speedup"] is None) for r in mine]
+        values = [(r["speedup"]["lone_cycles"] / r["cycles"], True) if v is None else (v, False)
+                  for r, (v, _) in zip(mine, values, strict=True)]
+        ratios = [(v / fp32[r["seed"]]["speedup"]["speedup"], bound) for r, (v, bound) in zip(mine, values, strict=True)
+                  if r["seed"] in fp32 and fp32[r["seed"]]["speedup"]["speedup"]]
+        at_loss = [_interp_drift(fp32[r["seed"]]["curve"], base, r["curve"][-1]["target_loss"])
+                   for r in mine if r["seed"] in fp32]
+        out.append({"codec": label, "settings": mine[0]["settings"], "seeds": [r["seed"] for r in mine],
+                    "bytes": mine[0]["bytes_per_miner_per_cycle"],
+                    "fewer_than_today": TODAY_FP32_PAYLOAD / mine[0]["bytes_per_miner_per_cycle"],
+                    "speedups": values, "speedup": _mean([v for v, _ in values]),
+                    "speedup_bound": any(b for _, b in values),
+                    "of_fp32": _mean([x for x, _ in ratios]), "of_fp32_bound": any(b for _, b in ratios),
+                    "end_speedup": _mean([r["curve"][-1]["speedup_vs_lone"] for r in mine]),
+                    "final_target_loss": _mean([r["curve"][-1]["target_loss"] for r in mine]),
+                    "drift": _mean([r["curve"][-1]["general_drift"] for r in mine]),
+                    "fp32_drift_at_loss": _mean(at_loss)})
+    return out
+
+
+def write_codec_markdown(results: dict, path: Path) -> None:
+    base, rows = results["base"], results["codec_rows"]
+    summary = codec_summary(rows, base)
+    lines = ["# Payload codecs: what each costs the swarm's progress", "",
+             f"In-process swarm on `{results.get('config', 'configs/tiny.yaml')}` (model `tiny`, target math, inner "
+             f"batch {results.get('batch')}, inner lr {results.get('inner_lr', 0):g}, H = {rows[0]['steps']}; "
+             f"{rows[0]['variant']['name']}), M = {rows[0]['miners']} honest miners, {rows[0]['cycles']} cycles, "
+             "each sending its pseudo-gradient through the codec with error feedback (the residual carried from "
+             "cycle to cycle; what is sent scaled under `max_delta_norm`), one validator scoring the decoded delta "
+             "applied to the cycle's state by Proof-of-Loss, the swarm's merge rule and outer step on the decoded "
+             f"deltas. Base model: math {base['target_loss']:.4f}, general {base['general_loss']:.4f}. Speedup = "
+             f"cycles a lone miner of the same seed (same inner loop, no codec) needs to reach its "
+             f"{rows[0]['lone'][-1]['cycle'] + 1}-cycle loss / the swarm's cycles to reach it (interpolated; `-`: the "
+             "swarm did not reach it). Drift = general loss - base. Today's payload: the full-width fp32 weights, "
+             f"{TODAY_FP32_PAYLOAD:,d} bytes per miner per cycle.", "",
+             "Commands:", "", *[f"    {c}" for c in results["commands"] if "codecs" in c], "",
+             "| codec | settings | bytes per miner per cycle | fewer than today's fp32 | speedup per seed | mean "
+             "speedup | of fp32's | lone cycles to the final loss / swarm cycles | final target loss | general "
+             "drift at end | fp32's drift at that loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        settings = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["settings"].items()
+                             if k != "codec") or "-"
+        below = "<" if r["speedup_bound"] else ""
+        lines.append(f"| {r['codec']} | {settings} | {r['bytes']:,d} | {r['fewer_than_today']:.1f}x | "
+                     + " ".join(("<" if b else "") + f"{v:.2f}" for v, b in r["speedups"])
+                     + f" | {below}{fmt(r['speedup'], '.2f')}x | {'<' if r['of_fp32_bound'] else ''}"
+                     f"{fmt(r['of_fp32'], '.2f')} | {fmt(r['end_speedup'], '.2f')} | "
+                     f"{fmt(r['final_target_loss'], '.4f')} | {fmt(r['drift'], '+.4f')} | "
+                     f"{fmt(r['fp32_drift_at_loss'], '+.4f')} |")
+    lines += ["", "`<x`: the swarm did not reach the lone miner's final loss in its cycles, so its speedup is below "
+              "lone cycles / swarm cycles (the mean and the ratio to fp32 then use that bound). The column after the "
+              "ratio is the other way round: the cycles the lone miner needs for the swarm's final loss / the "
+              "swarm's cycles (`-`: the swarm ended below the lone miner's final loss)."]
+    lines += ["", "Per seed:", "", "| codec | seed | target loss per cycle | merged per cycle | lone miner per cycle | "
+              "swarm cycles to the lone miner's final | speedup | general drift at end |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c, h = r["curve"], r["speedup"]
+        lines.append(f"| {r['codec']} | {r['seed']} | " + " ".join(f"{p['target_loss']:.3f}" for p in c) + " | "
+                     + " ".join(str(p["merged"]) for p in c) + " | "
+                     + " ".join(f"{p['target_loss']:.3f}" for p in r["lone"])
+                     + f" | {fmt(h['swarm_cycles_to_lone_final'], '.2f')} | {fmt(h['speedup'], '.2f')}x | "
+                     f"{c[-1]['general_drift']:+.4f} |")
+    lines += ["", f"![target loss against bytes sent]({path.with_suffix('.png').name})"]
+    if results.get("codec_decision"):
+        lines += ["", "## Findings", "", results["codec_decision"]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_codecs(results: dict, path: Path) -> None:
+    """Target loss against the bytes one miner sent so far, per codec (mean over seeds), log-scaled bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, base = results["codec_rows"], results["base"]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for label in dict.fromkeys(r["codec"] for r in rows):
+        mine = [r for r in rows if r["codec"] == label]
+        cycles = min(len(r["curve"]) for r in mine)
+        xs = [mine[0]["curve"][i]["bytes_sent_per_miner"] for i in range(cycles)]
+        ys = [_mean([r["curve"][i]["target_loss"] for r in mine]) for i in range(cycles)]
+        ax.plot([xs[0] / 4] + xs, [base["target_loss"]] + ys, "o-",
+                label=f"{label} ({xs[0]:,d} B/cycle, {len(mine)} seed{'s' if len(mine) > 1 else ''})")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes one miner sent (cumulative; the first point is the base model)")
+    ax.set_ylabel("target (math) loss")
+    ax.set_title(f"M = {rows[0]['miners']} miners, {rows[0]['cycles']} cycles, mean over each codec's seeds")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml", help="manifest template (default configs/tiny.yaml)")
     parser.add_argument("--phases", nargs="+", default=["variants", "miners", "horizon"],
-                        choices=["variants", "outer", "lr", "miners", "horizon"],
+                        choices=["variants", "outer", "lr", "miners", "horizon", "codecs"],
                         help="which phases to run (default variants miners horizon)")
     parser.add_argument("--outer", nargs="+", default=["1.0:0.9", "2.0:0.0", "1.5:0.5"],
                         help="outer_lr:momentum pairs the `outer` phase tries on the --chosen inner loop")
@@ -191,6 +387,13 @@ def main() -> None:
                         help="lone miner cycles, also the run schedule's horizon (default 6, the main job's)")
     parser.add_argument("--inner-lr", nargs="+", type=float, default=[3e-3],
                         help="inner learning rates the `lr` phase tries on the --chosen variant at M=4 and M=1")
+    parser.add_argument("--codecs", nargs="+", default=["fp32", "bf16", "int8", "sparse"],
+                        help="payload codecs the `codecs` phase tries, each `name` or `name:key=value,...` "
+                             "(e.g. sparse:chunk=4096,density=0.015625,bits=2)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the `codecs` phase (default 0)")
+    parser.add_argument("--codec-outer", metavar="LR:MOMENTUM",
+                        help="the `codecs` phase with this outer lr and momentum instead of the manifest's")
+    parser.add_argument("--miners", type=int, default=4, help="miners in the `codecs` phase (default 4)")
     parser.add_argument("--chosen", help="variant name for the miners/horizon phases (default: the variants "
                         "phase's pick, from this run or the JSON)")
     parser.add_argument("--merge", nargs="*", metavar="JSON",
@@ -212,7 +415,7 @@ def main() -> None:
         write_markdown(results, out.with_suffix(".md"))
         return
     results["rows"] = [r for r in results["rows"] if r["phase"] not in args.phases]
-    results["commands"] = [c for c in results["commands"] if not any(p in c for p in args.phases)]
+    results["commands"] = [c for c in results["commands"] if not any(p in c for p in args.phases if p != "codecs")]
     results["commands"].append("python scripts/outer_sweep.py " + shlex.join(sys.argv[1:]))
     rt = load_tiny(args.config)
     inner = rt.manifest.inner
@@ -278,6 +481,23 @@ def main() -> None:
         results["forgetting"]["curves"]["swarm (TEFT)"]["drift_at_swarm_loss"] = \
             m4["curve"][-1]["general_loss"] - base["general_loss"]
         save()
+    if "codecs" in args.phases:
+        def save_codecs(rows):
+            results["codec_rows"] = rows
+            save()
+            write_codec_markdown(results, out.with_suffix(".md"))
+            plot_codecs(results, out.with_suffix(".png"))
+
+        specs = [parse_codec(c) for c in args.codecs]
+        rows = results.get("codec_rows", [])
+        if "fp32" not in {s.codec for s in specs} or args.codec_outer:  # the reference every codec is compared with
+            rows = codec_rows(rt, base, [CodecSpec("fp32")], args.seeds, args.miners, args.cycles, args.lone_cycles,
+                              rows, save_codecs)
+        outer = tuple(float(x) for x in args.codec_outer.split(":")) if args.codec_outer else None
+        save_codecs(codec_rows(rt, base, specs, args.seeds, args.miners, args.cycles, args.lone_cycles, rows,
+                               save_codecs, outer))
+        print(f"wrote {json_path}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+        return
     if "horizon" in args.phases:
         for h in (50, 100):  # M=2 and fewer cycles: an H=100 cycle of 4 miners costs as much as 20 at H=20
             add("horizon", chosen_v, 2, h, 2, args.lone_cycles // 2)

@@ -1,8 +1,9 @@
 """Every decoder a peer exposes to the network, fed what an attacker can send: no crash, no hang, one line.
 
-Record values and subkeys (SchemaCheck on store, get_records on read), payloads (from_bytes and check_state,
-what a validator runs on fetched bytes) and outer checkpoints (from_checkpoint and the expert-map check a
-peer runs before adopting one). The transfer frames have their own fuzz test in tests/net/.
+Record values and subkeys (SchemaCheck on store, get_records on read), payloads of every codec (Codec.decode
+and check_delta, what a validator and the reduce run on fetched bytes), state files (from_bytes and check_state)
+and outer checkpoints (from_checkpoint and the expert-map check a peer runs before adopting one). The transfer
+frames have their own fuzz test in tests/net/.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from tiny_models import build
 from swarm.net.identity import load_or_create
 from swarm.net.records import CommitRecord, check_value, get_records, make_value, record_key
 from swarm.net.validation import SchemaCheck
+from teft.codec import Codec, CodecError, CodecSpec, check_delta
 from teft.errors import TeftError
 from teft.model import discover_layout
 from teft.outer import checkpoint_bytes, from_checkpoint
 from teft.selection import ExpertMap
-from teft.state import check_state, extract_state, from_bytes, to_bytes
+from teft.state import check_state, expected_shapes, extract_state, from_bytes, to_bytes
 
 RUN = "0123456789abcdef"
 FUZZ = settings(max_examples=150, deadline=2000, database=None,
@@ -112,6 +114,35 @@ def test_a_mutated_payload_is_refused_with_a_reason_or_passes_every_check(model_
         return
     reason = check_state(state, layout, emap, dtype=torch.float32, max_norm=5.0, reference=base)
     assert reason is None or isinstance(reason, str)
+
+
+CODECS = [CodecSpec("fp32"), CodecSpec("bf16"), CodecSpec("int8", block=64),
+          CodecSpec("sparse", chunk=256, density=1 / 16, bits=2), CodecSpec("sparse", chunk=100, density=0.1, bits=5)]
+
+
+@FUZZ
+@given(which=st.integers(min_value=0, max_value=len(CODECS) - 1),
+       flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)), max_size=8),
+       near_header=st.booleans(), cut=st.integers(min_value=0, max_value=8), junk=st.binary(max_size=200))
+def test_a_mutated_payload_of_any_codec_is_refused_with_a_reason_or_decodes_to_the_layout(
+        model_and_map, which, flips, near_header, cut, junk):
+    model, layout, emap = model_and_map
+    base = extract_state(model, layout, emap)
+    codec = Codec(CODECS[which], expected_shapes(layout, emap))
+    data = bytearray(codec.encode({k: 0.01 * v for k, v in base.items()}))
+    for where, byte in flips:  # half the cases hit the header and the scales / indices just after it
+        data[where % (64 if near_header else len(data))] = byte
+    candidates = [bytes(data), bytes(data[:len(data) - cut]) + junk[:cut], junk]
+    for candidate in candidates:
+        try:
+            delta = codec.decode(candidate)
+        except CodecError as err:
+            assert "\n" not in str(err)
+            continue
+        assert len(candidate) == codec.size
+        assert {k: tuple(v.shape) for k, v in delta.items()} == dict(codec.shapes)
+        reason = check_delta(delta, max_norm=5.0)
+        assert reason is None or isinstance(reason, str)
 
 
 @FUZZ

@@ -48,6 +48,10 @@ def test_budget_payload_and_dtype_fit_the_shape(path):
         size = expected_size(layout, ExpertMap({first: [0]}, r["experts"]), dtype)
         assert one_expert < size <= one_expert + 4096, (size, one_expert)
     assert r["payload_bytes_max"] == r["selected_max"] * one_expert
+    # each codec's payload (teft.codec): the numbers end to end after a 16-byte header, or fewer bytes
+    codecs = r["codec_bytes_max"]
+    assert codecs["bf16"] == r["payload_bytes_max"] + 16 and codecs["fp32"] == 2 * r["payload_bytes_max"] + 16
+    assert codecs["fp32"] / codecs["sparse k=64/4096 2-bit"] > 100 and codecs["int8/256"] < codecs["bf16"]
     if "top_p" in r["budget"]:
         assert r["experts_per_layer_max"] == math.ceil(r["budget"]["top_p"] * r["experts"])
     print(f"{path.stem}: at most {r['payload_bytes_max']:,d} payload bytes per miner")

@@ -12,14 +12,15 @@ from swarm_double import FEW_STEPS, heldout_math_blocks
 
 from swarm.launch import write_manifest
 from swarm.net.identity import load_or_create
+from swarm.protocol.consensus import Score, combine
 from swarm.protocol.manifest import load
 from swarm.protocol.runtime import load_runtime
-from swarm.roles.miner import train_submission
+from swarm.roles.miner import encode_state, train_submission
 from swarm.roles.validator import OVERFIT_SLACK, judge, overfit_flag, validation_batches, yardstick
 from swarm.sim.adversaries.drift import NORM_MARGIN, harm_state
 from swarm.sim.adversaries.overfit import within_norm
+from teft.codec import Codec, CodecSpec, delta_norm
 from teft.pol import state_loss
-from teft.state import to_bytes
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_an_update_fitted_to_the_public_split_scores_zero_and_an_honest_one_does
     overfit_rt.manifest = rt.manifest.model_copy(update={"inner": rt.manifest.inner.model_copy(update={"steps": 24})})
     overfit = train_submission(overfit_rt, rt.initial_state, "overfit", 0)
     fitted = within_norm(overfit.state, rt.initial_state, 0.95 * rt.manifest.max_delta_norm)  # pass the norm check
-    verdict = judge(rt, rt.initial_state, stick, "overfit", "o" * 64, to_bytes(fitted, rt.payload_dtype))
+    verdict = judge(rt, rt.initial_state, stick, "overfit", "o" * 64, encode_state(rt, rt.initial_state, fitted))
     assert verdict.score == 0.0 and "fitted to public data" in verdict.reason, verdict
 
 
@@ -118,7 +119,35 @@ def test_a_general_harm_update_passes_every_check_while_raising_general_loss_far
                        NORM_MARGIN * rt.manifest.max_delta_norm)
     drift = {}
     for name, state, digest in (("honest", honest, "h" * 64), ("harm", harm, "g" * 64)):
-        verdict = judge(default, rt.initial_state, stick, name, digest, to_bytes(state, rt.payload_dtype))
+        verdict = judge(default, rt.initial_state, stick, name, digest, encode_state(rt, rt.initial_state, state))
         assert verdict.reason is None and verdict.score > 0, verdict
         drift[name] = state_loss(rt.model, rt.layout, state, general) - general_base
     assert drift["harm"] > 2 * max(drift["honest"], 0.0) and drift["harm"] > 0.05, drift  # 0.160 / 0.023
+
+
+@pytest.mark.parametrize("spec", [CodecSpec("fp32"), CodecSpec("bf16"), CodecSpec("int8"),
+                                  CodecSpec("sparse", density=1 / 16, bits=2)], ids=CodecSpec.label)
+def test_poison_noise_and_norm_attacks_are_refused_when_they_arrive_encoded(rt, spec):
+    """The checks and Proof-of-Loss run on the decoded delta, whatever the codec: an encoded poison (the honest
+    update sign-flipped) scores zero, encoded noise scores below the merge floor, an encoded delta over the norm
+    bound is refused before any forward pass, and the honest update is scored on exactly what it decodes to."""
+    public = copy.copy(rt)
+    public.private_blocks = None  # the public yardstick: deterministic
+    public.codec = Codec(spec, rt.codec.shapes)
+    base, bound = rt.initial_state, rt.manifest.max_delta_norm
+    stick = yardstick(public, base, b"seed")
+    honest = train_submission(public, base, "honest", 0)
+    assert honest.payload == public.codec.encode(honest.delta) and delta_norm(honest.delta) <= bound
+    g = torch.Generator().manual_seed(3)
+    attacks = {"poison": {k: -v for k, v in honest.delta.items()},
+               "noise": {k: 0.005 * torch.randn(v.shape, generator=g) for k, v in base.items()},
+               "norm": {k: v * (1.5 * bound / delta_norm(honest.delta)) for k, v in honest.delta.items()}}
+    verdicts = {"honest": judge(public, base, stick, "honest", "h" * 64, honest.payload)}
+    for name, delta in attacks.items():
+        verdicts[name] = judge(public, base, stick, name, name[0] * 64, public.codec.encode(delta))
+    assert verdicts["honest"].reason is None and verdicts["honest"].score > 0, verdicts
+    assert verdicts["poison"].score == 0.0, verdicts
+    assert verdicts["norm"].score == 0.0 and "exceeds the bound" in verdicts["norm"].reason, verdicts
+    merged = combine({"v": list(verdicts.values())}, {"v"}, 1, 4, rt.manifest.outer.min_relative_score).merged
+    assert [s.miner for s in merged] == ["honest"], verdicts
+    assert isinstance(verdicts["noise"], Score)

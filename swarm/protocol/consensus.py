@@ -18,7 +18,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from swarm.net.records import MAX_RANKED, RankingRecord, SignedRecord
-from teft.outer import NesterovOuter, OuterConfig, outer_step
+from teft.outer import NesterovOuter, OuterConfig, merge
 from teft.state import ExpertState
 
 
@@ -141,13 +141,14 @@ def step_bound(cfg: OuterConfig, max_delta_norm: float, cycles: int) -> tuple[fl
     return cycles * cfg.lr * momentum * 1.001 + 1e-4, momentum * 1.001 + 1e-4
 
 
-def reduce(base: ExpertState, momentum: ExpertState | None, submissions: list[ExpertState],
+def reduce(base: ExpertState, momentum: ExpertState | None, deltas: list[ExpertState],
            cfg: OuterConfig) -> tuple[ExpertState, ExpertState]:
-    """Phi_{c+1} and the new momentum; with nothing merged both stay as they were."""
-    if not submissions:
+    """Phi_{c+1} and the new momentum from the merged (decoded) pseudo-gradients, in merge order; with nothing
+    merged both stay as they were."""
+    if not deltas:
         return base, momentum or OrderedDict()
     optimizer = NesterovOuter(cfg, momentum or None)
-    new_state = outer_step(base, submissions, optimizer)
+    new_state = optimizer.step(base, merge(deltas))
     return new_state, optimizer.buffer
 
 

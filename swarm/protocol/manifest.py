@@ -115,6 +115,16 @@ class OuterSpec(_Strict):
     min_relative_score: float = Field(default=0.25, ge=0, le=1)  # merge only scores >= this x the best
 
 
+class PayloadSpec(_Strict):
+    """How a miner's pseudo-gradient is encoded (teft.codec): its bytes per cycle and what the swarm loses to it."""
+
+    codec: Literal["fp32", "bf16", "fp16", "int8", "sparse"]
+    block: int = Field(default=256, ge=1, le=1 << 20)  # int8: numbers per absmax scale
+    chunk: int = Field(default=4096, ge=2, le=1 << 20)  # sparse: numbers per top-k chunk
+    density: float = Field(default=1 / 64, gt=0, le=1)  # sparse: share of each chunk sent
+    bits: int = Field(default=2, ge=2, le=8)  # sparse: bits per value, sign included
+
+
 class Manifest(_Strict):
     """Everything that must be identical on every peer of one run."""
 
@@ -126,6 +136,7 @@ class Manifest(_Strict):
     inner: InnerSpec
     outer: OuterSpec = Field(default_factory=OuterSpec)
     payload_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    payload: PayloadSpec | None = None  # the payload codec; absent: the dense codec of payload_dtype
     max_delta_norm: float = Field(gt=0)
     validators: list[str]
     genesis: float
@@ -200,6 +211,13 @@ class Manifest(_Strict):
             raise ValueError(f"inner.background {self.inner.background} needs expert_map.path: a light miner cannot "
                              "route the full model to select experts; run `python -m teft select` once and give "
                              "its map file")
+        return self
+
+    @model_validator(mode="after")
+    def _one_payload_setting(self) -> Manifest:
+        """payload.codec replaces payload_dtype: two settings for one thing could disagree."""
+        if self.payload is not None and self.payload_dtype != "float32":
+            raise ValueError("give payload.codec or payload_dtype, not both: remove payload_dtype")
         return self
 
     @model_validator(mode="after")
@@ -292,6 +310,8 @@ def canonical_json(manifest: Manifest) -> bytes:
     for key, default in (("background", "bf16"), ("optimizer", "adamw")):  # likewise without these inner fields
         if data["inner"].get(key) == default:
             data["inner"].pop(key)
+    if data.get("payload") is None:  # likewise without a payload section
+        data.pop("payload", None)
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 

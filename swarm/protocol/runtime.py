@@ -13,12 +13,13 @@ import torch
 
 from swarm.errors import SwarmError
 from swarm.protocol.manifest import Manifest
+from teft.codec import DTYPE_CODECS, Codec, CodecSpec
 from teft.data import load_texts, tokenize_blocks
 from teft.errors import TeftError
 from teft.model import BUILTIN_MODELS, MoELayout, discover_layout, load_model, model_hash
 from teft.outer import OuterConfig
 from teft.selection import ExpertMap
-from teft.state import DTYPES, ExpertState, expected_size, extract_state
+from teft.state import DTYPES, ExpertState, expected_shapes, extract_state
 from teft.train import TrainConfig, cycle_config
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Runtime:
     initial_state: ExpertState  # Phi_0, extracted from the base model
     payload_dtype: torch.dtype
     payload_size: int  # exact bytes of a valid submission
+    codec: Codec  # how a submission's pseudo-gradient is encoded, and decoded by every peer
     train_blocks: torch.Tensor
     validation_blocks: torch.Tensor
     general_blocks: torch.Tensor | None
@@ -187,9 +189,16 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
     if private is not None and len(private) < data.validation_blocks:
         raise SwarmError(f"--validation-data {validation_data} gives {len(private)} blocks of {data.seq_len} tokens, "
                          f"fewer than the {data.validation_blocks} a Proof-of-Loss subset takes: bring more text")
-    return Runtime(manifest, model, tokenizer, layout, expert_map, initial, dtype,
-                   expected_size(layout, expert_map, dtype), train, val, general, private, report, report_general,
-                   report_source)
+    codec = Codec(codec_spec(manifest), expected_shapes(layout, expert_map))
+    return Runtime(manifest, model, tokenizer, layout, expert_map, initial, dtype, codec.size, codec, train, val,
+                   general, private, report, report_general, report_source)
+
+
+def codec_spec(manifest: Manifest) -> CodecSpec:
+    """The run's payload codec: the manifest's `payload` section, else the dense codec of its payload_dtype."""
+    if manifest.payload is None:
+        return CodecSpec(DTYPE_CODECS[manifest.payload_dtype])
+    return CodecSpec(**manifest.payload.model_dump())
 
 
 def _select_from_spec(manifest: Manifest, model, tokenizer, layout) -> ExpertMap:
@@ -215,6 +224,6 @@ def _select_from_spec(manifest: Manifest, model, tokenizer, layout) -> ExpertMap
 def describe(runtime: Runtime) -> str:
     layers = len(runtime.layout.layers) * runtime.layout.num_experts
     return (f"{runtime.expert_map.count}/{layers} experts selected, payload {runtime.payload_size:,d} bytes "
-            f"({runtime.manifest.payload_dtype}), {len(runtime.train_blocks)} train / "
+            f"({runtime.codec.spec.label()}), {len(runtime.train_blocks)} train / "
             f"{len(runtime.validation_blocks)} validation blocks")
 

@@ -2,7 +2,8 @@
 
 A manifest may name a shape, a transformers config under configs/shapes/. The model is built on the meta
 device from it (no memory, no download), its MoE layout discovered as a peer would, and the manifest's
-expert-map budget, payload dtype and payload size are checked against it. A top-p budget selects the smallest
+expert-map budget, payload dtype and payload size are checked against it, and the bytes of one payload in each
+codec (teft.codec) and its minutes over a 50 Mbit/s uplink are reported. A top-p budget selects the smallest
 set whose share of a layer's routing reaches p; the top m experts always hold at least m/E of it, so at most
 ceil(p * E) experts per layer are chosen: the payload bytes printed are exact for top-k and an upper bound for
 top-p. With no MANIFEST, every configs/*.yaml that names a shape is checked; the table goes to stdout.
@@ -20,6 +21,13 @@ import yaml
 from swarm.errors import SwarmError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+UPLINK_MBIT_S = 50.0  # a home uplink: the table's minutes per payload
+
+
+def _table_codecs():
+    from teft.codec import CodecSpec
+
+    return [CodecSpec("fp32"), CodecSpec("bf16"), CodecSpec("int8"), CodecSpec("sparse")]
 
 
 def meta_model(shape: str):
@@ -38,6 +46,7 @@ def meta_model(shape: str):
 
 def check(manifest_path: str | Path) -> dict:
     """The shape's layout and the manifest's budget, dtype and payload bytes per miner; SwarmError if they clash."""
+    from teft.codec import payload_size
     from teft.model import discover_layout
     from teft.selection import METHODS
     from teft.state import DTYPES
@@ -72,13 +81,27 @@ def check(manifest_path: str | Path) -> dict:
     if any(layout.expert_numel(moe) != expert_numel for moe in layout.layers):
         raise SwarmError(f"{shape}: MoE layers differ in expert size")
     selected = per_layer * len(layout.layers)
+    codec_bytes = {spec.label(): payload_size(spec, selected * expert_numel) for spec in _table_codecs()}
     return {"manifest": str(manifest_path), "shape": shape, "model_type": layout.model_type,
             "moe_layers": len(layout.layers), "experts": experts, "top_k_routing": layout.top_k,
             "expert_params": expert_numel, "budget": {"top_k": top_k} if top_k is not None else {"top_p": top_p},
             "experts_per_layer_max": per_layer, "selected_max": selected,
             "selected_share": selected / (experts * len(layout.layers)), "payload_dtype": dtype,
-            "payload_bytes_max": selected * expert_numel * itemsize, "layout": layout,
+            "payload_bytes_max": selected * expert_numel * itemsize, "codec_bytes_max": codec_bytes,
+            "layout": layout,
             "model_dtype": model_dtype}
+
+
+def minutes(size: int, mbit_s: float = UPLINK_MBIT_S) -> float:
+    """Minutes one payload takes over an uplink of `mbit_s` megabits per second."""
+    return size * 8 / (mbit_s * 1e6) / 60
+
+
+def _cell(size: int) -> str:
+    """A payload's size and its time over the uplink, readable at every scale."""
+    shown = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+    taken = minutes(size)
+    return f"{shown}, {taken:.1f} min" if taken >= 1 else f"{shown}, {taken * 60:.0f} s"
 
 
 GPU_CLASSES_GB = (24, 48, 80, 141)  # the GPU memory classes a miner is sized against, in 10^9 bytes
@@ -152,13 +175,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((path, check(path)))
     except SwarmError as err:
         return cli.fail(str(err))
+    labels = [spec.label() for spec in _table_codecs()]
     print("| manifest | MoE layers x experts (top-k) | params per expert | budget | experts chosen, at most | "
-          "payload bytes per miner, at most |\n|---|---|---|---|---|---|")
+          "payload bytes per miner, at most | " + " | ".join(labels) + " |\n|---|---|---|---|---|---|"
+          + "---|" * len(labels))
     for path, r in rows:
         budget = ", ".join(f"{k} {v}" for k, v in r["budget"].items())
+        codecs = " | ".join(_cell(r["codec_bytes_max"][label]) for label in labels)
         print(f"| {path.name} | {r['moe_layers']} x {r['experts']} (top-{r['top_k_routing']}) | "
               f"{r['expert_params']:,d} | {budget} | {r['selected_max']:,d} ({r['selected_share']:.1%}) | "
-              f"{r['payload_bytes_max']:,d} ({r['payload_dtype']}, {r['payload_bytes_max'] / 2**30:.2f} GiB) |")
+              f"{r['payload_bytes_max']:,d} ({r['payload_dtype']}, {r['payload_bytes_max'] / 2**30:.2f} GiB) | "
+              f"{codecs} |")
     print("\nA miner's resident bytes (GB = 10^9 bytes; top-p budgets at their upper bound):\n")
     print(memory_table())
     return 0

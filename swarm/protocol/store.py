@@ -1,4 +1,5 @@
-"""What a peer keeps on disk to resume after kill -9: outer checkpoints by cycle, payloads by hash, progress.
+"""What a peer keeps on disk to resume after kill -9: outer checkpoints by cycle, payloads by hash, progress,
+and a miner's AdamW moments and codec residual by cycle.
 
 Every write is atomic (temp file, fsync, rename) and every read checks the content hash, so a crash
 at any instant leaves either the old file or the new one, never a torn one that would be trusted.
@@ -33,7 +34,7 @@ class Store:
         check_workdir(self.root)
         self.keep_cycles = keep_cycles
         try:
-            for sub in ("checkpoints", "payloads", "moments"):
+            for sub in ("checkpoints", "payloads", "moments", "residual"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SwarmError(f"cannot create --workdir {self.root} ({err.strerror}): choose another path") from None
@@ -72,7 +73,7 @@ class Store:
     def payload_path(self, digest: str) -> Path:
         if not all(c in "0123456789abcdef" for c in digest) or len(digest) != 64:
             raise SwarmError(f"'{digest[:80]}' is not a sha256 hex digest")
-        return self.root / "payloads" / f"{digest}.safetensors"
+        return self.root / "payloads" / f"{digest}.payload"
 
     def save_payload(self, data: bytes) -> str:
         digest = state_hash(data)
@@ -96,18 +97,20 @@ class Store:
                 return data
         return None
 
-    # a miner's AdamW moments by the cycle that produced them ------------------------------------
-    def save_moments(self, cycle: int, data: bytes, keep: int = 2) -> None:
-        atomic_write(self.root / "moments" / f"moments-{cycle:06d}.safetensors", data)
-        for path in sorted((self.root / "moments").glob("moments-*.safetensors"))[:-keep]:
+    # a miner's AdamW moments and its codec's residual, by the cycle that produced them ---------------
+    def save_tagged(self, kind: str, cycle: int, data: bytes, keep: int = 2) -> None:
+        """Keep `data` as this cycle's `kind` (moments, residual), and the newest `keep` of that kind."""
+        folder = self.root / kind
+        atomic_write(folder / f"{kind}-{cycle:06d}.safetensors", data)
+        for path in sorted(folder.glob(f"{kind}-*.safetensors"))[:-keep]:
             path.unlink(missing_ok=True)
 
-    def load_moments(self, before: int) -> dict | None:
-        """The newest moments saved in a cycle before `before`, or None (a torn file reads as none)."""
+    def load_tagged(self, kind: str, before: int) -> dict | None:
+        """The newest `kind` saved in a cycle before `before`, or None (a torn file reads as none)."""
         from teft.errors import TeftError
         from teft.state import from_bytes
 
-        for path in sorted((self.root / "moments").glob("moments-*.safetensors"), reverse=True):
+        for path in sorted((self.root / kind).glob(f"{kind}-*.safetensors"), reverse=True):
             if int(path.stem.split("-")[1]) < before:
                 try:
                     return from_bytes(path.read_bytes())
@@ -115,12 +118,18 @@ class Store:
                     return None
         return None
 
+    def save_moments(self, cycle: int, data: bytes, keep: int = 2) -> None:
+        self.save_tagged("moments", cycle, data, keep)
+
+    def load_moments(self, before: int) -> dict | None:
+        return self.load_tagged("moments", before)
+
     def prune(self, current_cycle: int, keep_payloads: int = 64) -> None:
         """Drop checkpoints older than keep_cycles and all but the newest payload files."""
         for path in (self.root / "checkpoints").glob("cycle-*.safetensors"):
             if int(path.name.split("-")[1]) < current_cycle - self.keep_cycles:
                 path.unlink(missing_ok=True)
-        payloads = sorted((self.root / "payloads").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        payloads = sorted((self.root / "payloads").glob("*.payload"), key=lambda p: p.stat().st_mtime)
         for path in payloads[: max(len(payloads) - keep_payloads, 0)]:
             path.unlink(missing_ok=True)
 

@@ -1,8 +1,9 @@
 """What every role does in a cycle: announce itself in sync, and take part in the reduce.
 
 The reduce is the same on every peer, whatever its role: read the signed rankings, decide by the one
-merge rule (swarm.protocol.consensus), fetch the merged payloads (from validators first), apply the
-Nesterov outer step, hold Phi_{c+1}, and publish its hash so the quorum's agreement can be checked.
+merge rule (swarm.protocol.consensus), fetch the merged payloads (from validators first), decode their
+pseudo-gradients with the run's codec, apply the Nesterov outer step to their mean, hold Phi_{c+1}, and
+publish its hash so the quorum's agreement can be checked.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from swarm.net.identity import peer_key_of
 from swarm.protocol.consensus import decide, reduce
 from swarm.protocol.cycle import Peer
 from swarm.protocol.cyclelog import Cycle
+from teft.codec import check_delta
 from teft.errors import TeftError
 from teft.outer import checkpoint_bytes
-from teft.state import check_state, from_bytes, state_hash
+from teft.state import state_hash
 
 logger = logging.getLogger("swarm.peer")
 MERGED_FETCH_BUDGET_S = 60.0  # for every merged payload of a cycle together; one holder gets a quarter of it
@@ -91,24 +93,24 @@ class Role:
         if len(got) < len(wanted):
             log.note += "missing a merged payload; "
             return
-        submissions = []
+        deltas = []
         for i, merged in enumerate(decision.merged):  # in the decision's order: the outer step sums in it
             reason = None
             try:
-                state = from_bytes(got[i])
-                reason = check_state(state, p.rt.layout, p.rt.expert_map)
+                delta = p.rt.codec.decode(got[i])
+                reason = check_delta(delta, p.manifest.max_delta_norm)
             except TeftError as err:
                 reason = str(err)
             if reason is not None:  # the validators checked it; a peer checks again before it trusts bytes
                 logger.warning("cycle %d: merged payload %s is unusable (%s)", c, merged.payload_hash[:12], reason)
                 log.note += "unusable merged payload; "
                 return
-            submissions.append(state)
+            deltas.append(delta)
         if wanted:
             logger.info("cycle %d: %d merged payload(s) in hand after %.1fs", c, len(wanted),
                         time.monotonic() - started)
         log.merged = [m.miner for m in decision.merged]
-        new_state, new_momentum = reduce(p.state, p.momentum, submissions, p.rt.outer)
+        new_state, new_momentum = reduce(p.state, p.momentum, deltas, p.rt.outer)
         data = checkpoint_bytes(new_state, new_momentum)
         p.before_reduce = (p.cycle, p.progress.checkpoint_hash)  # carried forward instead if no quorum agrees
         p.adopt(c + 1, data)

@@ -1,6 +1,9 @@
 """A miner's cycle, top to bottom: train the selected experts from Phi_c, commit to the bytes, reveal them.
 
-    train   H inner AdamW steps on this miner's own batches -> Phi_i, stored by hash (served from reveal on)
+    train   H inner AdamW steps on this miner's own batches -> Phi_i; the payload is the pseudo-gradient
+            Delta_i = Phi_c - Phi_i plus the error-feedback residual, encoded by the run's codec (what the
+            codec did not send is the next residual, kept in the work directory), stored by hash (served
+            from reveal on)
     commit  publish H(run, cycle, miner id, payload hash): binds the bytes to this miner before anyone
             knows the evaluation seed
     reveal  publish the payload hash and size; validators fetch the bytes and check them against the commit
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +25,7 @@ from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
 from teft.data import iterate_batches
+from teft.outer import pseudo_gradient
 from teft.state import ExpertState, load_state, to_bytes
 from teft.train import Interrupted, TrainConfig, train_experts
 
@@ -29,22 +34,31 @@ logger = logging.getLogger("swarm.peer")
 
 @dataclass
 class Submission:
-    """A miner's trained state Phi_i, the payload bytes it sends, its inner losses and AdamW moments."""
+    """A miner's trained state Phi_i, the payload bytes it sends, its inner losses and AdamW moments, the delta
+    the payload decodes to and the error-feedback residual it leaves (None: not computed)."""
 
     state: ExpertState
     payload: bytes
     losses: list[float] = field(default_factory=list)
     moments: dict[str, torch.Tensor] = field(default_factory=dict)
+    delta: ExpertState | None = None
+    residual: ExpertState | None = None
     steps: int = 0  # inner steps trained (fewer than H when the commit deadline came first)
+
+
+def encode_state(rt: Runtime, base: ExpertState, state: ExpertState) -> bytes:
+    """The payload of a state trained from `base`, without error feedback: its pseudo-gradient, encoded."""
+    return rt.codec.encode(pseudo_gradient(base, state))
 
 
 def train_submission(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, should_stop=None,
                      moments: dict[str, torch.Tensor] | None = None, cfg: TrainConfig | None = None,
-                     time_up=None) -> Submission:
+                     time_up=None, residual: ExpertState | None = None) -> Submission:
     """H inner steps from `base` on this miner's batches for this cycle (fewer if `time_up` says so); the
     model is restored afterwards.
 
-    `moments`: the AdamW state kept from the miner's previous cycle (manifest inner.keep_moments)."""
+    `moments`: the AdamW state kept from the miner's previous cycle (manifest inner.keep_moments);
+    `residual`: what the codec did not send of the miner's earlier deltas (error feedback)."""
     cfg = cfg or rt.inner_for(cycle)
     load_state(rt.model, rt.layout, base)
     try:
@@ -54,8 +68,8 @@ def train_submission(rt: Runtime, base: ExpertState, miner_id: str, cycle: int, 
     finally:
         load_state(rt.model, rt.layout, base)
     # the fp32 masters: on a bf16 model, finer than the weights it holds
-    return Submission(result.state, to_bytes(result.state, rt.payload_dtype), result.losses, result.moments,
-                      result.steps_done)
+    payload, sent, left = rt.codec.compress(pseudo_gradient(base, result.state), residual, rt.manifest.max_delta_norm)
+    return Submission(result.state, payload, result.losses, result.moments, sent, left, result.steps_done)
 
 
 COMMIT_RESERVE_S = 2.0  # kept free before the commit phase ends: saving the payload and storing the commit
@@ -67,6 +81,14 @@ def train_deadline(p, number: int) -> float:
     proof of work and the commit still fit before the commit phase ends."""
     work_s = (1 << max(p.manifest.commit_work_bits, 0)) / WORST_HASH_RATE
     return p.clock.phase_end(number, "commit") - COMMIT_RESERVE_S - work_s
+
+
+def residual_bytes(residual: ExpertState | None) -> bytes:
+    """A residual as a state file; one with no tensors when it is zero (a lossless codec within the bound), so a
+    run with fp32 payloads writes a few bytes per cycle, not a second copy of the state."""
+    if not residual or not any(bool(v.any()) for v in residual.values()):
+        return to_bytes(OrderedDict())
+    return to_bytes(residual)
 
 
 def solve_in_phase(p, number: int, bound: str) -> int | None:
@@ -113,19 +135,25 @@ class Miner(Role):
         cycle.log.train_loss_mean = sum(sub.losses) / len(sub.losses) if sub.losses else None
 
     def submission(self, cycle: Cycle) -> Submission | None:
-        """This cycle's honest work; None if the peer is stopping. Kept moments are saved whether or not the
-        payload is merged, tagged by cycle, so a restart in this cycle retrains from the previous ones."""
+        """This cycle's honest work; None if the peer is stopping. Kept moments and the codec's residual are
+        saved whether or not the payload is merged, tagged by cycle, so a restart in this cycle retrains from
+        the previous ones."""
         p = self.peer
         keep = p.manifest.inner.keep_moments
         moments = p.store.load_moments(before=cycle.number) if keep else None
+        residual = p.store.load_tagged("residual", before=cycle.number)
+        if residual and {k: tuple(v.shape) for k, v in residual.items()} != dict(p.rt.codec.shapes):
+            logger.warning("the stored error-feedback residual is for another expert map; starting without one")
+            residual = None
         try:
             deadline = train_deadline(p, cycle.number)
             sub = train_submission(p.rt, p.state, p.me, cycle.number, p.stop.is_set, moments,
-                                   time_up=lambda: p.now() >= deadline)
+                                   time_up=lambda: p.now() >= deadline, residual=residual or None)
         except Interrupted:
             return None
         if keep:
             p.store.save_moments(cycle.number, to_bytes(sub.moments))
+        p.store.save_tagged("residual", cycle.number, residual_bytes(sub.residual))
         return sub
 
     def on_commit(self, cycle: Cycle) -> None:

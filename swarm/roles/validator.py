@@ -9,7 +9,7 @@
               validation subset from it, order the commits that revealed in time (last cycle's merged
               miners first, then by the seed, keys with an address of their own first), fetch at most
               16 x max_submissions of them, 8 at once, and judge the first max_submissions as they arrive
-              (keys, shapes, dtype, finiteness, delta norm, Proof-of-Loss) while time is left; publish the
+              (decoded by the codec, finiteness, delta norm, Proof-of-Loss) while time is left; publish the
               ranking of the positive scores
     reduce    like every peer (roles.base), then measure Phi_{c+1} for the report
 
@@ -38,10 +38,11 @@ from swarm.protocol.cycle import ADDRESS_WAIT_S
 from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
+from teft.codec import apply_delta, check_delta
 from teft.data import subset
 from teft.errors import TeftError
 from teft.pol import score, state_block_losses
-from teft.state import ExpertState, check_state, from_bytes
+from teft.state import ExpertState
 
 logger = logging.getLogger("swarm.peer")
 
@@ -131,16 +132,14 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
     on the held-out data (overfit_flag) was fitted to public data, the only data a miner could have aimed at:
     it scores zero.
     """
-    try:
-        state = from_bytes(data)
+    try:  # the decoded delta applied to Phi_t is scored: exactly what the reduce would merge
+        delta = rt.codec.decode(data)
     except TeftError as err:
         return Score(miner, payload_hash, float("inf"), 0.0, str(err))
-    reason = check_state(state, rt.layout, rt.expert_map, dtype=rt.payload_dtype,
-                         max_norm=rt.manifest.max_delta_norm, reference=base)
+    reason = check_delta(delta, rt.manifest.max_delta_norm)  # a zero delta (free-riding) costs no forward pass
     if reason:
         return Score(miner, payload_hash, float("inf"), 0.0, reason)
-    if all(torch.equal(state[k], base[k].to(state[k].dtype)) for k in base):  # free-riding costs no forward pass
-        return Score(miner, payload_hash, float("inf"), 0.0, "no update: the cycle's start state sent back")
+    state = apply_delta(base, delta)
     blocks = state_block_losses(rt.model, rt.layout, state, stick.batches)
     loss = float(blocks.mean())
     gain = score(stick.base_loss, loss)

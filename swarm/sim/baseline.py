@@ -73,13 +73,13 @@ def _point(rt: Runtime, cycle: float, target, general, **extra) -> dict:
 
 
 def lone_miner(rt: Runtime, cycles: int, plan: InnerPlan | None = None, steps: int | None = None,
-               lr: float | None = None) -> list[dict]:
-    """One miner (`miner-0`'s batches), H steps per cycle from its own last state, no outer step."""
+               lr: float | None = None, miner_id: str = "miner-0") -> list[dict]:
+    """One miner (`miner_id`'s batches), H steps per cycle from its own last state, no outer step."""
     plan = plan or plan_from_manifest(rt.manifest, cycles)
     target, general = report_sets(rt)
     state, moments, curve = rt.initial_state, None, []
     for cycle in range(cycles):
-        state, moments, _ = miner_cycle(rt, state, "miner-0", cycle, plan, moments, steps, lr)
+        state, moments, _ = miner_cycle(rt, state, miner_id, cycle, plan, moments, steps, lr)
         load_state(rt.model, rt.layout, state)
         curve.append(_point(rt, cycle, target, general))
     load_state(rt.model, rt.layout, rt.initial_state)

@@ -267,7 +267,8 @@ def summary(report: dict) -> str:
              f"| target-domain perplexity, base -> last cycle | "
              f"{_fmt(math.exp(base['target_loss']) if base.get('target_loss') else None)} -> "
              f"{_fmt(last['target_perplexity'])} |",
-             f"| payload bytes per miner per cycle | {report['payload_bytes']:,d} |",
+             f"| payload bytes per miner per cycle | {report['payload_bytes']:,d}"
+             f"{' (' + report['payload_codec'] + ')' if report.get('payload_codec') else ''} |",
              f"| dense full-model exchange (fp32) | {report['dense_model_bytes']:,d} "
              f"({report['dense_model_bytes'] / report['payload_bytes']:.1f}x the payload) |",
              f"| honest peers agreed on the state hash every cycle | {'yes' if report['all_cycles_agree'] else 'NO'} |",

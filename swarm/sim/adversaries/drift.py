@@ -16,10 +16,10 @@ import torch
 
 from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
-from swarm.roles.miner import Miner, Submission
+from swarm.roles.miner import Miner, Submission, encode_state
 from swarm.sim.adversaries.overfit import within_norm
 from teft.data import iterate_batches
-from teft.state import ExpertState, load_state, to_bytes
+from teft.state import ExpertState, load_state
 from teft.train import Interrupted, lm_loss, lr_at, trainable_experts
 
 HARM_WEIGHT = 0.5  # the general loss enters the objective with this negative weight
@@ -73,4 +73,4 @@ class GeneralHarm(Miner):
             return None
         state = within_norm(trained, p.state, NORM_MARGIN * p.manifest.max_delta_norm)
         state = {k: v.to(torch.float32) for k, v in state.items()}
-        return Submission(state, to_bytes(state, p.rt.payload_dtype))
+        return Submission(state, encode_state(p.rt, p.state, state))

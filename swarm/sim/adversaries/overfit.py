@@ -15,8 +15,8 @@ import copy
 import torch
 
 from swarm.protocol.cyclelog import Cycle
-from swarm.roles.miner import Miner, Submission, train_submission
-from teft.state import ExpertState, to_bytes
+from swarm.roles.miner import Miner, Submission, encode_state, train_submission
+from teft.state import ExpertState
 from teft.train import Interrupted
 
 STEPS_FACTOR = 1  # inner steps: this many times the manifest's H (the same work as an honest miner)
@@ -50,4 +50,4 @@ class ValOverfit(Miner):
             return None
         state = within_norm(sub.state, p.state, NORM_MARGIN * p.manifest.max_delta_norm)
         state = {k: v.to(torch.float32) for k, v in state.items()}
-        return Submission(state, to_bytes(state, p.rt.payload_dtype), sub.losses)
+        return Submission(state, encode_state(p.rt, p.state, state), sub.losses)
