@@ -37,8 +37,9 @@ def rt(tmp_path_factory):
 
 def _miner(rt, workdir) -> Miner:
     """A miner role on a peer that holds Phi_0; a new one on the same work directory is a restarted process."""
+    clock = rt.manifest.clock()  # the swarm clock stands at genesis: no commit deadline cuts training short
     peer = SimpleNamespace(rt=rt, manifest=rt.manifest, store=Store(workdir), state=rt.initial_state,
-                           me="miner-key", stop=threading.Event())
+                           me="miner-key", stop=threading.Event(), clock=clock, now=lambda: clock.genesis)
     return Miner(peer)
 
 
