@@ -209,6 +209,9 @@ def test_a_swarm_by_hand_merges_the_miner(tmp_path):
         scraped = scrape_url(f"http://127.0.0.1:{next(iter(ports.values()))}/metrics")
         assert scraped and scraped["teft_merged_miners"] == len(miners) and scraped["teft_quorum_met"] == 1
 
+        # swarm.status reports the last cycle the clock has finished: a miner merged in a cycle's reduce phase is
+        # in it once the next cycle has begun
+        time.sleep(max(manifest["genesis"] + (merged_cycle + 1) * sum(TIMINGS.values()) + 1 - time.time(), 0))
         done = subprocess.run(status_cmd, cwd=here, env=ENV, capture_output=True, text=True, timeout=90)
         assert done.returncode == 0, done.stderr[-2000:]
         last = json.loads(done.stdout)["last_cycle"]
