@@ -17,17 +17,10 @@ done
 # The unit tests run in two worker processes, one test file per worker at a time (so module fixtures such as a
 # whole in-process swarm are built once); none of them forks a DHT. The network tests fork hivemind DHTs,
 # which can hang when forked from a process with other threads (an xdist worker has some), so they run in
-# a plain pytest process beside them (they mostly wait on sockets and timers, and are written to pass on a
-# loaded machine; its output is shown when both are done), and the end-to-end swarms run alone after them:
-# their peers' phases are wall-clock windows.
+# a plain pytest process, and the end-to-end swarm runs alone: its peers' phases are wall-clock windows.
 status=0
-net_log="$(mktemp)"
-$py -m pytest "$@" tests/net > "$net_log" 2>&1 &
-net=$!
 $py -m pytest -n 2 --dist loadfile "$@" tests --ignore=tests/net --ignore=tests/e2e || status=1
-wait $net || status=1
-cat "$net_log"
-rm -f "$net_log"
+$py -m pytest "$@" tests/net || status=1
 $py -m pytest "$@" tests/e2e || status=1
 if [[ $status -ne 0 ]]; then
     echo "some tests failed (see the failures above)"
