@@ -56,9 +56,9 @@ def tie_subprocesses_to_this_process() -> None:
     aio_subprocess.create_subprocess_exec = create_subprocess_exec
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of pid, from /proc (no psutil dependency)."""
-    found = []
+def children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from /proc (no psutil dependency)."""
+    found: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -72,9 +72,14 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            found.append(int(entry))
+        if len(fields) > 1:
+            found.setdefault(int(fields[1]), []).append(int(entry))
     return found
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of pid."""
+    return children_by_parent().get(pid, [])
 
 
 def _alive(pid: int) -> bool:

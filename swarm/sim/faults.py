@@ -16,6 +16,7 @@ import signal
 from dataclasses import dataclass, field
 
 from swarm.errors import SwarmError
+from swarm.net.reap import children_by_parent
 
 
 @dataclass
@@ -70,18 +71,7 @@ def parse_faults(partitions: list[str], kill_bootstrap: int | None, freezes: lis
 
 def process_tree(pid: int) -> list[int]:
     """pid and every process below it (p2pd sits in a process group of its own, so a group signal misses it)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry))
+    children = children_by_parent()
     tree, todo = [], [pid]
     while todo:
         p = todo.pop()
