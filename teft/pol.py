@@ -6,6 +6,7 @@ so scoring N submissions costs N forward passes over the subset, never N model c
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,10 +40,17 @@ def state_loss(model: nn.Module, layout: MoELayout, state: dict[str, torch.Tenso
     """Loss with `state` swapped in; the model's own slices are restored afterwards, even on error."""
     if not all(torch.isfinite(t).all() for t in state.values()):
         return math.inf
+    with swapped_in(model, layout, state):
+        return mean_loss(model, batches)
+
+
+@contextlib.contextmanager
+def swapped_in(model: nn.Module, layout: MoELayout, state: dict[str, torch.Tensor]):
+    """The model with `state`'s slices loaded; its own slices are put back afterwards, even on error."""
     saved = extract_keys(model, layout, state, dtype=next(model.parameters()).dtype)
     try:
         load_state(model, layout, state)
-        return mean_loss(model, batches)
+        yield model
     finally:
         load_state(model, layout, saved)
 
@@ -66,12 +74,8 @@ def state_block_losses(model: nn.Module, layout: MoELayout, state: dict[str, tor
     """`block_losses` with `state` swapped in (all inf if the state is not finite); the model is restored."""
     if not all(torch.isfinite(t).all() for t in state.values()):
         return torch.full((sum(len(b) for b in batches),), math.inf, dtype=torch.float64)
-    saved = extract_keys(model, layout, state, dtype=next(model.parameters()).dtype)
-    try:
-        load_state(model, layout, state)
+    with swapped_in(model, layout, state):
         return block_losses(model, batches)
-    finally:
-        load_state(model, layout, saved)
 
 
 def score(base_loss: float, candidate_loss: float) -> float:
