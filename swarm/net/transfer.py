@@ -45,13 +45,15 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
-async def _connect(p2p: P2P, peer_id: PeerID, maddrs: Sequence[str | Multiaddr] | None) -> None:
-    """Tell p2pd where the peer is when the caller knows (e.g. from its peers record).
+def _bare(maddrs: Sequence[str | Multiaddr] | None) -> list[Multiaddr]:
+    """Addresses as p2pd's connect takes them: it refuses the /p2p/<id> suffix, so that is cut off."""
+    return [Multiaddr(str(m).split("/p2p/", 1)[0]) for m in maddrs or ()]
 
-    p2pd's connect refuses addresses that carry the /p2p/<id> suffix, so it is cut off here.
-    """
+
+async def _connect(p2p: P2P, peer_id: PeerID, maddrs: Sequence[str | Multiaddr] | None) -> None:
+    """Tell p2pd where the peer is when the caller knows (e.g. from its peers record)."""
     if maddrs:
-        await p2p._client.connect(peer_id, [Multiaddr(str(m).split("/p2p/", 1)[0]) for m in maddrs])
+        await p2p._client.connect(peer_id, _bare(maddrs))
 
 
 async def connect_all(p2p: P2P, peers: Mapping[str, Sequence[str | Multiaddr] | None], timeout: float
@@ -62,8 +64,8 @@ async def connect_all(p2p: P2P, peers: Mapping[str, Sequence[str | Multiaddr] | 
     dials those that must reach it, and their streams to it then go over that connection."""
     async def one(key: str, maddrs) -> str | None:
         try:
-            addrs = [Multiaddr(str(m).split("/p2p/", 1)[0]) for m in maddrs or ()]  # none: the daemon's own
-            await asyncio.wait_for(p2p._client.connect(PeerID.from_base58(key), addrs), timeout)
+            # no addresses: the daemon looks the peer up itself
+            await asyncio.wait_for(p2p._client.connect(PeerID.from_base58(key), _bare(maddrs)), timeout)
             return None
         except TimeoutError:
             return f"no connection within {timeout:g}s"
