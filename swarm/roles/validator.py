@@ -145,8 +145,9 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
     gain = score(stick.base_loss, loss)
     if stick.public is not None:
         public = stick.public_base_blocks - state_block_losses(rt.model, rt.layout, state, stick.public)
-        if overfit_flag(public, stick.base_blocks - blocks, rt.manifest.data.overfit_ratio):
-            errors = overfit_gap(public, stick.base_blocks - blocks)[2]
+        held = stick.base_blocks - blocks
+        if overfit_flag(public, held, rt.manifest.data.overfit_ratio):
+            errors = overfit_gap(public, held)[2]
             return Score(miner, payload_hash, loss, 0.0, f"gains {float(public.mean()):.4f} on the public validation "
                          f"split but {gain:.4f} on held-out data ({errors:.1f} standard errors apart): fitted to "
                          "public data")
