@@ -226,6 +226,15 @@ async def _idle_streams(p2p: P2P, peer_id, n: int) -> list:
     return streams
 
 
+async def _head_kind(reader, timeout: float = 3.0):
+    """The kind of the first frame a stream answers within timeout; None if it closes or stays quiet."""
+    try:
+        kind, _ = await asyncio.wait_for(read_head(reader), timeout)
+        return kind
+    except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
 async def _settled(count, quiet: float = 1.0, timeout: float = 10.0) -> int:
     """count() once it has stopped changing for `quiet` seconds (bounded by timeout)."""
     deadline, last, since = time.monotonic() + timeout, count(), time.monotonic()
@@ -257,8 +266,9 @@ def test_idle_streams_do_not_starve_an_honest_fetch(per_peer_cap, caplog):
                 assert arrived >= 50, arrived
                 if per_peer_cap:  # the extra streams were answered ERR and closed at once, not left waiting
                     assert held == srv.max_per_peer and srv.stats.refused == arrived - held
-                    kind, _ = await asyncio.wait_for(read_head(streams[-1][1]), 5)
-                    assert kind == ERR
+                    # which streams were refused depends on arrival order, not on opening order
+                    kinds = await asyncio.gather(*(_head_kind(r) for _, r, _ in streams))
+                    assert kinds.count(ERR) == arrived - held, kinds.count(ERR)
                 else:  # every arrived stream is still open and idle: far more than the 8 slots
                     assert held == arrived
                 start = time.perf_counter()
