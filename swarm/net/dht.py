@@ -18,6 +18,7 @@ from hivemind.utils.multiaddr import Multiaddr
 from hivemind.utils.timed_storage import get_dht_time
 
 from swarm.errors import SwarmError
+from swarm.net import futurelocks
 from swarm.net.identity import Identity
 from swarm.net.probe import explain
 from swarm.net.reap import tie_subprocesses_to_this_process, watch_parent
@@ -31,6 +32,7 @@ dht_time = get_dht_time
 CALL_TIMEOUT = 120.0
 RETRY_PAUSE = 2.0  # seconds between attempts to reach the initial peers
 STARTUP_TIMEOUT = 30.0  # seconds a node may take to start when the caller names none (tests raise it)
+futurelocks.install()  # before any DHT child is forked: a child killed holding one must not hang the next
 
 
 class SwarmDHT(DHT):
@@ -92,9 +94,12 @@ class SwarmDHT(DHT):
         locked = self._call_lock.acquire(timeout=self.shutdown_timeout)
         try:
             super().shutdown()
+            if self.pid is not None and self.exitcode is None:  # terminated after the grace period
+                self.join(5)
         finally:
             if locked:
                 self._call_lock.release()
+            _reclaim(self)
 
 
 def default_validators(identity: Identity, run_id: str | None = None,
@@ -125,6 +130,15 @@ def _stop(dht: SwarmDHT) -> None:
     if dht.is_alive():
         dht.terminate()
     dht.join(5)
+    _reclaim(dht)
+
+
+def _reclaim(dht: SwarmDHT) -> None:
+    """A dead DHT child's hold on hivemind's shared MPFuture locks, released (swarm/net/futurelocks.py)."""
+    if dht.pid is not None and dht.exitcode is not None:
+        released = futurelocks.reclaim(dht.pid)
+        if released:
+            logger.info("released %s, held by the stopped DHT process %d", ", ".join(released), dht.pid)
 
 
 def start_dht(

@@ -98,3 +98,26 @@ def test_sigkill_leaves_no_orphans(make_identity):
     assert again.peer_id.to_base58() == ident.peer_key
     again.shutdown()
     assert not alive(dht_pid)
+
+
+async def _hold_the_update_lock(dht, node):
+    """Run in the DHT process: take hivemind's shared result lock and keep it (its result then never leaves)."""
+    from hivemind.utils.mpfuture import MPFuture
+
+    MPFuture._update_lock.acquire()
+
+
+def test_a_node_killed_holding_the_result_lock_does_not_hang_the_next(make_identity):
+    """A DHT child terminated while it held MPFuture's shared lock left every later child hanging at its
+    first result ("did not start within 120s" in the network tests on a loaded machine)."""
+    first = start_dht(make_identity("holder"))
+    first.shutdown_timeout = 1.0
+    first.run_coroutine(_hold_the_update_lock, return_future=True)  # its answer waits on the lock forever
+    time.sleep(1.0)
+    first.shutdown()  # the grace period runs out: terminated
+    assert first.exitcode is not None
+    second = start_dht(make_identity("next"), startup_timeout=60)
+    try:
+        assert visible_maddrs(second)
+    finally:
+        second.shutdown()

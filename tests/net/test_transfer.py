@@ -231,7 +231,7 @@ async def _head_kind(reader, timeout: float = 3.0):
     try:
         kind, _ = await asyncio.wait_for(read_head(reader), timeout)
         return kind
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
         return None
 
 
