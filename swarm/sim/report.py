@@ -92,17 +92,18 @@ def merged_cycles(rows: list[dict], names: list[str]) -> dict[str, list[int]]:
     return {name: [r["cycle"] for r in rows if name in r.get("merged", [])] for name in names}
 
 
-def fault_rows(report: dict, faults: list, clock) -> list[dict]:
+def fault_rows(report: dict, faults: list, clock, also_hit: set[tuple[str, int]] = frozenset()) -> list[dict]:
     """Per scripted fault (swarm.sim.faults): what was done, and from its cycle on what the swarm did; its cost
     is the cycles until the targets were back (a miner serving its payload or merged again, any other peer
     reporting the state again) or, for a killed bootstrap node, the cycles from then on in which honest peers
-    disagreed or an honest miner no other fault hit was not back in that sense."""
+    disagreed or an honest miner no other fault hit was not back in that sense. `also_hit`: (peer, cycle) pairs
+    other scripted events hit (a --kill-restart), not charged to any fault."""
     rows, peers = report["per_cycle"], report["peers"]
     honest_miners = [n for n, p in peers.items() if p["role"] == "miner" and p["adversary"] is None]
     out = []
     for fault in faults:
         hit_by_others = {(t, c) for f in faults if f is not fault for t in f.targets
-                         for c in range(f.cycle, f.cycle + 1 + int(f.seconds // clock.cycle_length))}
+                         for c in range(f.cycle, f.cycle + 1 + int(f.seconds // clock.cycle_length))} | set(also_hit)
         seen = []
         for r in rows[fault.cycle:]:
             c = r["cycle"]

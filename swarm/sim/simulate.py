@@ -492,7 +492,7 @@ def _run(args, kinds: list[str], out: Path, lab: Lab | None) -> int:
                          "loss_pct": args.loss if lab else None,
                          "hosts": {p.name: {"address": p.host.address, "public": p.host.public, "wan": p.host.wan}
                                    for p in swarm.peers if p.host is not None}}
-    report["faults"] = fault_rows(report, faults, clock)
+    report["faults"] = fault_rows(report, faults, clock, {(kill_name, int(kill_cycle))} if killed else set())
     report["payload_codec"] = rt.codec.spec.label()
     if args.metrics:
         report["last_scrape"] = last_scrape
