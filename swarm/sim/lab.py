@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 
 from swarm.errors import SwarmError
@@ -220,7 +221,16 @@ class Lab:
         _run("ip", "-n", self.inet, "link", "set", self.hosts[name].port, "down")
 
     def heal(self, name: str) -> None:
-        _run("ip", "-n", self.inet, "link", "set", self.hosts[name].port, "up")
+        """Put a cut host back. The dials it (or anyone) tried while cut left failed neighbour (ARP) entries
+        behind, on which the next connection got "No route to host" at once: those are forgotten too."""
+        port = self.hosts[name].port
+        _run("ip", "-n", self.inet, "link", "set", port, "up")
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and "state UP" not in subprocess.run(
+                ["ip", "-n", self.inet, "link", "show", port], capture_output=True, text=True, timeout=30).stdout:
+            time.sleep(0.05)
+        for ns in self._made:
+            subprocess.run(["ip", "-n", ns, "neigh", "flush", "all"], capture_output=True, timeout=30)
 
     def namespaces(self) -> list[str]:
         """The lab's namespaces that exist right now."""
