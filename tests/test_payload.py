@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from swarm_double import FEW_STEPS, REPO
+from swarm_double import FEW_STEPS, REPO, with_few_steps_checks
 
 from swarm.errors import SwarmError
 from swarm.launch import write_manifest
@@ -31,7 +31,7 @@ def rt(tmp_path_factory):
     root = tmp_path_factory.mktemp("payload")
     key = load_or_create(root / "v.key").public_key_str
     path = write_manifest(REPO / "configs" / "tiny.yaml", root / "run" / "run.yaml", [key], 1.9e9,
-                          {"quorum": 1, "inner": {**FEW_STEPS, "steps": 3}, "payload": SPARSE})
+                          with_few_steps_checks({"quorum": 1, "inner": {**FEW_STEPS, "steps": 3}, "payload": SPARSE}))
     return load_runtime(load(path))
 
 

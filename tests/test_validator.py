@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from swarm_double import FEW_STEPS, heldout_math_blocks
+from swarm_double import FEW_STEPS, heldout_math_blocks, with_few_steps_checks
 
 from swarm.launch import write_manifest
 from swarm.net.identity import load_or_create
@@ -28,7 +28,7 @@ def rt(tmp_path_factory):
     root = tmp_path_factory.mktemp("validator")
     key = load_or_create(root / "v.key").public_key_str
     path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", [key], 1.9e9,
-                          {"quorum": 1, "inner": {**FEW_STEPS, "steps": 8}})
+                          with_few_steps_checks({"quorum": 1, "inner": {**FEW_STEPS, "steps": 8}}))
     rt = load_runtime(load(path))
     rt.private_blocks = heldout_math_blocks(root / "heldout.jsonl.gz", rt)
     return rt
@@ -83,6 +83,35 @@ def test_an_update_fitted_to_the_public_split_scores_zero_and_an_honest_one_does
     fitted = within_norm(overfit.state, rt.initial_state, 0.95 * rt.manifest.max_delta_norm)  # pass the norm check
     verdict = judge(rt, rt.initial_state, stick, "overfit", "o" * 64, encode_state(rt, rt.initial_state, fitted))
     assert verdict.score == 0.0 and "fitted to public data" in verdict.reason, verdict
+
+
+def test_an_update_not_trained_on_its_assigned_batches_scores_zero(rt):
+    """With tiny.yaml's own inner loop and check: an honest update gains far more on the blocks of its first
+    steps than on the scoring data; val-overfit's (the public validation split, the same H) does not, and scores
+    zero however much it gains. The public yardstick keeps the figures deterministic."""
+    tiny = yaml.safe_load(Path("configs/tiny.yaml").read_text())
+    default = copy.copy(rt)
+    default.private_blocks = None
+    default.manifest = rt.manifest.model_copy(update={
+        "inner": rt.manifest.inner.model_copy(update={k: tiny["inner"][k] for k in ("steps", "lr", "batch_size")}),
+        "data": rt.manifest.data.model_copy(update={"assigned_z": tiny["data"]["assigned_z"]})})
+    assert default.manifest.data.assigned_z > 0
+    stick = yardstick(default, rt.initial_state, b"seed", cycle=3)
+    honest = train_submission(default, rt.initial_state, "miner-a", 3)
+    verdict = judge(default, rt.initial_state, stick, "miner-a", "h" * 64, honest.payload)
+    assert verdict.reason is None and verdict.score > 0, verdict
+    # the same update claimed by another key, or judged as of another cycle, was not trained on that one's batches
+    for miner, cycle in (("miner-b", 3), ("miner-a", 4)):
+        other = yardstick(default, rt.initial_state, b"seed", cycle=cycle)
+        verdict = judge(default, rt.initial_state, other, miner, "h" * 64, honest.payload)
+        assert verdict.score == 0.0 and "not trained on its assigned batches" in verdict.reason, (miner, verdict)
+    elsewhere = copy.copy(default)
+    elsewhere.train_blocks = rt.validation_blocks
+    overfit = train_submission(elsewhere, rt.initial_state, "val-overfit", 3)
+    fitted = within_norm(overfit.state, rt.initial_state, NORM_MARGIN * rt.manifest.max_delta_norm)
+    verdict = judge(default, rt.initial_state, stick, "val-overfit", "o" * 64,
+                    encode_state(rt, rt.initial_state, fitted))
+    assert verdict.score == 0.0 and "not trained on its assigned batches" in verdict.reason, verdict
 
 
 def test_without_private_data_the_public_split_is_the_yardstick(rt):

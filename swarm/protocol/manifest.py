@@ -57,6 +57,10 @@ class DataSpec(_Strict):
     validation_blocks: int = Field(default=32, gt=0)  # blocks in one cycle's Proof-of-Loss subset
     private_validation: bool = False  # validators must score on held-out data of their own (--validation-data)
     overfit_ratio: float = Field(default=2.0, gt=1)  # public-split gain over private gain that flags an update
+    # standard errors by which an update's gain on the blocks its own first inner steps trained on must exceed its
+    # scoring gain, or it scores zero: it was not trained on its assigned batches. 0 turns the check off; how far
+    # honest updates clear it depends on the inner loop (scripts/assigned_check.py measures a manifest's)
+    assigned_z: float = Field(default=0.0, ge=0)
     eval_batch_size: int = Field(default=8, gt=0)
 
 

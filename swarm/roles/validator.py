@@ -39,7 +39,7 @@ from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
 from swarm.roles.base import Role
 from teft.codec import apply_delta, check_delta
-from teft.data import subset
+from teft.data import iterate_batches, subset
 from teft.errors import TeftError
 from teft.pol import score, state_block_losses
 from teft.state import ExpertState
@@ -60,6 +60,10 @@ OVERFIT_Z = 4.0  # standard errors the public gain must exceed the held-out gain
 #                  updates fitted to the public blocks 7.4 and more (scripts/overfit_check.py, README)
 OVERFIT_MARGIN = 0.05  # nats over ratio x the held-out gain that flag an update however noisy its blocks:
 #                        honest excesses reached 0.031, val-overfit's 0.081 (scripts/overfit_check.py, README)
+
+
+ASSIGNED_CHECK_STEPS = 8  # an update is checked on the batches of the first this many inner steps (at most H): a
+#                          miner that the commit deadline cut short has trained those
 
 
 OVERFIT_CHECK_SHARE = 4  # the public-split check measures this fraction of the scoring blocks: it only has to
@@ -84,15 +88,16 @@ class Yardstick:
     base_blocks: torch.Tensor
     public: list[torch.Tensor] | None = None
     public_base_blocks: torch.Tensor | None = None
+    cycle: int = 0  # whose batches a miner trained on: assigned_batches(rt, miner, cycle)
 
     @property
     def base_loss(self) -> float:
         return float(self.base_blocks.mean())
 
 
-def yardstick(rt: Runtime, state: ExpertState, seed: bytes) -> Yardstick:
+def yardstick(rt: Runtime, state: ExpertState, seed: bytes, cycle: int = 0) -> Yardstick:
     batches = validation_batches(rt, seed, rt.private_blocks)
-    stick = Yardstick(batches, state_block_losses(rt.model, rt.layout, state, batches))
+    stick = Yardstick(batches, state_block_losses(rt.model, rt.layout, state, batches), cycle=cycle)
     if rt.private_blocks is not None:
         count = max(rt.manifest.data.validation_blocks // OVERFIT_CHECK_SHARE, rt.manifest.data.eval_batch_size)
         stick.public = validation_batches(rt, seed, count=count)
@@ -125,6 +130,15 @@ def overfit_gap(public: torch.Tensor, held: torch.Tensor) -> tuple[float, float,
     return pub, hel, (pub - hel) / math.sqrt(spread) if spread > 0 else (math.inf if pub > hel else 0.0)
 
 
+def assigned_batches(rt: Runtime, miner: str, cycle: int) -> list[torch.Tensor]:
+    """The blocks of the miner's first ASSIGNED_CHECK_STEPS inner steps this cycle, in scoring batches: its
+    batches follow from its id and the cycle alone (swarm.roles.miner.train_submission), so anyone can list them."""
+    steps = min(ASSIGNED_CHECK_STEPS, rt.inner_for(cycle).steps)
+    blocks = torch.cat(list(iterate_batches(rt.train_blocks, rt.manifest.inner.batch_size, f"{miner}/{cycle}", steps)))
+    size = rt.manifest.data.eval_batch_size
+    return [blocks[i:i + size] for i in range(0, len(blocks), size)]
+
+
 def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_hash: str, data: bytes) -> Score:
     """Check a submission's bytes and score it by Proof-of-Loss; anything malformed scores zero with a reason.
 
@@ -151,6 +165,15 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
             return Score(miner, payload_hash, loss, 0.0, f"gains {float(public.mean()):.4f} on the public validation "
                          f"split but {gain:.4f} on held-out data ({errors:.1f} standard errors apart): fitted to "
                          "public data")
+    need = rt.manifest.data.assigned_z
+    if need > 0 and gain > 0:  # an update that gains nothing scores zero anyway: no forward pass spent on it
+        own = assigned_batches(rt, miner, stick.cycle)
+        mine = state_block_losses(rt.model, rt.layout, base, own) - state_block_losses(rt.model, rt.layout, state, own)
+        own_gain, _, errors = overfit_gap(mine, stick.base_blocks - blocks)
+        if not errors >= need:
+            return Score(miner, payload_hash, loss, 0.0, f"gains {own_gain:.4f} on its own assigned batches against "
+                         f"{gain:.4f} on the scoring data ({errors:.1f} standard errors over it, {need:g} needed): "
+                         "not trained on its assigned batches")
     return Score(miner, payload_hash, loss, gain)
 
 
@@ -271,7 +294,7 @@ class Validator(Role):
         arrivals = p.fetch_stream([(digest, [pid]) for pid, digest in tried], c, p.rt.payload_size,
                                   budget_s=budget, timeout=max(budget * HOLDER_SHARE, 1.0))
         started = p.now()
-        stick = yardstick(p.rt, p.state, seed)
+        stick = yardstick(p.rt, p.state, seed, c)
         cost = p.now() - started  # a judgement measures what the yardstick measured: about as long
         log.base_loss = stick.base_loss
         scores, handled = [], set()

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/swarm_double.py
 
-from swarm_double import FEW_STEPS, MemoryDHT, Swarm  # noqa: E402
+from swarm_double import FEW_STEPS, MemoryDHT, Swarm, with_few_steps_checks  # noqa: E402
 
 from swarm.launch import write_manifest  # noqa: E402
 from swarm.net.identity import load_or_create  # noqa: E402
@@ -37,9 +37,9 @@ def observed(tmp_path_factory):
     endpoint scraped every 20 ms throughout."""
     root = tmp_path_factory.mktemp("observed")
     keys = [load_or_create(root / f"{v}.key").public_key_str for v in ("validator", "absent")]
-    path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", keys, GENESIS,
+    path = write_manifest("configs/tiny.yaml", root / "run" / "run.yaml", keys, GENESIS, with_few_steps_checks(
                           {"inner": {**FEW_STEPS, "steps": 3}, "outer": {"momentum": 0.0}, "quorum": 1,
-                           "data": {"validation_blocks": 8}})  # plain averaging: 3 steps from a state the
+                           "data": {"validation_blocks": 8}}))  # plain averaging: 3 steps from a state the
     # momentum carried 1.5x past cycle 0's update sometimes gained nothing in cycle 1
     swarm = Swarm(load(path), root)
     swarm.add("validator", Validator, identity=load_or_create(root / "validator.key"))
