@@ -14,7 +14,7 @@ blocks of the public split). Each rule below is then applied to the same judgeme
   - ratio:    zero if public gain > r x held-out gain + s (the rule before this study: r 2, s 0.01);
   - z/margin: zero if the public gain is over r x the held-out gain + s, and that excess is either over
               `margin` nats or the two gains are over z standard errors of their difference apart (from the
-              blocks' spread): the rule validators apply now (swarm.roles.validator.overfit_flag).
+              blocks' spread). Validators apply z 4 with no margin (swarm.roles.validator.overfit_flag).
 
     python scripts/overfit_check.py --rescore teft/assets/studies/overfit_check.json   # the rules again, no training
 
@@ -146,8 +146,8 @@ RULES = {  # name -> (ratio, slack, z, margin); z and margin None: the excess ov
     "ratio 2, slack 0.05": (2.0, 0.05, None, None),
     "ratio 3, slack 0.05": (3.0, 0.05, None, None),
     "ratio 2, slack 0.01, z 3": (2.0, 0.01, 3.0, None),
-    "ratio 2, slack 0.01, z 4": (2.0, 0.01, 4.0, None),
-    "ratio 2, slack 0.01, z 4 or excess 0.05 (now)": (2.0, 0.01, 4.0, 0.05),
+    "ratio 2, slack 0.01, z 4 (now)": (2.0, 0.01, 4.0, None),
+    "ratio 2, slack 0.01, z 4 or excess 0.05": (2.0, 0.01, 4.0, 0.05),
 }
 
 
