@@ -120,6 +120,25 @@ def test_simulate_runs_the_baselines_named_and_refuses_others_before_any_work(tm
     assert "--baseline bogus" in capsys.readouterr().err and not out.exists()
 
 
+def test_simulate_payload_codec_from_the_command_line(tmp_path, capsys):
+    from swarm.launch import write_manifest
+    from swarm.net.identity import load_or_create
+    from swarm.protocol.manifest import load
+    from swarm.sim import simulate
+
+    spec = simulate.payload_override("sparse:chunk=4096,density=0.0625,bits=2")
+    assert spec == {"codec": "sparse", "chunk": 4096, "density": 0.0625, "bits": 2}
+    key = load_or_create(tmp_path / "v.key").public_key_str
+    manifest = load(write_manifest("configs/tiny.yaml", tmp_path / "run.yaml", [key], 0.0, {"payload": spec, "quorum": 1}))
+    assert manifest.payload.codec == "sparse" and manifest.payload.density == 0.0625
+    for bad, why in (("zip", "codec"), ("sparse:density=2", "density"), ("sparse:bits", "not key=value"),
+                     ("sparse:bits=two", "not a number")):
+        out = tmp_path / bad.replace(":", "_")
+        assert simulate.main(["--out", str(out), "--payload", bad]) == 2
+        err = _one_line(capsys)
+        assert f"--payload {bad}" in err and why in err and not out.exists(), err
+
+
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err

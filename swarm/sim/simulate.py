@@ -250,6 +250,22 @@ class Swarm:
                 print(f"warning: process {proc.pid} did not exit 60 s after SIGKILL", file=sys.stderr)
 
 
+def payload_override(text: str) -> dict:
+    """`codec` or `codec:key=value,...` as a manifest's payload section (checked when the manifest is written)."""
+    name, _, rest = text.partition(":")
+    out: dict = {"codec": name.strip()}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SwarmError(f"--payload {text}: '{item}' is not key=value (e.g. sparse:density=0.0625,bits=2)")
+        try:
+            number = float(value)
+        except ValueError:
+            raise SwarmError(f"--payload {text}: '{value}' is not a number") from None
+        out[key.strip()] = int(number) if number.is_integer() and "." not in value else number
+    return out
+
+
 def give_private_data(swarm: Swarm, manifest, shared: str | None) -> None:
     """Each validator's own held-out data: fresh math problems from a secret seed (the shipped math domain),
     or the file given with --validation-data (held by every validator, never by a miner)."""
@@ -294,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timings", default=None,
                         help="override phase seconds, e.g. sync=3,train=12,commit=3,reveal=4,evaluate=10,reduce=5")
     parser.add_argument("--steps", type=int, default=None, help="override the manifest's inner steps H")
+    parser.add_argument("--payload", default=None, metavar="CODEC[:KEY=VALUE,...]",
+                        help="override the manifest's payload codec, e.g. bf16, int8 or "
+                             "sparse:chunk=4096,density=0.0625,bits=2 (README \"Payload codecs\")")
     parser.add_argument("--kill-restart", "--kill_restart", default=None, metavar="NAME@CYCLE",
                         help="SIGKILL a peer in the train phase of CYCLE and restart it (e.g. miner-0@1)")
     parser.add_argument("--late-miner", "--late_miner", type=int, default=None, metavar="CYCLE",
@@ -353,6 +372,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     try:
+        if args.payload:  # checked before any work, as the manifest will check it
+            from pydantic import ValidationError
+
+            from swarm.protocol.manifest import PayloadSpec
+
+            try:
+                PayloadSpec(**payload_override(args.payload))
+            except ValidationError as err:
+                why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                raise SwarmError(f"--payload {args.payload}: {why}") from None
         return run(args, kinds, out)
     except SwarmError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -412,6 +441,8 @@ def _run(args, kinds: list[str], out: Path, lab: Lab | None) -> int:
         overrides["timings"] = {k: float(v) for k, v in (item.split("=") for item in args.timings.split(","))}
     if args.steps:
         overrides["inner"] = {"steps": args.steps}
+    if args.payload:
+        overrides["payload"] = payload_override(args.payload)
     faults = parse_faults(args.partition, args.kill_bootstrap, args.freeze,
                           {p.name for p in swarm.peers} | {"bootstrap"})
     start_in = args.start_in if args.start_in is not None else 30 + 8 * len(swarm.peers)
