@@ -266,7 +266,10 @@ def test_light_and_full_miners_merged_in_one_swarm(tmp_path):
     from teft.light import light_of
     from teft.model import get_module
 
+    # no merge floor: which batches each miner draws follows from its fresh key, and 4 steps on unlucky ones
+    # gained 0.0027 against the other's 0.019, under the floor of a quarter of the best (not a light-miner matter)
     swarm = Swarm.tiny(tmp_path, ["validator"], {"inner": {**FEW_STEPS, "steps": 4}, "quorum": 1,
+                                                 "outer": {"min_relative_score": 0.0},
                                                  "data": {"validation_blocks": 8, "private_validation": False}})
     validator = swarm.add("validator", Validator)
     full = swarm.add("full", Miner)

@@ -129,7 +129,8 @@ def test_simulate_payload_codec_from_the_command_line(tmp_path, capsys):
     spec = simulate.payload_override("sparse:chunk=4096,density=0.0625,bits=2")
     assert spec == {"codec": "sparse", "chunk": 4096, "density": 0.0625, "bits": 2}
     key = load_or_create(tmp_path / "v.key").public_key_str
-    manifest = load(write_manifest("configs/tiny.yaml", tmp_path / "run.yaml", [key], 0.0, {"payload": spec, "quorum": 1}))
+    manifest = load(write_manifest("configs/tiny.yaml", tmp_path / "run.yaml", [key], 0.0,
+                                   {"payload": spec, "quorum": 1}))
     assert manifest.payload.codec == "sparse" and manifest.payload.density == 0.0625
     for bad, why in (("zip", "codec"), ("sparse:density=2", "density"), ("sparse:bits", "not key=value"),
                      ("sparse:bits=two", "not a number")):
