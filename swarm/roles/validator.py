@@ -183,6 +183,11 @@ FETCHES_PER_SLOT = 16  # payloads a validator may try to fetch per evaluation it
 #                        nothing costs a failed connect (~0.1 s, 8 at once), and the phase's clock bounds the rest
 
 
+RANKING_RESERVE_S = 2.0  # of the evaluate phase kept for storing the ranking: with 1 s and a judgement that cost more
+#                         than the one before, a validator's ranking reached the DHT as the reduce began, so some
+#                         peers merged without it and honest states split (runs/main-20261203-152334, cycle 3)
+
+
 LOG_READ_S = 3.0  # a DHT read whose result only labels the log waits this long at most
 
 HOLDER_SHARE = 0.75  # of the evaluate phase's fetch budget one miner may take to send its payload. A miner on a
@@ -276,7 +281,7 @@ class Validator(Role):
         announced = p.addresses(c, wait_s=ADDRESS_WAIT_S)
         candidates = self.order(c, seed, self.candidates(cycle), announced)
         cap = p.manifest.max_submissions
-        deadline = p.clock.phase_end(c, "evaluate") - 1.0
+        deadline = p.clock.phase_end(c, "evaluate") - RANKING_RESERVE_S
         # try up to FETCHES_PER_SLOT x the cap in that order (a payload that never arrives costs a failed fetch,
         # not an evaluation) and judge the first `cap` that arrive, as they arrive: a flood of keys that serve
         # nothing cannot crowd out the miners that do, and fetching runs beside the judging, never before it
@@ -312,8 +317,9 @@ class Validator(Role):
                     p.store.save_payload(data)
                     began = p.now()
                     result = judge(p.rt, p.state, stick, pid, digest, data)
-                    if math.isfinite(result.loss):  # a forward pass ran: the next judgement costs about as much
-                        cost = p.now() - began
+                    if math.isfinite(result.loss):  # a forward pass ran: the next judgement may cost as much as
+                        cost = max(cost, p.now() - began)  # the dearest so far (an update that gains nothing skips
+                        #                                    the assigned-batches check; an honest one pays for it)
                 handled.add(i)
                 self.record(c, log, result, scores)
                 if len(log.evaluated) >= cap:
