@@ -155,3 +155,15 @@ def test_a_sparse_swarm_agrees_merges_honest_miners_only_and_refuses_encoded_att
     for i in range(2):
         kept = encoded.peers[f"miner-{i}"].store.load_tagged("residual", before=2)
         assert kept and delta_norm(kept) > 0
+
+
+def test_a_checkpoint_fits_the_catch_up_limit_whatever_the_payload_codec(rt):
+    """A peer catching up fetches an outer checkpoint (fp32 state and momentum), not a payload: its limit follows
+    from the state. Sized from 4 payloads, it refused every checkpoint once payloads were int8 (a late joiner and
+    a miner back from a partition never caught up in the end-to-end lab swarm)."""
+    from teft.outer import checkpoint_bytes
+
+    state = rt.initial_state
+    data = checkpoint_bytes(state, {k: 0.5 * v for k, v in state.items()})
+    assert len(data) <= rt.checkpoint_limit < 3 * len(data)
+    assert len(data) > 4 * rt.payload_size + 65536  # what the limit was: a sparse payload is 36x smaller

@@ -392,7 +392,7 @@ class Peer:
         why = f"behind (we hold cycle {self.cycle})" if self.cycle != cycle else "disagrees with the quorum"
         logger.warning("state for cycle %d %s; fetching %s from %d peer(s)", cycle, why, digest[:12], len(holders))
         try:
-            data = self.fetch(digest, holders, cycle, 4 * self.rt.payload_size + 65536, exact=False)
+            data = self.fetch(digest, holders, cycle, self.rt.checkpoint_limit, exact=False)
             reason = self.within_reach(cycle, data)
             if reason is not None:
                 raise TeftError(f"refusing the checkpoint: {reason}")

@@ -48,6 +48,13 @@ class Runtime:
     report_source: str = ""
 
     @property
+    def checkpoint_limit(self) -> int:
+        """The most bytes a holder may send for an outer checkpoint (fp32 state and momentum, teft.outer
+        checkpoint_bytes), twice what one takes: it follows from the state, never from the payload codec (an
+        int8 payload is a quarter of the fp32 state, and a limit of 4 payloads refused every checkpoint)."""
+        return 4 * 4 * sum(t.numel() for t in self.initial_state.values()) + 65536
+
+    @property
     def inner(self) -> TrainConfig:
         spec = self.manifest.inner
         return TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay,
