@@ -94,7 +94,12 @@ class Role:
             log.note += "missing a merged payload; "
             return
         deltas = []
-        for i, merged in enumerate(decision.merged):  # in the decision's order: the outer step sums in it
+        # summed in one order whatever the medians: peers that read different rankings but merge the same set
+        # compute the same bytes (in the ranking's order, a float sum in another order split honest states once)
+        canonical = sorted(range(len(decision.merged)),
+                           key=lambda j: (decision.merged[j].miner, decision.merged[j].payload_hash))
+        for i in canonical:
+            merged = decision.merged[i]
             reason = None
             try:
                 delta = p.rt.codec.decode(got[i])
