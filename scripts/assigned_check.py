@@ -28,12 +28,9 @@ for path in (ROOT, ROOT / "scripts"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from overfit_check import heldout_blocks, load_tiny, with_train_blocks  # noqa: E402
+from overfit_check import heldout_blocks, load_tiny, swarm_updates  # noqa: E402
 
-from swarm.roles.miner import train_submission  # noqa: E402
 from swarm.roles.validator import ASSIGNED_CHECK_STEPS, assigned_batches, overfit_gap, validation_batches  # noqa: E402
-from swarm.sim.adversaries.overfit import NORM_MARGIN, within_norm  # noqa: E402
-from teft.outer import NesterovOuter, outer_step  # noqa: E402
 from teft.pol import state_block_losses  # noqa: E402
 
 
@@ -44,19 +41,8 @@ def gains(rt, base, state, batches: list[torch.Tensor]) -> torch.Tensor:
 
 def collect(rt, cycles: int, miners: int, overfitters: int, validators: int) -> list[dict]:
     heldout = [heldout_blocks(rt, f"v{v}") for v in range(validators)]
-    bound = NORM_MARGIN * rt.manifest.max_delta_norm
-    state, buffer, moments, rows = rt.initial_state, None, [None] * miners, []
-    for cycle in range(cycles):
-        start = time.time()
-        updates, honest = {}, []
-        for m in range(miners):
-            sub = train_submission(rt, state, f"miner-{m}", cycle, moments=moments[m])
-            moments[m] = sub.moments if rt.manifest.inner.keep_moments else None
-            updates[("honest", f"miner-{m}")] = sub.state
-            honest.append(sub.state)
-        for k in range(overfitters):
-            sub = train_submission(with_train_blocks(rt, rt.validation_blocks), state, f"val-overfit-{k}", cycle)
-            updates[("val-overfit", f"val-overfit-{k}")] = within_norm(sub.state, state, bound)
+    rows, start = [], time.time()
+    for cycle, state, updates in swarm_updates(rt, cycles, miners, overfitters):
         for v, private in enumerate(heldout):
             scoring = validation_batches(rt, f"assigned-check/{cycle}/{v}".encode(), private)
             for (kind, name), upd in updates.items():
@@ -64,11 +50,9 @@ def collect(rt, cycles: int, miners: int, overfitters: int, validators: int) -> 
                                             gains(rt, state, upd, scoring))
                 rows.append({"cycle": cycle, "validator": v, "kind": kind, "miner": name, "own_gain": own,
                              "scoring_gain": score, "z": z})
-        optimizer = NesterovOuter(rt.outer, buffer)
-        state = outer_step(state, honest, optimizer)
-        buffer = optimizer.buffer
         print(f"cycle {cycle}: {len(updates)} updates x {validators} validators [{time.time() - start:.0f}s]",
               flush=True)
+        start = time.time()
     return rows
 
 

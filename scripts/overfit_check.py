@@ -100,15 +100,13 @@ def judgements(rt: Runtime, base, updates: dict, heldout: list[torch.Tensor], se
     return rows
 
 
-def collect(rt: Runtime, cycles: int, miners: int, overfitters: int, seeds: int, validators: int,
-            checkpoint=None) -> list[dict]:
-    heldout = [heldout_blocks(rt, f"v{v}") for v in range(validators)]
-    spec = rt.manifest.data
-    count = max(spec.validation_blocks // OVERFIT_CHECK_SHARE, spec.eval_batch_size)
+def swarm_updates(rt: Runtime, cycles: int, miners: int, overfitters: int):
+    """Per cycle, (cycle, its start state, {(kind, name): update}): honest miners (moments kept) and val-overfit
+    miners (the public validation split, the same H, under max_delta_norm). Once the caller has judged them, the
+    outer step on the honest updates makes the next cycle's state."""
     bound = NORM_MARGIN * rt.manifest.max_delta_norm
-    state, buffer, moments, rows = rt.initial_state, None, [None] * miners, []
+    state, buffer, moments = rt.initial_state, None, [None] * miners
     for cycle in range(cycles):
-        start = time.time()
         updates, honest = {}, []
         for m in range(miners):
             sub = train_submission(rt, state, f"miner-{m}", cycle, moments=moments[m])
@@ -118,6 +116,20 @@ def collect(rt: Runtime, cycles: int, miners: int, overfitters: int, seeds: int,
         for k in range(overfitters):
             sub = train_submission(with_train_blocks(rt, rt.validation_blocks), state, f"val-overfit-{k}", cycle)
             updates[("val-overfit", f"val-overfit-{k}")] = within_norm(sub.state, state, bound)
+        yield cycle, state, updates
+        optimizer = NesterovOuter(rt.outer, buffer)
+        state = outer_step(state, honest, optimizer)
+        buffer = optimizer.buffer
+
+
+def collect(rt: Runtime, cycles: int, miners: int, overfitters: int, seeds: int, validators: int,
+            checkpoint=None) -> list[dict]:
+    heldout = [heldout_blocks(rt, f"v{v}") for v in range(validators)]
+    spec = rt.manifest.data
+    count = max(spec.validation_blocks // OVERFIT_CHECK_SHARE, spec.eval_batch_size)
+    bound = NORM_MARGIN * rt.manifest.max_delta_norm
+    rows, start = [], time.time()
+    for cycle, state, updates in swarm_updates(rt, cycles, miners, overfitters):
         memorized = []
         for s in range(min(seeds, MEMORIZER_SEEDS)):
             seed = f"overfit-check/{cycle}/{s}".encode()
@@ -126,11 +138,9 @@ def collect(rt: Runtime, cycles: int, miners: int, overfitters: int, seeds: int,
             memorized.append(within_norm(sub.state, state, bound))
         updates[("memorizer", "memorizer")] = memorized
         rows += judgements(rt, state, updates, heldout, seeds, cycle)
-        optimizer = NesterovOuter(rt.outer, buffer)
-        state = outer_step(state, honest, optimizer)
-        buffer = optimizer.buffer
         print(f"cycle {cycle}: {len(updates) - 1 + len(memorized)} updates judged {len(rows)} times so far "
               f"[{time.time() - start:.0f}s]", flush=True)
+        start = time.time()
         if checkpoint is not None:
             checkpoint(rows)
     return rows
