@@ -39,6 +39,10 @@ def build_parser(prog: str = "python -m swarm.peer") -> argparse.ArgumentParser:
              "use /ip4/0.0.0.0/tcp/PORT to accept peers from other machines)")
     cli.flag(p, "announce-maddrs", nargs="*", default=None,
              help="public addresses to advertise, when they differ from the listening ones (NAT)")
+    cli.flag(p, "client-mode", action="store_true",
+             help="miners behind a NAT that nobody can dial (no port forward): join the DHT as a client, which "
+             "asks and stores but holds no records for others, so the swarm's records stay on peers every peer "
+             "can reach. Payloads still reach the validators, over the connections this peer dials to them")
     p.add_argument("--data", default=None, help="train on this data instead of the manifest's data.train")
     cli.flag(p, "validation-data", default=None, metavar="PATH",
              help="validators: private held-out data of the target domain to score Proof-of-Loss on (never "
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
 
     try:  # the manifest and the flags first: bad input fails in a second, before torch or hivemind load
         manifest = load(args.config)
+        if args.client_mode and args.role != "miner":
+            raise SwarmError("--client-mode is for miners: a validator must be reachable (miners dial it, joiners "
+                             "fetch the agreed state from it); run it on a public address and drop the flag")
         if args.role == "validator" and manifest.data.private_validation and not args.validation_data:
             raise SwarmError("this run scores on private held-out data: pass --validation-data PATH (e.g. made by "
                              "python scripts/build_corpora.py --heldout-math PATH)")
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         validators = hook(identity, rid, horizon) if hook is not None else None
         dht = start_dht(identity, args.initial_peers, args.host_maddrs, args.announce_maddrs,
                         record_validators=validators, startup_timeout=args.startup_timeout, run_id=rid,
-                        horizon=horizon)
+                        horizon=horizon, client_mode=args.client_mode)
         net = Network(dht, rid, store.find, args.fetch_timeout, budget_window_s=manifest.clock().cycle_length,
                       priority={peer_key_of(v) for v in manifest.validators})  # validators: reserved lanes
         check_clock(net, dht, manifest, rid, args.initial_peers, identity.peer_key)

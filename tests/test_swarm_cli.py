@@ -222,6 +222,9 @@ def test_a_refused_peer_creates_nothing(tmp_path, capsys):
         assert peer.main([*base, "--identity", str(tmp_path / "keys" / "m1.key"), "--device", "cuda"]) == 2
         assert "no CUDA device" in _one_line(capsys)
         assert not (tmp_path / "work").exists() and not (tmp_path / "keys").exists()
+    validator = [*base[:1], "validator", *base[2:]]
+    assert peer.main([*validator, "--identity", key, "--client-mode"]) == 2  # a validator must be reachable
+    assert "--client-mode is for miners" in _one_line(capsys) and not (tmp_path / "work").exists()
     blocked = tmp_path / "afile"
     blocked.write_text("")
     assert peer.main([*base[:-4], "--workdir", str(blocked / "w"), "--identity", key]) == 2

@@ -146,6 +146,8 @@ class Swarm:
             cmd += ["--background", peer.background]
         if peer.host is not None:  # listen on (and so announce) the host's own address, not 127.0.0.1
             cmd += ["--host-maddrs", peer.host.maddr(LAB_PORT)]
+            if not peer.host.public:  # nobody can dial a home: records kept there would be out of others' reach
+                cmd += ["--client-mode"]
         if self.metrics:
             peer.metrics_port = peer.metrics_port or free_port()
             cmd += ["--metrics-port", str(peer.metrics_port)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import signal
@@ -121,3 +122,43 @@ def test_a_node_killed_holding_the_result_lock_does_not_hang_the_next(make_ident
         assert visible_maddrs(second)
     finally:
         second.shutdown()
+
+
+async def _routing_table(dht, node) -> set[str]:
+    return {str(p) for p in node.protocol.routing_table.peer_id_to_uid}
+
+
+async def _holds(key: str, dht, node) -> bool:
+    from hivemind.dht.routing import DHTID
+
+    return node.protocol.storage.get(DHTID.generate(source=key)) is not None
+
+
+def test_client_mode_nodes_hold_no_records_for_others(make_identity):
+    """`--client-mode` (a miner behind a NAT): no server lists the node, so records land on servers every peer
+    can dial and none on a home that only it can leave. As servers, two NATed miners held the rankings that the
+    validators stored, the others could not dial them and read none (the lab swarm split in CI)."""
+    from hivemind.utils.timed_storage import get_dht_time
+
+    from swarm.net.records import StateRecord, get_records, record_key, store_record
+
+    run = "0badc0de0badc0de"
+    ids = {n: make_identity(n) for n in ("server", "citizen", "home-1", "home-2")}
+    nodes = {"server": start_dht(ids["server"], run_id=run)}
+    try:
+        join = visible_maddrs(nodes["server"])
+        nodes["citizen"] = start_dht(ids["citizen"], join, run_id=run)
+        for home in ("home-1", "home-2"):
+            nodes[home] = start_dht(ids[home], join, run_id=run, client_mode=True)
+        ranking = StateRecord(state_hash="12" * 32)
+        assert store_record(nodes["citizen"], run, 0, "state", ranking, ids["citizen"], get_dht_time() + 60)
+        assert get_records(nodes["home-2"], run, 0, "state")[ids["citizen"].peer_key].record == ranking
+        listed = nodes["server"].run_coroutine(_routing_table)
+        assert ids["citizen"].peer_key in listed  # a server-mode joiner is listed: the check can fail
+        assert not {ids["home-1"].peer_key, ids["home-2"].peer_key} & listed
+        key = record_key(run, 0, "state")
+        assert nodes["server"].run_coroutine(functools.partial(_holds, key))
+        assert not nodes["home-1"].run_coroutine(functools.partial(_holds, key))  # (home-2's read cached it)
+    finally:
+        for node in nodes.values():
+            node.shutdown()
