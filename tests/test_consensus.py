@@ -109,6 +109,19 @@ def test_the_state_needs_a_strict_quorum_and_no_tie_is_broken():
     assert strangers.agreed == "b" * 64  # keys off the allowlist never vote
 
 
+def test_a_quorum_the_silent_validators_could_still_tie_is_not_settled():
+    from swarm.protocol.consensus import agree_on_state
+
+    allow = ["v1", "v2", "v3", "v4"]
+    early = agree_on_state(_states({"v1": "b", "v2": "b"}), allow, quorum=2)
+    assert early.agreed == "b" * 64 and not early.settled  # v3 and v4 may still publish "0": a tie
+    assert agree_on_state(_states({"v1": "b", "v2": "b", "v3": "0", "v4": "0"}), allow, quorum=2).agreed is None
+    assert agree_on_state(_states({"v1": "b", "v2": "b", "v3": "b"}), allow, quorum=2).settled  # 3 > 0 + 1
+    assert agree_on_state(_states({"v1": "b", "v2": "b", "v3": "0", "v4": "b"}), allow, quorum=2).settled
+    assert agree_on_state(_states({"v1": "b", "v2": "b"}), allow[:3], quorum=2).settled  # 2 > 0 + 1
+    assert not agree_on_state(_states({"v1": "b", "v2": "0"}), allow[:3], quorum=1).settled  # a tie: nothing
+
+
 def test_the_step_bound_holds_for_the_worst_merges_and_is_not_loose():
     from swarm.protocol.consensus import step_bound
 

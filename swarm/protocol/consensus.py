@@ -115,6 +115,17 @@ class StateVote:
     dissent: list[str]  # allowlisted validators that published a hash other than the agreed one
     silent: list[str]  # allowlisted validators that published none
 
+    @property
+    def settled(self) -> bool:
+        """Whether the agreed hash stays agreed whatever the silent validators still publish. A peer that adopts
+        an unsettled quorum early (2 of 4 read before the other 2 voted for another hash) leaves the peers that
+        read the tie later, and carry the old state forward, on another state."""
+        if self.agreed is None:
+            return False
+        counts = Counter(self.votes.values())
+        runner_up = max((n for h, n in counts.items() if h != self.agreed), default=0)
+        return counts[self.agreed] > runner_up + len(self.silent)
+
 
 def agree_on_state(records: dict[str, SignedRecord], allowlist: list[str] | set[str], quorum: int) -> StateVote:
     """The agreed Phi hash: one that at least `quorum` allowlisted validators published and more than published
