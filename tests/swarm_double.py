@@ -159,16 +159,20 @@ class MemoryNetwork:
 
     meet = connect  # one process, one table: nothing to ping
 
-    def fetch_stream(self, requests, budget_s, max_parallel=4, timeout=None):
+    def fetch_stream(self, requests, budget_s, max_parallel=4, timeout=None, on_data=None):
         """The same per-request outcome as the transfer layer's fetch_stream, in request order (time costs
         nothing here)."""
         from swarm.net.transfer import FetchResult
 
         for r in requests:
             try:
-                yield FetchResult(r, self.fetch(list(r.peers), r.payload_hash, r.expected_size, {}, r.exact))
+                data = self.fetch(list(r.peers), r.payload_hash, r.expected_size, {}, r.exact)
             except TransferError as err:
                 yield FetchResult(r, None, str(err))
+                continue
+            if on_data is not None:
+                on_data(data)
+            yield FetchResult(r, data)
 
 
 def heldout_math_blocks(path: Path, rt):

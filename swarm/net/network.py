@@ -38,11 +38,13 @@ class Network:
                              timeout=self.timeout * rounds + 10)
 
     def fetch_stream(self, requests: list[FetchRequest], budget_s: float, max_parallel: int = 4,
-                     timeout: float | None = None) -> Iterator[FetchResult]:
+                     timeout: float | None = None, on_data: Callable[[bytes], object] | None = None
+                     ) -> Iterator[FetchResult]:
         """Several payloads at once under one wall-clock budget, each handed over as soon as it is final; a
-        slow or silent peer costs its own slot only (for at most `timeout`, default the peer's fetch timeout)."""
+        slow or silent peer costs its own slot only (for at most `timeout`, default the peer's fetch timeout).
+        `on_data` sees each verified payload on arrival, before the reader does."""
         return fetch_stream(self.loop, self.p2p, requests, budget_s, max_parallel, timeout=timeout or self.timeout,
-                            run_id=self.run_id, stats=self.stats)
+                            run_id=self.run_id, stats=self.stats, on_data=on_data)
 
     def connect(self, peers: dict[str, list[str] | None], timeout: float = 5.0) -> dict[str, str | None]:
         """Dial each of `peers` (peer id -> maddrs) at once: None for each connected now, else why not."""

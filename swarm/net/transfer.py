@@ -271,6 +271,33 @@ class FetchRequest:
     peers: Sequence[str]
     exact: bool = True
     maddrs: Mapping[str, Sequence[str]] | None = None
+    relay_wait_s: float = 0.0  # the first of several peers may not hold it yet: ask it again while it answers
+    #                            "not found", for this long at most, before the others (relay_first)
+
+
+RELAY_POLL_S = 0.5  # how often a relay that does not hold the payload yet is asked again
+
+
+async def relay_first(p2p: P2P, request: FetchRequest, timeout: float, *, run_id: str, stats: TransferStats,
+                      deadline: float) -> bytes | None:
+    """The payload from the request's first peer, a relay that is fetching it from its source: asked again every
+    RELAY_POLL_S while it answers "not found", for relay_wait_s at most; None once that is spent or the relay
+    fails otherwise (the caller then asks the others). A validator that another validator carries a payload
+    for gets it this way, so the miner's uplink sends one copy rather than one per validator."""
+    loop = asyncio.get_running_loop()
+    relay = request.peers[0]
+    until = min(loop.time() + request.relay_wait_s, deadline)
+    while loop.time() < until:
+        try:
+            return await fetch(p2p, relay, request.payload_hash, request.expected_size,
+                               min(timeout, deadline - loop.time()), run_id=run_id, stats=stats,
+                               maddrs=(request.maddrs or {}).get(relay), exact=request.exact)
+        except TransferError as err:
+            if not str(err).endswith("peer says: not found"):
+                logger.info("%s; asking the source", err)
+                return None
+        await asyncio.sleep(min(RELAY_POLL_S, max(until - loop.time(), 0.0)))
+    return None
 
 
 @dataclass
@@ -322,10 +349,15 @@ async def fetch_many(
                 continue
             result.started, start = True, loop.time()
             try:
-                result.data = await fetch_any(
-                    p2p, req.peers, req.payload_hash, req.expected_size, timeout, run_id=run_id,
-                    stats=stats, maddrs=req.maddrs, exact=req.exact, deadline=deadline,
-                )
+                peers = req.peers
+                if req.relay_wait_s > 0 and len(peers) > 1:
+                    result.data = await relay_first(p2p, req, timeout, run_id=run_id, stats=stats, deadline=deadline)
+                    peers = peers[1:]
+                if result.data is None:
+                    result.data = await fetch_any(
+                        p2p, peers, req.payload_hash, req.expected_size, timeout, run_id=run_id,
+                        stats=stats, maddrs=req.maddrs, exact=req.exact, deadline=deadline,
+                    )
             except TransferError as e:
                 result.error = str(e)
             except Exception as e:  # noqa: BLE001 - one bad request must not cost the others
@@ -366,13 +398,24 @@ def fetch_stream(
     timeout: float,
     run_id: str,
     stats: TransferStats | None = None,
+    on_data: Callable[[bytes], object] | None = None,
 ) -> Iterator[FetchResult]:
     """fetch_many on a background loop, started now, for a synchronous reader: each result is handed over as
     soon as it is final, in the order they finish, so a validator judges the first payload while the others
-    are still arriving. Closing the iterator early cancels what is still running."""
+    are still arriving. `on_data` (on the loop) sees each verified payload as it arrives, whenever the reader
+    comes to it. Closing the iterator early cancels what is still running."""
     done: queue.SimpleQueue[FetchResult | None] = queue.SimpleQueue()
+
+    def arrived(result: FetchResult) -> None:
+        if result.data is not None and on_data is not None:
+            try:
+                on_data(result.data)
+            except Exception as err:  # noqa: BLE001 - keeping a copy is a service to others; the reader gets it anyway
+                logger.warning("could not keep payload %s: %s", result.request.payload_hash[:12], err)
+        done.put(result)
+
     future = background.submit(fetch_many(p2p, requests, budget_s, max_parallel, timeout=timeout, run_id=run_id,
-                                          stats=stats, on_result=done.put))
+                                          stats=stats, on_result=arrived))
     future.add_done_callback(lambda _: done.put(None))
     give_up = time.monotonic() + budget_s + 10.0  # fetch_many ends within its budget and a few seconds of cleanup
 

@@ -54,7 +54,8 @@ class NetworkLike(Protocol):
               exact: bool, on_failure: Callable[[str, str], None] | None = None) -> bytes: ...
 
     def fetch_stream(self, requests: list, budget_s: float, max_parallel: int = 4,
-                     timeout: float | None = None) -> Iterator: ...
+                     timeout: float | None = None, on_data: Callable[[bytes], object] | None = None
+                     ) -> Iterator: ...
 
     def connect(self, peers: dict[str, list[str] | None], timeout: float = 5.0) -> dict[str, str | None]: ...
 
@@ -247,12 +248,15 @@ class Peer:
         return self.net.fetch(ordered, digest, max_size, self.addresses(cycle), exact=exact, on_failure=failed)
 
     def fetch_stream(self, wanted: list[tuple[str, list[str]]], cycle: int, size: int, budget_s: float,
-                     max_parallel: int = 8, timeout: float | None = None
-                     ) -> Iterator[tuple[int, bytes | None, str | None]]:
+                     max_parallel: int = 8, timeout: float | None = None, relay_wait_s: float = 0.0,
+                     keep: bool = False) -> Iterator[tuple[int, bytes | None, str | None]]:
         """(i, bytes, None) or (i, None, why) for each wanted[i] = (hash, holders tried in turn), as each
         arrives: what our store holds first, then the network's in the order they finish. Fetching starts
         now, in parallel, within `budget_s`; one holder may take `timeout` at most (default a quarter of the
-        budget), so a few stalling peers cannot use all of it."""
+        budget), so a few stalling peers cannot use all of it. With `relay_wait_s`, the first of several
+        holders is a relay still fetching the payload: it is asked again for that long before the others.
+        With `keep`, each payload is stored the moment it arrives, so this peer serves it to others at once
+        (a validator relays what it carries), however long the caller takes to come to it."""
         from swarm.net.transfer import FetchRequest
 
         local, requests, position = [], [], {}
@@ -261,7 +265,8 @@ class Peer:
             if data is not None:
                 local.append((i, data, None))
                 continue
-            requests.append(FetchRequest(digest, size, [h for h in holders if h != self.me], exact=True))
+            requests.append(FetchRequest(digest, size, [h for h in holders if h != self.me], exact=True,
+                                         relay_wait_s=relay_wait_s))
             position[id(requests[-1])] = i
         if requests:  # a DHT read costs seconds under load: none when our store holds everything
             # addresses help p2pd dial, but it knows most peers already (DHT traffic): wait little for them; a
@@ -269,8 +274,8 @@ class Peer:
             maddrs = self.addresses(cycle, wait_s=ADDRESS_WAIT_S)
             for request in requests:
                 request.maddrs = maddrs
-        stream = self.net.fetch_stream(requests, budget_s, max_parallel, timeout=timeout or max(budget_s / 4, 1.0)) \
-            if requests else None
+        stream = self.net.fetch_stream(requests, budget_s, max_parallel, timeout=timeout or max(budget_s / 4, 1.0),
+                                       on_data=self.store.save_payload if keep else None) if requests else None
 
         def arrivals():
             yield from local
@@ -357,15 +362,15 @@ class Peer:
         if cycle == 0:
             return self.cycle == 0
         vote, holders = self.state_vote(cycle - 1)
-        digest = vote.agreed
         end = self.clock.phase_end(cycle, "sync")
         # votes may still be arriving, or not be readable yet (a peer back from a partition meets the validators
-        # in the background meanwhile): decide late in sync. Trusting our own reduce on seeing no vote at once
-        # kept a peer that had been cut off a whole cycle on its own state (network lab)
-        while digest is None and self.now() < end - 0.5 and not self.stop.is_set():
+        # in the background meanwhile): unless the silent validators can no longer change it, decide late in
+        # sync. Trusting our own reduce on seeing no vote at once kept a peer that had been cut off a whole cycle
+        # on its own state (network lab); adopting a quorum the silent ones could still tie splits honest peers
+        while not vote.settled and self.now() < end - 0.5 and not self.stop.is_set():
             self.wait_until(min(self.now() + 1.0, end - 0.5))
             vote, holders = self.state_vote(cycle - 1)
-            digest = vote.agreed
+        digest = vote.agreed
         if digest is None and vote.votes:
             counts = ", ".join(f"{h[:12]} x{n}" for h, n in Counter(vote.votes.values()).most_common())
             base = self.before_reduce if self.cycle == cycle else (self.cycle, self.progress.checkpoint_hash)

@@ -31,6 +31,7 @@ import torch
 
 from swarm.errors import SwarmError
 from swarm.net import records
+from swarm.net.identity import peer_key_of
 from swarm.net.records import SignedRecord
 from swarm.net.work import meets
 from swarm.protocol.consensus import Score, decide, ranking_record
@@ -197,6 +198,16 @@ HOLDER_SHARE = 0.75  # of the evaluate phase's fetch budget one miner may take t
 #                     no frame within 3 s, or frames under 64 KiB/s, is dropped at once (swarm/net/transfer.py).
 
 
+RELAY_SHARE = 0.3  # of the evaluate phase's fetch budget a validator waits for the validator that carries a
+#                    payload (its miner's one upload) before it asks the miner itself
+
+
+def carrier(digest: str, validators: list[str]) -> str:
+    """The allowlisted validator that fetches this payload from its miner and serves the others: the same on
+    every validator, spread over them by the payload's hash, so a miner's uplink sends one copy per cycle."""
+    return min(validators, key=lambda v: hashlib.sha256(f"{digest}/{v}".encode()).digest())
+
+
 REVEAL_SHARE = 0.6  # a DHT store takes seconds under load: honest reveals need most of the phase to be seen
 
 
@@ -298,8 +309,12 @@ class Validator(Role):
         if len(candidates) > len(tried):
             log.note += f"{len(candidates) - len(tried)} submissions over the fetch cap of {len(tried)} not tried; "
         budget = max(deadline - p.now(), 0.0)
-        arrivals = p.fetch_stream([(digest, [pid]) for pid, digest in tried], c, p.rt.payload_size,
-                                  budget_s=budget, timeout=max(budget * HOLDER_SHARE, 1.0))
+        crew = sorted(peer_key_of(v) for v in p.manifest.validators)
+        wanted = [(digest, [pid] if carrier(digest, crew) in (p.me, pid) else [carrier(digest, crew), pid])
+                  for pid, digest in tried]
+        arrivals = p.fetch_stream(wanted, c, p.rt.payload_size, budget_s=budget,
+                                  timeout=max(budget * HOLDER_SHARE, 1.0), relay_wait_s=budget * RELAY_SHARE,
+                                  keep=True)
         started = p.now()
         stick = yardstick(p.rt, p.state, seed, c)
         cost = p.now() - started  # a judgement measures what the yardstick measured: about as long
@@ -314,7 +329,6 @@ class Validator(Role):
                     break
                 else:
                     log.evaluated.append(pid)
-                    p.store.save_payload(data)
                     began = p.now()
                     result = judge(p.rt, p.state, stick, pid, digest, data)
                     if math.isfinite(result.loss):  # a forward pass ran: the next judgement may cost as much as

@@ -250,6 +250,10 @@ def test_natted_miners_are_judged_and_merged_through_the_faults(adversarial):
     for miner in ("miner-1", "miner-2"):  # its measured uplink: about the 4 Mbit/s (0.5 MB/s) cap
         rate = rows[1]["bytes"][miner]["rate_out"]
         assert rate is not None and 0.1e6 < rate < 0.75e6, (miner, rate)
+    # each payload's carrier validator fetched it and served the other: a miner sends about one copy, not one per
+    # validator (2 copies each before: 8 payloads from the 4 honest miners of cycle 1; one run of this sent 5)
+    sent = [rows[1]["bytes"][m]["out"] for m in sorted(honest)]
+    assert sum(sent) <= 1.5 * len(honest) * report["payload_bytes"], sent
     partition, kill = report["faults"]
     assert (partition["kind"], partition["back_in_cycle"], partition["cost_cycles"]) == ("partition", 1, 1)
     assert (kill["kind"], kill["cost_cycles"]) == ("kill-bootstrap", 0), kill["verdict"]

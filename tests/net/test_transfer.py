@@ -496,3 +496,32 @@ def test_fetch_stream_hands_over_results_as_they_finish():
             loop.run(_cancel_the_rest(), timeout=10)  # the silent handler's sleep: never left for the GC to finalize
     finally:
         loop.close()
+
+
+def test_a_relay_is_asked_again_until_it_holds_the_payload():
+    """A validator carrying a payload serves the others: they ask it again while it says "not found" and get
+    the bytes from it, not from the miner; a relay that never gets them costs relay_wait_s, then the miner."""
+    payload = os.urandom(300_000)
+    h = payload_hash(payload)
+
+    async def main():
+        async with peers(2) as ([relay, miner], client):
+            held: dict[str, bytes] = {}
+            await PayloadServer(relay, held.get, RUN).start()
+            miner_stats = TransferStats()
+            await PayloadServer(miner, store_of(payload), RUN, stats=miner_stats).start()
+            request = FetchRequest(h, len(payload), [relay.peer_id.to_base58(), miner.peer_id.to_base58()],
+                                   relay_wait_s=6.0)
+            asyncio.get_running_loop().call_later(1.5, held.__setitem__, h, payload)  # its own fetch lands
+            start = time.perf_counter()
+            [result] = await fetch_many(client, [request], 10.0, 1, timeout=5, run_id=RUN)
+            assert result.data == payload and 1.4 < time.perf_counter() - start < 4.0
+            assert miner_stats.bytes_out == 0  # the miner's uplink sent nothing to this validator
+            held.clear()
+            request.relay_wait_s = 1.0
+            start = time.perf_counter()
+            [result] = await fetch_many(client, [request], 10.0, 1, timeout=5, run_id=RUN)
+            assert result.data == payload and 0.9 < time.perf_counter() - start < 4.0
+            assert await until(lambda: miner_stats.bytes_out == len(payload), 5)  # counted on its ACK
+
+    asyncio.run(main())
