@@ -80,6 +80,22 @@ def _missing_dirs(folder: Path) -> list[Path]:
     return missing
 
 
+def pack_spec(path: str) -> dict:
+    """The manifest's `pack` section for this pack file: its hash, size and background."""
+    from teft.errors import TeftError
+    from teft.files import content_hash
+    from teft.pack import pack_info
+
+    try:
+        data = Path(path).expanduser().read_bytes()
+        info = pack_info(data)
+    except OSError as err:
+        raise SwarmError(f"--pack {path}: {err.strerror or err}") from None
+    except TeftError as err:
+        raise SwarmError(f"--pack {path}: {err}") from None
+    return {"sha256": content_hash(data), "bytes": len(data), "background": info["background"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("python -m swarm.launch", __doc__)
     parser.add_argument("--template", default="configs/tiny.yaml", help="manifest template (default configs/tiny.yaml)")
@@ -92,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="where to write the run manifest (a file; refused if it "
                         "exists, unless --force)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out manifest (a new run id)")
+    parser.add_argument("--pack", default=None, metavar="FILE",
+                        help="pin this miner pack (python -m teft pack, built with the template's expert map): light "
+                             "miners of its background load it, and fetch it from the swarm when they have none")
     args = parser.parse_args(argv)
     if Path(args.out).is_file() and not args.force:
         return cli.fail(f"--out {args.out} exists (a run manifest: replacing it makes a new run id): choose "
@@ -111,11 +130,21 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise SwarmError(f"--validators {item}: no such key file, and not a public key: make it with "
                                  f"python -m swarm.keygen --identity {item}, or pass the public key it prints")
-        overrides = {"quorum": args.quorum} if args.quorum is not None else None
+        overrides = {"quorum": args.quorum} if args.quorum is not None else {}
+        if args.pack:
+            overrides["pack"] = pack_spec(args.pack)
         path = write_manifest(args.template, args.out, keys, time.time() + args.start_in, overrides)
         from swarm.protocol.manifest import load, run_id
 
         manifest = load(path)
+        if args.pack:
+            from swarm.protocol.runtime import check_pack
+
+            try:
+                check_pack(manifest, Path(args.pack).expanduser().read_bytes())
+            except SwarmError as err:
+                path.unlink()
+                raise SwarmError(f"--pack {args.pack}: {err}") from None
         print(f"wrote {path} (run id {run_id(manifest)}, {len(keys)} validators, quorum {manifest.quorum}); "
               f"genesis in {args.start_in:.0f}s")
     except SwarmError as err:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from swarm import cli
-from swarm.errors import SwarmError
+from swarm.errors import SwarmError, TransferError
 
 logger = logging.getLogger("swarm.peer")
 ROLE_NAMES = ("miner", "validator")  # the keys of swarm.roles.ROLES, named here so --help imports nothing heavy
@@ -52,6 +52,10 @@ def build_parser(prog: str = "python -m swarm.peer") -> argparse.ArgumentParser:
     p.add_argument("--background", choices=("bf16", "int8", "4bit"), default=None,
                    help="miners: hold the experts this run does not train in the checkpoint's dtype (bf16) or "
                    "frozen in int8 / 4 bits (a light miner), overriding the manifest's inner.background")
+    cli.flag(p, "pack", default=None, metavar="FILE",
+             help="the run's miner pack (python -m teft pack; the manifest pins it by hash): served to light miners "
+             "that join without one; a light miner of the pack's background loads it instead of the base model. "
+             "A light miner without it fetches it from the validators and initial peers at startup")
     cli.compute_flags(p)
     cli.flag(p, "fetch-timeout", type=float, default=30.0,
              help="seconds to wait for one payload from one peer (default 30)")
@@ -87,7 +91,10 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
 
         cli.identity_dir(args.identity)  # nothing to make when the key exists: a bad one is refused here
         identity = load_or_create(Path(args.identity).expanduser())
+        pack = read_pack_file(args.pack, manifest) if args.pack else None
         store = Store(args.workdir)  # the work tree last, once nothing else can refuse the flags
+        if pack is not None:
+            store.save_pack(pack)  # served by hash from now on, like a payload
     except SwarmError as err:
         return cli.fail(str(err))
     import transformers
@@ -131,7 +138,12 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
                       priority={peer_key_of(v) for v in manifest.validators})  # validators: reserved lanes
         check_clock(net, dht, manifest, rid, args.initial_peers, identity.peer_key)
         background = (args.background or manifest.inner.background) if args.role == "miner" else "bf16"
-        rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype, background)
+        if manifest.pack is not None and background == manifest.pack.background:  # a light miner of the pack
+            pack = pack or store.load_pack(manifest.pack.sha256) or fetch_pack(net, dht, manifest, rid,
+                                                                                args.initial_peers, store)
+        else:
+            pack = None
+        rt = load_runtime(manifest, args.data, device, args.validation_data, args.dtype, background, pack)
         logger.info("run %s: %s", rid, describe(rt))
         logger.info("peer %s up in %.2fs at %s", identity.peer_key, time.monotonic() - started, " ".join(net.maddrs))
         peer = Peer(role, rt, identity, dht, net, store, stop, metrics=metrics)
@@ -150,6 +162,53 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
             dht.shutdown()
     logger.info("stopped")
     return 0
+
+
+def read_pack_file(path: str, manifest) -> bytes:
+    """The --pack file's bytes, once they are the pack this run pins."""
+    from swarm.protocol.runtime import check_pack
+
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as err:
+        raise SwarmError(f"--pack {path}: {err.strerror or err}: give the file python -m teft pack wrote") from None
+    try:
+        check_pack(manifest, data)
+    except SwarmError as err:
+        raise SwarmError(f"--pack {path}: {err}") from None
+    return data
+
+
+def fetch_pack(net, dht, manifest, rid: str, initial_peers: list[str], store) -> bytes:
+    """The run's pack from the swarm: the allowlisted validators and the initial peers, two at once; every copy
+    is checked against the pinned hash before it is kept, and a holder that sends other bytes is passed over."""
+    from swarm.net.dht import dht_time
+    from swarm.net.identity import peer_key_of
+    from swarm.net.records import get_records
+    from swarm.protocol.runtime import check_pack
+
+    spec = manifest.pack
+    maddrs: dict[str, list[str]] = {m.rsplit("/p2p/", 1)[-1]: [m] for m in initial_peers}
+    cycle = max(manifest.clock().where(dht_time()).cycle, 0)
+    for c in {max(cycle - 1, 0), cycle}:
+        try:
+            for pid, signed in get_records(dht, rid, c, "peers").items():
+                maddrs.setdefault(pid, list(signed.record.maddrs))
+        except SwarmError:
+            pass
+    validators = [peer_key_of(v) for v in manifest.validators]
+    holders = [*validators, *(p for p in maddrs if p not in validators)]
+    logger.info("fetching the run's miner pack %s (%.1f MiB) from %d peer(s)", spec.sha256[:12], spec.bytes / 2**20,
+                len(holders))
+    started = time.monotonic()
+    try:
+        data = net.fetch(holders, spec.sha256, spec.bytes, maddrs, exact=True)
+    except TransferError as err:
+        raise SwarmError(f"could not fetch the run's miner pack: {err}; pass --pack FILE if you have it") from None
+    check_pack(manifest, data)
+    store.save_pack(data)  # kept: served to the next light miner, and no fetch after a restart
+    logger.info("miner pack %s in %.1fs", spec.sha256[:12], time.monotonic() - started)
+    return data
 
 
 def check_clock(net, dht, manifest, rid: str, initial_peers: list[str], me: str) -> None:

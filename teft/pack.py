@@ -81,6 +81,20 @@ def read_pack(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, metadata
 
 
+def pack_info(data: bytes) -> dict:
+    """A pack's metadata from its header alone (no tensor is read), or a one-line error."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        if not 0 < size <= min(len(data) - 8, 100 << 20):
+            raise ValueError(f"header length {size} does not fit the {len(data)} bytes")
+        metadata = json.loads((json.loads(data[8:8 + size]).get("__metadata__") or {}).get(METADATA_KEY, "{}"))
+    except (ValueError, AttributeError) as err:
+        raise TeftError(f"not a miner pack ({err}); build one with `python -m teft pack`") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise TeftError("not a miner pack (no teft-miner-pack/1 metadata); build one with `python -m teft pack`")
+    return metadata
+
+
 def load_pack(data: bytes, device: str = "cpu"):
     """A light miner's model from a pack alone: (model, tokenizer or None, layout, expert map).
 

@@ -419,6 +419,68 @@ def test_simulate_makes_light_miners(tmp_path, capsys):
     assert "--background" not in swarm.command(full)
     cmd = swarm.command(light)
     assert cmd[cmd.index("--background") + 1] == "4bit"
+    swarm.pack = tmp_path / "p.teftpack"  # the run pins a pack: the validators serve it, the light miners fetch it
+    validator = swarm.add("validator-0", "validator")
+    assert swarm.command(validator)[swarm.command(validator).index("--pack") + 1] == str(swarm.pack)
+    assert "--pack" not in swarm.command(light) and "--pack" not in swarm.command(full)
     assert main(["--miners", "2", "--light-miners", "3", "--out", str(tmp_path / "x")]) == 2
     assert "--light-miners 3 must be from 0 to --miners (2)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _pinned_run(tmp_path, data: bytes):
+    """A run of tiny.yaml that pins this pack (as `swarm.launch --pack` writes it)."""
+    from swarm.launch import pack_spec, write_manifest
+    from swarm.protocol.manifest import load
+    from teft.pack import write_pack
+
+    raw = _tiny_raw(tmp_path)
+    path = write_pack(data, tmp_path / "packs")
+    return load(write_manifest(_tiny_map_path().parent / "tiny.yaml", tmp_path / "run.yaml", raw["validators"], 0.0,
+                               {"quorum": 1, "pack": pack_spec(str(path)),
+                                "data": {"train_tokens": 20000, "validation_tokens": 20000}})), path
+
+
+def test_a_light_miner_loads_the_runs_pack_without_the_base_model(tmp_path):
+    """A run pins its pack by hash; a light miner's runtime from the pack alone starts from the same Phi_0 as one
+    loaded from the base model, and a pack that is not the pinned one is refused in one line."""
+    from swarm.errors import SwarmError
+    from swarm.protocol.manifest import canonical_json, from_dict
+    from swarm.protocol.runtime import check_pack, load_runtime
+    from teft.pack import build_pack
+
+    assert b'"pack"' not in canonical_json(from_dict(_tiny_raw(tmp_path)))  # run ids without a pack unchanged
+    data = build_pack("tiny", _tiny_map(), "4bit")
+    manifest, _ = _pinned_run(tmp_path, data)
+    assert (manifest.pack.bytes, manifest.pack.background) == (len(data), "4bit")
+    base = load_runtime(manifest, background="4bit")
+    manifest.base_model.path = str(tmp_path / "no-such-model")  # the pack is all a light miner reads
+    with pytest.raises(SwarmError):
+        load_runtime(manifest, background="4bit")
+    packed = load_runtime(manifest, background="4bit", pack=data)
+    pairs = zip(base.initial_state.items(), packed.initial_state.items(), strict=True)
+    assert all(a == b and torch.equal(x, y) for (a, x), (b, y) in pairs)
+    assert packed.payload_size == base.payload_size and torch.equal(packed.train_blocks, base.train_blocks)
+    with pytest.raises(SwarmError, match="is not the one this run pins"):
+        check_pack(manifest, data[:-1] + bytes([data[-1] ^ 1]))
+    manifest.pack.background = "int8"
+    with pytest.raises(SwarmError, match="another expert map or background"):
+        check_pack(manifest, data)
+
+
+def test_the_peer_and_launch_refuse_a_pack_that_is_not_the_runs(tmp_path, capsys):
+    from swarm import launch, peer
+    from teft.pack import build_pack
+
+    data = build_pack("tiny", _tiny_map(), "4bit")
+    manifest, path = _pinned_run(tmp_path, data)
+    other = tmp_path / "other.teftpack"
+    other.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    code = peer.main(["--role", "miner", "--config", str(manifest._source), "--identity", str(tmp_path / "k"),
+                      "--workdir", str(tmp_path / "w"), "--pack", str(other)])
+    assert code == 2 and "is not the one this run pins" in capsys.readouterr().err and not (tmp_path / "w").exists()
+    bad = tmp_path / "bad.teftpack"
+    bad.write_bytes(b"not a pack at all")
+    assert launch.main(["--validators", str(tmp_path / "v.key"), "--quorum", "1", "--out", str(tmp_path / "r2.yaml"),
+                        "--pack", str(bad)]) == 2
+    assert "not a miner pack" in capsys.readouterr().err and not (tmp_path / "r2.yaml").exists()

@@ -129,6 +129,15 @@ class PayloadSpec(_Strict):
     bits: int = Field(default=2, ge=2, le=8)  # sparse: bits per value, sign included
 
 
+class PackSpec(_Strict):
+    """The run's miner pack (teft.pack), by content hash: a light miner loads it instead of the base model and
+    fetches it from the swarm when it has none."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(gt=0)  # its exact size: a fetch asks for no more
+    background: Literal["int8", "4bit"]
+
+
 class Manifest(_Strict):
     """Everything that must be identical on every peer of one run."""
 
@@ -141,6 +150,7 @@ class Manifest(_Strict):
     outer: OuterSpec = Field(default_factory=OuterSpec)
     payload_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     payload: PayloadSpec | None = None  # the payload codec; absent: the dense codec of payload_dtype
+    pack: PackSpec | None = None  # the miner pack light miners of this background load (python -m teft pack)
     max_delta_norm: float = Field(gt=0)
     validators: list[str]
     genesis: float
@@ -215,6 +225,13 @@ class Manifest(_Strict):
             raise ValueError(f"inner.background {self.inner.background} needs expert_map.path: a light miner cannot "
                              "route the full model to select experts; run `python -m teft select` once and give "
                              "its map file")
+        return self
+
+    @model_validator(mode="after")
+    def _pack_map(self) -> Manifest:
+        """A pack holds the selected experts of one map: the run must name that map as a file."""
+        if self.pack is not None and self.expert_map.path is None:
+            raise ValueError("pack needs expert_map.path: a pack holds the selected experts of one expert map")
         return self
 
     @model_validator(mode="after")
@@ -314,8 +331,9 @@ def canonical_json(manifest: Manifest) -> bytes:
     for key, default in (("background", "bf16"), ("optimizer", "adamw")):  # likewise without these inner fields
         if data["inner"].get(key) == default:
             data["inner"].pop(key)
-    if data.get("payload") is None:  # likewise without a payload section
-        data.pop("payload", None)
+    for section in ("payload", "pack"):  # likewise without these sections
+        if data.get(section) is None:
+            data.pop(section, None)
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 

@@ -132,19 +132,72 @@ def _data_spec(manifest: Manifest, value: str) -> str:
     return value if value in BUILTIN_CORPORA else str(manifest.resolve(value))
 
 
-def _model_path(manifest: Manifest) -> str:
+def base_model_path(manifest: Manifest) -> str:
+    """The base model as the manifest names it: a built-in name, or a path relative to the manifest file."""
     path = manifest.base_model.path
     return path if path in BUILTIN_MODELS else str(manifest.resolve(path))
 
 
+def check_pack(manifest: Manifest, data: bytes) -> dict:
+    """The pack's metadata, once it is the one this run pins and was built from its base model and map."""
+    from teft.files import content_hash
+    from teft.pack import pack_info
+
+    spec = manifest.pack
+    if spec is None:
+        raise SwarmError("this run pins no miner pack: drop --pack, or launch the run with --pack FILE")
+    if len(data) != spec.bytes or content_hash(data) != spec.sha256:
+        raise SwarmError(f"the pack ({len(data)} bytes, sha256 {content_hash(data)[:12]}) is not the one this run "
+                         f"pins ({spec.bytes} bytes, {spec.sha256[:12]}): use the pack of this run")
+    try:
+        info = pack_info(data)
+    except TeftError as err:
+        raise SwarmError(str(err)) from None
+    emap = ExpertMap.load(manifest.resolve(manifest.expert_map.path))
+    if manifest.base_model.sha256 and info.get("model_hash") != manifest.base_model.sha256:
+        raise SwarmError("the run's pack was built from another base model than the manifest pins: rebuild it")
+    if info.get("expert_map") != emap.to_json() or info.get("background") != spec.background:
+        raise SwarmError("the run's pack holds another expert map or background than the manifest names: rebuild "
+                         "it with python -m teft pack")
+    return info
+
+
+def _load_base(manifest: Manifest, device: str, dtype: str | None, background: str):
+    """(model, tokenizer, layout, expert map) from the manifest's base model, its hash checked first."""
+    path = base_model_path(manifest)
+    if manifest.base_model.sha256:
+        found = model_hash(path)
+        if found != manifest.base_model.sha256:
+            raise SwarmError(f"base model {path} hashes to {found[:12]}, the manifest pins "
+                             f"{manifest.base_model.sha256[:12]}: use the exact checkpoint of this run")
+    if background != "bf16":  # a light miner: the map first, since its experts stay at full precision
+        from teft.light import load_light_model
+
+        if not manifest.expert_map.path:
+            raise SwarmError(f"a {background} background needs the manifest's expert_map.path: a light miner "
+                             "cannot route the full model to select experts; use --background bf16")
+        expert_map = ExpertMap.load(manifest.resolve(manifest.expert_map.path))
+        model, tokenizer, layout = load_light_model(path, expert_map, background,
+                                                    dtype=dtype or manifest.base_model.dtype, device=device)
+        return model, tokenizer, layout, expert_map
+    model, tokenizer = load_model(path, dtype=dtype or manifest.base_model.dtype, device=device)
+    layout = discover_layout(model)
+    if manifest.expert_map.path:
+        expert_map = ExpertMap.load(manifest.resolve(manifest.expert_map.path))
+    else:
+        expert_map = _select_from_spec(manifest, model, tokenizer, layout)
+    return model, tokenizer, layout, expert_map
+
+
 def load_runtime(manifest: Manifest, data_override: str | None = None, device: str = "cpu",
                  validation_data: str | None = None, dtype: str | None = None,
-                 background: str = "bf16") -> Runtime:
+                 background: str = "bf16", pack: bytes | None = None) -> Runtime:
     """Load the model, check its hash, build the expert map and the data blocks; one-line errors.
 
     validation_data: a validator's private held-out data; Proof-of-Loss subsets are drawn from it, so
     no miner can have trained on what it is scored on. background: how a miner holds the experts it does not
     train (teft.light); a validator always passes bf16, so it scores on the full model in its own dtype.
+    pack: the run's miner pack (checked against the manifest): a light miner's model without the base model.
     """
     if validation_data is not None:
         from teft.data import check_data
@@ -154,28 +207,15 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
         except TeftError as err:
             raise SwarmError(f"--validation-data: {err}") from None
     try:
-        path = _model_path(manifest)
-        if manifest.base_model.sha256:
-            found = model_hash(path)
-            if found != manifest.base_model.sha256:
-                raise SwarmError(f"base model {path} hashes to {found[:12]}, the manifest pins "
-                                 f"{manifest.base_model.sha256[:12]}: use the exact checkpoint of this run")
-        if background != "bf16":  # a light miner: the map first, since its experts stay at full precision
-            from teft.light import load_light_model
+        if pack is not None:  # a light miner without the base model: everything it holds comes from the pack
+            from teft.pack import load_pack
 
-            if not manifest.expert_map.path:
-                raise SwarmError(f"a {background} background needs the manifest's expert_map.path: a light miner "
-                                 "cannot route the full model to select experts; use --background bf16")
-            expert_map = ExpertMap.load(manifest.resolve(manifest.expert_map.path))
-            model, tokenizer, layout = load_light_model(path, expert_map, background,
-                                                        dtype=dtype or manifest.base_model.dtype, device=device)
+            check_pack(manifest, pack)
+            model, tokenizer, layout, expert_map = load_pack(pack, device)
+            if tokenizer is None:
+                raise SwarmError("the run's pack carries no tokenizer files: rebuild it from a checkpoint with them")
         else:
-            model, tokenizer = load_model(path, dtype=dtype or manifest.base_model.dtype, device=device)
-            layout = discover_layout(model)
-            if manifest.expert_map.path:
-                expert_map = ExpertMap.load(manifest.resolve(manifest.expert_map.path))
-            else:
-                expert_map = _select_from_spec(manifest, model, tokenizer, layout)
+            model, tokenizer, layout, expert_map = _load_base(manifest, device, dtype, background)
         expert_map.check_model(layout, manifest.base_model.sha256)
         data = manifest.data
 

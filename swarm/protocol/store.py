@@ -34,7 +34,7 @@ class Store:
         check_workdir(self.root)
         self.keep_cycles = keep_cycles
         try:
-            for sub in ("checkpoints", "payloads", "moments", "residual"):
+            for sub in ("checkpoints", "payloads", "moments", "residual", "packs"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SwarmError(f"cannot create --workdir {self.root} ({err.strerror}): choose another path") from None
@@ -83,10 +83,22 @@ class Store:
     def load_payload(self, digest: str) -> bytes | None:
         return _read_verified(self.payload_path(digest), digest)
 
+    # the run's miner pack (teft.pack), kept once held so that this peer serves it to light miners that join
+    def pack_path(self, digest: str) -> Path:
+        return self.payload_path(digest).parent.parent / "packs" / f"{digest}.teftpack"
+
+    def save_pack(self, data: bytes) -> str:
+        digest = state_hash(data)
+        atomic_write(self.pack_path(digest), data)
+        return digest
+
+    def load_pack(self, digest: str) -> bytes | None:
+        return _read_verified(self.pack_path(digest), digest)
+
     def find(self, digest: str) -> bytes | None:
-        """Any stored object (payload or checkpoint) with this hash: what the transfer server serves."""
+        """Any stored object (payload, checkpoint or pack) with this hash: what the transfer server serves."""
         try:
-            found = self.load_payload(digest)
+            found = self.load_payload(digest) or self.load_pack(digest)
         except SwarmError:
             return None
         if found is not None:

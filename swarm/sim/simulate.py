@@ -82,6 +82,7 @@ class Swarm:
         self.join: list[str] = []
         self.peers: list[PeerProc] = []
         self.manifest_path = out / "run.yaml"
+        self.pack: Path | None = None  # the run's miner pack, when it has light miners
         (out / "logs").mkdir(parents=True, exist_ok=True)
         (out / "keys").mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor", "PYTHONUNBUFFERED": "1",
@@ -144,6 +145,8 @@ class Swarm:
             cmd += ["--validation-data", str(peer.validation_data)]
         if peer.background != "bf16":
             cmd += ["--background", peer.background]
+        if self.pack is not None and peer.role == "validator":  # served to the light miners, who have none
+            cmd += ["--pack", str(self.pack)]
         if peer.host is not None:  # listen on (and so announce) the host's own address, not 127.0.0.1
             cmd += ["--host-maddrs", peer.host.maddr(LAB_PORT)]
             if not peer.host.public:  # nobody can dial a home: records kept there would be out of others' reach
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--miners", type=int, default=4, help="honest miners (default 4)")
     parser.add_argument("--light-miners", "--light_miners", type=int, default=0, metavar="N",
                         help="of the honest miners, N hold the experts they do not train in 4 bits (light miners, "
-                             "--background 4bit); default 0")
+                             "--background 4bit): the run pins a miner pack that only the validators are given, so "
+                             "the light miners fetch it over the swarm at startup; default 0")
     parser.add_argument("--validators", type=int, default=3, help="honest validators (default 3)")
     parser.add_argument("--cycles", type=int, default=6, help="cycles to run (default 6)")
     parser.add_argument("--adversary", nargs="*", default=[], metavar="KIND",
@@ -417,6 +421,23 @@ def run(args, kinds: list[str], out: Path) -> int:
             lab.close()
 
 
+def build_run_pack(template: Path, out: Path) -> Path:
+    """The miner pack of the template's base model and expert map, 4-bit background, written under out/pack/."""
+    import yaml
+
+    from teft.model import BUILTIN_MODELS
+    from teft.pack import build_pack, write_pack
+    from teft.selection import ExpertMap
+
+    raw = yaml.safe_load(template.read_text())  # a template: no allowlist yet, so not a manifest to load
+    emap, model = (raw.get("expert_map") or {}).get("path"), raw["base_model"]["path"]
+    if not emap:
+        raise SwarmError(f"--light-miners: {template} names no expert_map.path, and a pack holds one map's experts")
+    model = model if model in BUILTIN_MODELS else str(template.parent / model)
+    return write_pack(build_pack(model, ExpertMap.load(template.parent / emap), "4bit",
+                                 raw["base_model"].get("dtype", "auto")), out / "pack")
+
+
 def _run(args, kinds: list[str], out: Path, lab: Lab | None) -> int:
     from tqdm import tqdm
 
@@ -445,6 +466,11 @@ def _run(args, kinds: list[str], out: Path, lab: Lab | None) -> int:
         overrides["inner"] = {"steps": args.steps}
     if args.payload:
         overrides["payload"] = payload_override(args.payload)
+    if args.light_miners:  # the run pins a pack: the validators serve it, the light miners fetch it at startup
+        from swarm.launch import pack_spec
+
+        swarm.pack = build_run_pack(Path(args.config), out)
+        overrides["pack"] = pack_spec(str(swarm.pack))
     faults = parse_faults(args.partition, args.kill_bootstrap, args.freeze,
                           {p.name for p in swarm.peers} | {"bootstrap"})
     start_in = args.start_in if args.start_in is not None else 30 + 8 * len(swarm.peers)

@@ -1,0 +1,50 @@
+"""A light miner that joins with only the manifest fetches the run's miner pack from the swarm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from swarm.net.dht import start_dht, visible_maddrs
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_other_bytes(make_identity, tmp_path):
+    from swarm import peer
+    from swarm.launch import pack_spec, write_manifest
+    from swarm.net.network import Network
+    from swarm.protocol.manifest import load, run_id
+    from swarm.protocol.store import Store
+    from teft.pack import build_pack, write_pack
+    from teft.selection import ExpertMap
+
+    data = build_pack("tiny", ExpertMap.load(REPO / "configs" / "tiny-math.map.json"), "4bit")
+    ids = {n: make_identity(n) for n in ("liar", "holder", "miner")}
+    manifest = load(write_manifest(REPO / "configs" / "tiny.yaml", tmp_path / "run.yaml",
+                                   [ids["liar"].public_key_str], 0.0,
+                                   {"quorum": 1, "pack": pack_spec(str(write_pack(data, tmp_path / "packs")))}))
+    rid, digest = run_id(manifest), manifest.pack.sha256
+    other = data[:-1] + bytes([data[-1] ^ 1])  # same size, other bytes: only the hash check can tell
+    held = Store(tmp_path / "holder")
+    held.save_pack(data)
+    dhts, nets = [], []
+    try:
+        dhts.append(start_dht(ids["liar"], run_id=rid))
+        nets.append(Network(dhts[-1], rid, lambda h: other if h == digest else None, timeout=20))
+        dhts.append(start_dht(ids["holder"], visible_maddrs(dhts[0]), run_id=rid))
+        nets.append(Network(dhts[-1], rid, held.find, timeout=20))
+        join = visible_maddrs(dhts[1])
+        dhts.append(start_dht(ids["miner"], join, run_id=rid))
+        nets.append(Network(dhts[-1], rid, lambda _: None, timeout=20))
+        mine = Store(tmp_path / "miner")
+        # the allowlisted validator is asked first (it sends other bytes), the initial peer beside it
+        got = peer.fetch_pack(nets[-1], dhts[-1], manifest, rid, join, mine)
+        assert got == data and mine.load_pack(digest) == data and mine.find(digest) == data  # kept and served
+    finally:
+        for net in nets:
+            net.close()
+        for dht in dhts:
+            dht.shutdown()
