@@ -42,9 +42,11 @@ class Network:
                      ) -> Iterator[FetchResult]:
         """Several payloads at once under one wall-clock budget, each handed over as soon as it is final; a
         slow or silent peer costs its own slot only (for at most `timeout`, default the peer's fetch timeout).
-        `on_data` sees each verified payload on arrival, before the reader does."""
+        With `on_data` (which sees each verified payload on arrival, before the reader does: it keeps them),
+        this peer's server answers "not yet" for a payload still on its way, so that others wait for it."""
         return fetch_stream(self.loop, self.p2p, requests, budget_s, max_parallel, timeout=timeout or self.timeout,
-                            run_id=self.run_id, stats=self.stats, on_data=on_data)
+                            run_id=self.run_id, stats=self.stats, on_data=on_data,
+                            pending=self.server.pending if on_data is not None else None)
 
     def connect(self, peers: dict[str, list[str] | None], timeout: float = 5.0) -> dict[str, str | None]:
         """Dial each of `peers` (peer id -> maddrs) at once: None for each connected now, else why not."""

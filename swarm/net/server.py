@@ -64,6 +64,8 @@ from swarm.net.wire import (
     IO_TIMEOUT,
     LOG_BURST_S,
     MIN_RATE,
+    NOT_FOUND,
+    NOT_YET,
     PRIORITY_LANE,
     PRIORITY_STALL_TIMEOUT,
     RATE_GRACE,
@@ -255,6 +257,9 @@ class PayloadServer:
         self._bursts = _Bursts(LOG_BURST_S)
         self._open = 0
         self._started = False
+        # hashes this peer is fetching right now (transfer.fetch_stream): asked for one, it answers "not yet"
+        # rather than "not found", so a validator waiting for it to relay a payload waits only while it may come
+        self.pending: set[str] = set()
 
     async def start(self) -> PayloadServer:
         """Register the stream handler with this peer's p2pd."""
@@ -419,7 +424,8 @@ class PayloadServer:
         loop = asyncio.get_running_loop()
         data = await loop.run_in_executor(None, self.lookup, wanted)
         if data is None:
-            await send_frame(writer, ERR, b"not found", timeout=min(self.io_timeout, self.stall_timeout))
+            why = NOT_YET if wanted in self.pending else NOT_FOUND
+            await send_frame(writer, ERR, why.encode(), timeout=min(self.io_timeout, self.stall_timeout))
             self.stats.serve_failed += 1
             return False
         view = memoryview(data)

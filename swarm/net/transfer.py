@@ -31,6 +31,8 @@ from swarm.errors import TransferError
 from swarm.net.wire import (
     ACK,
     FRAME_HEAD,
+    NOT_FOUND,
+    NOT_YET,
     REQ,
     Receiver,
     TransferStats,
@@ -276,25 +278,31 @@ class FetchRequest:
 
 
 RELAY_POLL_S = 0.5  # how often a relay that does not hold the payload yet is asked again
+RELAY_GRACE_S = 2.0  # a relay that says "not found" this early may not have begun its own fetch yet
 
 
 async def relay_first(p2p: P2P, request: FetchRequest, timeout: float, *, run_id: str, stats: TransferStats,
                       deadline: float) -> bytes | None:
     """The payload from the request's first peer, a relay that is fetching it from its source: asked again every
-    RELAY_POLL_S while it answers "not found", for relay_wait_s at most; None once that is spent or the relay
-    fails otherwise (the caller then asks the others). A validator that another validator carries a payload
-    for gets it this way, so the miner's uplink sends one copy rather than one per validator."""
+    RELAY_POLL_S while it answers "not yet" (it is fetching it: fetch_stream's `pending`), or "not found" within
+    RELAY_GRACE_S, for relay_wait_s at most; None once that is spent, the relay has given up on it, or it fails
+    otherwise (the caller then asks the others). A validator that another validator carries a payload for gets
+    it this way, so the miner's uplink sends one copy rather than one per validator; a payload its carrier
+    could not get (a key that serves nothing, a staller) costs the others no longer than it cost the carrier."""
     loop = asyncio.get_running_loop()
-    relay = request.peers[0]
-    until = min(loop.time() + request.relay_wait_s, deadline)
+    relay, started = request.peers[0], loop.time()
+    until = min(started + request.relay_wait_s, deadline)
     while loop.time() < until:
         try:
             return await fetch(p2p, relay, request.payload_hash, request.expected_size,
                                min(timeout, deadline - loop.time()), run_id=run_id, stats=stats,
                                maddrs=(request.maddrs or {}).get(relay), exact=request.exact)
         except TransferError as err:
-            if not str(err).endswith("peer says: not found"):
-                logger.info("%s; asking the source", err)
+            said = str(err)
+            early = loop.time() - started < RELAY_GRACE_S
+            if not (said.endswith(f"peer says: {NOT_YET}") or (early and said.endswith(f"peer says: {NOT_FOUND}"))):
+                if not said.endswith(f"peer says: {NOT_FOUND}"):
+                    logger.info("%s; asking the source", err)
                 return None
         await asyncio.sleep(min(RELAY_POLL_S, max(until - loop.time(), 0.0)))
     return None
@@ -399,12 +407,17 @@ def fetch_stream(
     run_id: str,
     stats: TransferStats | None = None,
     on_data: Callable[[bytes], object] | None = None,
+    pending: set[str] | None = None,
 ) -> Iterator[FetchResult]:
     """fetch_many on a background loop, started now, for a synchronous reader: each result is handed over as
     soon as it is final, in the order they finish, so a validator judges the first payload while the others
     are still arriving. `on_data` (on the loop) sees each verified payload as it arrives, whenever the reader
-    comes to it. Closing the iterator early cancels what is still running."""
+    comes to it; `pending` (a payload server's) holds each request's hash until its result is final. Closing
+    the iterator early cancels what is still running."""
     done: queue.SimpleQueue[FetchResult | None] = queue.SimpleQueue()
+    wanted = {r.payload_hash for r in requests}
+    if pending is not None:
+        pending |= wanted
 
     def arrived(result: FetchResult) -> None:
         if result.data is not None and on_data is not None:
@@ -412,11 +425,18 @@ def fetch_stream(
                 on_data(result.data)
             except Exception as err:  # noqa: BLE001 - keeping a copy is a service to others; the reader gets it anyway
                 logger.warning("could not keep payload %s: %s", result.request.payload_hash[:12], err)
+        if pending is not None:
+            pending.discard(result.request.payload_hash)
         done.put(result)
+
+    def ended(_) -> None:
+        if pending is not None:
+            pending.difference_update(wanted)
+        done.put(None)
 
     future = background.submit(fetch_many(p2p, requests, budget_s, max_parallel, timeout=timeout, run_id=run_id,
                                           stats=stats, on_result=arrived))
-    future.add_done_callback(lambda _: done.put(None))
+    future.add_done_callback(ended)
     give_up = time.monotonic() + budget_s + 10.0  # fetch_many ends within its budget and a few seconds of cleanup
 
     def results() -> Iterator[FetchResult]:

@@ -479,9 +479,11 @@ def test_fetch_stream_hands_over_results_as_they_finish():
             assert got[0].data == payload and got[1].data is None and "timed out after 2s" in got[1].error
             assert time.perf_counter() - start < 5.0
             # the reader stops after the first result: the silent peer's fetch (30 s allowed) is cancelled
-            stats = TransferStats()
-            stream = fetch_stream(loop, client, [stalled, good], 20.0, 2, timeout=30.0, run_id=RUN, stats=stats)
+            stats, pending, kept = TransferStats(), set(), []
+            stream = fetch_stream(loop, client, [stalled, good], 20.0, 2, timeout=30.0, run_id=RUN, stats=stats,
+                                  on_data=kept.append, pending=pending)
             first = next(stream)
+            assert kept == [payload] and pending == {stalled.payload_hash}  # "not yet" only while on its way
             start = time.perf_counter()
             stream.close()
             assert first.data == payload and time.perf_counter() - start < 1.0
@@ -490,6 +492,7 @@ def test_fetch_stream_hands_over_results_as_they_finish():
                     break
                 time.sleep(0.05)
             assert not loop.run(_fetch_tasks(), timeout=5) and stats.fetched == 1, stats
+            assert await_empty(pending)
         finally:
             for p in (client, honest, silent):
                 loop.run(p.shutdown(), timeout=10)
@@ -498,30 +501,40 @@ def test_fetch_stream_hands_over_results_as_they_finish():
         loop.close()
 
 
-def test_a_relay_is_asked_again_until_it_holds_the_payload():
-    """A validator carrying a payload serves the others: they ask it again while it says "not found" and get
-    the bytes from it, not from the miner; a relay that never gets them costs relay_wait_s, then the miner."""
+def await_empty(pending: set, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pending
+
+
+def test_a_relay_is_asked_again_while_it_is_fetching_the_payload():
+    """A validator carrying a payload serves the others: while its fetch is under way it answers "not yet" and
+    they ask again, then get the bytes from it, not from the miner. One that says "not found" past the first
+    seconds has given up on it (or never carried it): then the miner is asked at once."""
     payload = os.urandom(300_000)
     h = payload_hash(payload)
 
     async def main():
         async with peers(2) as ([relay, miner], client):
             held: dict[str, bytes] = {}
-            await PayloadServer(relay, held.get, RUN).start()
+            server = await PayloadServer(relay, held.get, RUN).start()
             miner_stats = TransferStats()
             await PayloadServer(miner, store_of(payload), RUN, stats=miner_stats).start()
             request = FetchRequest(h, len(payload), [relay.peer_id.to_base58(), miner.peer_id.to_base58()],
-                                   relay_wait_s=6.0)
-            asyncio.get_running_loop().call_later(1.5, held.__setitem__, h, payload)  # its own fetch lands
+                                   relay_wait_s=8.0)
+            loop = asyncio.get_running_loop()
+            server.pending.add(h)  # its own fetch is under way, and lands in 3 s
+            loop.call_later(3.0, held.__setitem__, h, payload)
             start = time.perf_counter()
             [result] = await fetch_many(client, [request], 10.0, 1, timeout=5, run_id=RUN)
-            assert result.data == payload and 1.4 < time.perf_counter() - start < 4.0
+            assert result.data == payload and 2.9 < time.perf_counter() - start < 5.0
             assert miner_stats.bytes_out == 0  # the miner's uplink sent nothing to this validator
             held.clear()
-            request.relay_wait_s = 1.0
+            server.pending.clear()  # not fetching it: after the first seconds' grace, straight to the miner
             start = time.perf_counter()
             [result] = await fetch_many(client, [request], 10.0, 1, timeout=5, run_id=RUN)
-            assert result.data == payload and 0.9 < time.perf_counter() - start < 4.0
+            assert result.data == payload and 1.9 < time.perf_counter() - start < 4.0
             assert await until(lambda: miner_stats.bytes_out == len(payload), 5)  # counted on its ACK
 
     asyncio.run(main())
