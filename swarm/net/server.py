@@ -59,6 +59,7 @@ from swarm.net.wire import (
     END,
     ERR,
     FRAME_HEAD,
+    GAVE_UP,
     HDR,
     HEADER_TIMEOUT,
     IO_TIMEOUT,
@@ -257,9 +258,10 @@ class PayloadServer:
         self._bursts = _Bursts(LOG_BURST_S)
         self._open = 0
         self._started = False
-        # hashes this peer is fetching right now (transfer.fetch_stream): asked for one, it answers "not yet"
-        # rather than "not found", so a validator waiting for it to relay a payload waits only while it may come
-        self.pending: set[str] = set()
+        # what this peer's evaluate phase fetches (transfer.fetch_stream): hash -> True while on its way, False
+        # once the fetch failed. Asked for one, it answers "not yet" or "could not get it either" rather than
+        # "not found", so a validator waiting for it to relay a payload waits only while the payload may come
+        self.pending: dict[str, bool] = {}
 
     async def start(self) -> PayloadServer:
         """Register the stream handler with this peer's p2pd."""
@@ -424,7 +426,7 @@ class PayloadServer:
         loop = asyncio.get_running_loop()
         data = await loop.run_in_executor(None, self.lookup, wanted)
         if data is None:
-            why = NOT_YET if wanted in self.pending else NOT_FOUND
+            why = {True: NOT_YET, False: GAVE_UP}.get(self.pending.get(wanted), NOT_FOUND)
             await send_frame(writer, ERR, why.encode(), timeout=min(self.io_timeout, self.stall_timeout))
             self.stats.serve_failed += 1
             return False

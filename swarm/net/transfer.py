@@ -285,10 +285,11 @@ async def relay_first(p2p: P2P, request: FetchRequest, timeout: float, *, run_id
                       deadline: float) -> bytes | None:
     """The payload from the request's first peer, a relay that is fetching it from its source: asked again every
     RELAY_POLL_S while it answers "not yet" (it is fetching it: fetch_stream's `pending`), or "not found" within
-    RELAY_GRACE_S, for relay_wait_s at most; None once that is spent, the relay has given up on it, or it fails
-    otherwise (the caller then asks the others). A validator that another validator carries a payload for gets
-    it this way, so the miner's uplink sends one copy rather than one per validator; a payload its carrier
-    could not get (a key that serves nothing, a staller) costs the others no longer than it cost the carrier."""
+    RELAY_GRACE_S (it may not have begun), for relay_wait_s at most; None once that is spent, the relay could not
+    get it either, or it fails otherwise (the caller then asks the others). A validator that another validator
+    carries a payload for gets it this way, so the miner's uplink sends one copy rather than one per validator;
+    a payload its carrier could not get (a key that serves nothing, a staller) costs the others about what it
+    cost the carrier."""
     loop = asyncio.get_running_loop()
     relay, started = request.peers[0], loop.time()
     until = min(started + request.relay_wait_s, deadline)
@@ -407,17 +408,20 @@ def fetch_stream(
     run_id: str,
     stats: TransferStats | None = None,
     on_data: Callable[[bytes], object] | None = None,
-    pending: set[str] | None = None,
+    pending: dict[str, bool] | None = None,
 ) -> Iterator[FetchResult]:
     """fetch_many on a background loop, started now, for a synchronous reader: each result is handed over as
     soon as it is final, in the order they finish, so a validator judges the first payload while the others
     are still arriving. `on_data` (on the loop) sees each verified payload as it arrives, whenever the reader
-    comes to it; `pending` (a payload server's) holds each request's hash until its result is final. Closing
+    comes to it; `pending` (a payload server's) marks each request's hash on its way (True) until it arrives
+    (removed: the lookup finds it) or fails (False). Closing
     the iterator early cancels what is still running."""
     done: queue.SimpleQueue[FetchResult | None] = queue.SimpleQueue()
     wanted = {r.payload_hash for r in requests}
     if pending is not None:
-        pending |= wanted
+        for digest in [d for d, coming in list(pending.items()) if not coming]:  # what failed before: no longer asked
+            del pending[digest]
+        pending.update(dict.fromkeys(wanted, True))
 
     def arrived(result: FetchResult) -> None:
         if result.data is not None and on_data is not None:
@@ -425,13 +429,17 @@ def fetch_stream(
                 on_data(result.data)
             except Exception as err:  # noqa: BLE001 - keeping a copy is a service to others; the reader gets it anyway
                 logger.warning("could not keep payload %s: %s", result.request.payload_hash[:12], err)
-        if pending is not None:
-            pending.discard(result.request.payload_hash)
+        if pending is not None:  # kept (found by lookup from now on), or given up on
+            if result.data is not None:
+                pending.pop(result.request.payload_hash, None)
+            else:
+                pending[result.request.payload_hash] = False
         done.put(result)
 
     def ended(_) -> None:
         if pending is not None:
-            pending.difference_update(wanted)
+            for digest in wanted & {d for d, coming in list(pending.items()) if coming}:
+                pending[digest] = False
         done.put(None)
 
     future = background.submit(fetch_many(p2p, requests, budget_s, max_parallel, timeout=timeout, run_id=run_id,

@@ -36,7 +36,9 @@ REQ, HDR, DATA, END, ERR, ACK = b"Q", b"H", b"D", b"E", b"X", b"A"
 FRAME_HEAD = 5
 _MAX_CONTROL = 4096
 _END_LENGTH = 40
-NOT_FOUND, NOT_YET = "not found", "not yet"  # ERR bodies: a lookup that found nothing; one that may find it soon
+# ERR bodies for a payload not held: never heard of; on its way here (a validator relays it once it lands);
+# this peer tried to fetch it and could not
+NOT_FOUND, NOT_YET, GAVE_UP = "not found", "not yet", "could not get it either"
 MAX_PAYLOAD = 1 << 40  # sizes above this in a request or header are malformed, not just large
 HEADER_TIMEOUT = 3.0  # the whole request must arrive within this, before the stream may take a slot
 IO_TIMEOUT = 10.0  # the longest any single control frame (ERR) may take to write

@@ -479,11 +479,11 @@ def test_fetch_stream_hands_over_results_as_they_finish():
             assert got[0].data == payload and got[1].data is None and "timed out after 2s" in got[1].error
             assert time.perf_counter() - start < 5.0
             # the reader stops after the first result: the silent peer's fetch (30 s allowed) is cancelled
-            stats, pending, kept = TransferStats(), set(), []
+            stats, pending, kept = TransferStats(), {}, []
             stream = fetch_stream(loop, client, [stalled, good], 20.0, 2, timeout=30.0, run_id=RUN, stats=stats,
                                   on_data=kept.append, pending=pending)
             first = next(stream)
-            assert kept == [payload] and pending == {stalled.payload_hash}  # "not yet" only while on its way
+            assert kept == [payload] and pending == {stalled.payload_hash: True}  # "not yet" while on its way
             start = time.perf_counter()
             stream.close()
             assert first.data == payload and time.perf_counter() - start < 1.0
@@ -492,7 +492,7 @@ def test_fetch_stream_hands_over_results_as_they_finish():
                     break
                 time.sleep(0.05)
             assert not loop.run(_fetch_tasks(), timeout=5) and stats.fetched == 1, stats
-            assert await_empty(pending)
+            assert given_up(pending, stalled.payload_hash)  # cancelled: "could not get it either"
         finally:
             for p in (client, honest, silent):
                 loop.run(p.shutdown(), timeout=10)
@@ -501,17 +501,17 @@ def test_fetch_stream_hands_over_results_as_they_finish():
         loop.close()
 
 
-def await_empty(pending: set, timeout: float = 5.0) -> bool:
+def given_up(pending: dict, digest: str, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
+    while pending.get(digest) is not False and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not pending
+    return pending.get(digest) is False
 
 
 def test_a_relay_is_asked_again_while_it_is_fetching_the_payload():
     """A validator carrying a payload serves the others: while its fetch is under way it answers "not yet" and
-    they ask again, then get the bytes from it, not from the miner. One that says "not found" past the first
-    seconds has given up on it (or never carried it): then the miner is asked at once."""
+    they ask again, then get the bytes from it, not from the miner. One that could not get it, or says "not
+    found" past the first seconds (it never carried it), sends them to the miner at once."""
     payload = os.urandom(300_000)
     h = payload_hash(payload)
 
@@ -524,7 +524,7 @@ def test_a_relay_is_asked_again_while_it_is_fetching_the_payload():
             request = FetchRequest(h, len(payload), [relay.peer_id.to_base58(), miner.peer_id.to_base58()],
                                    relay_wait_s=8.0)
             loop = asyncio.get_running_loop()
-            server.pending.add(h)  # its own fetch is under way, and lands in 3 s
+            server.pending[h] = True  # its own fetch is under way, and lands in 3 s
             loop.call_later(3.0, held.__setitem__, h, payload)
             start = time.perf_counter()
             [result] = await fetch_many(client, [request], 10.0, 1, timeout=5, run_id=RUN)
@@ -536,5 +536,9 @@ def test_a_relay_is_asked_again_while_it_is_fetching_the_payload():
             [result] = await fetch_many(client, [request], 10.0, 1, timeout=5, run_id=RUN)
             assert result.data == payload and 1.9 < time.perf_counter() - start < 4.0
             assert await until(lambda: miner_stats.bytes_out == len(payload), 5)  # counted on its ACK
+            server.pending[h] = False  # it tried and failed (a key that serves nothing): the miner at once
+            start = time.perf_counter()
+            [result] = await fetch_many(client, [request], 10.0, 1, timeout=5, run_id=RUN)
+            assert result.data == payload and time.perf_counter() - start < 1.5
 
     asyncio.run(main())
