@@ -125,6 +125,10 @@ class MemoryNetwork:
         self.stats = Stats()
         everyone[me] = self
 
+    def connected(self, timeout: float = 3.0) -> set[str]:
+        """Every peer of the process counts as connected; a Sybil's throwaway keys do not (nothing dials for them)."""
+        return set(self.everyone)
+
     def fetch(self, peers, digest, size, maddrs, exact, on_failure=None):
         reasons = []
         for pid in peers:

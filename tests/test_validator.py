@@ -181,3 +181,23 @@ def test_poison_noise_and_norm_attacks_are_refused_when_they_arrive_encoded(rt, 
     merged = combine({"v": list(verdicts.values())}, {"v"}, 1, 4, rt.manifest.outer.min_relative_score).merged
     assert [s.miner for s in merged] == ["honest"], verdicts
     assert isinstance(verdicts["noise"], Score)
+
+
+def test_keys_that_dialled_the_validator_are_fetched_before_those_that_did_not():
+    """Cycle 0, nobody proven: among keys with an address of their own, those this validator holds a connection
+    to (an honest miner dials every validator after its reveal) come first, each group in seed order; keys with
+    no address of their own still come last."""
+    from types import SimpleNamespace
+
+    from swarm.roles.validator import Validator
+
+    keys = [f"key-{i}" for i in range(6)]
+    peer = SimpleNamespace(net=SimpleNamespace(connected=lambda: {"key-4", "key-1"}))
+    role = Validator(peer)
+    announced = {k: [f"/ip4/10.0.0.{i}/tcp/31337/p2p/{k}"] for i, k in enumerate(keys[:5])}  # key-5: none
+    order = [pid for pid, _ in role.order(0, b"seed", [(k, "h") for k in keys], announced)]
+    assert set(order[:2]) == {"key-1", "key-4"} and order[-1] == "key-5", order
+    peer.net.connected = lambda: set()  # without the hint (or where every key is connected): seed order
+    plain = [pid for pid, _ in role.order(0, b"seed", [(k, "h") for k in keys], announced)]
+    assert [k for k in plain if k in ("key-1", "key-4")] == order[:2]  # the seed's order inside each group
+    assert [k for k in plain if k not in ("key-1", "key-4")] == order[2:]

@@ -52,6 +52,16 @@ class Network:
         """Dial each of `peers` (peer id -> maddrs) at once: None for each connected now, else why not."""
         return self.loop.run(connect_all(self.p2p, peers, timeout), timeout=timeout + 5.0)
 
+    def connected(self, timeout: float = 3.0) -> set[str]:
+        """The peer ids this peer holds a connection to now (p2pd's list); empty if the daemon does not answer."""
+        async def listed() -> set[str]:
+            return {str(info.peer_id) for info in await self.p2p.list_peers()}
+
+        try:
+            return self.loop.run(listed(), timeout=timeout)
+        except Exception:  # noqa: BLE001 - an ordering hint only: without it every key is treated alike
+            return set()
+
     def meet(self, peers: dict[str, list[str] | None], timeout: float = 3.0) -> dict[str, str | None]:
         """connect() to each of `peers`, then ping the DHT node of each connected one, so both routing tables
         hold the other: None for each met, else why not."""

@@ -61,6 +61,8 @@ class NetworkLike(Protocol):
 
     def meet(self, peers: dict[str, list[str] | None], timeout: float = 3.0) -> dict[str, str | None]: ...
 
+    def connected(self, timeout: float = 3.0) -> set[str]: ...
+
 
 def link_busy(stats) -> tuple[float, float]:
     """Seconds the link was moving payload bytes in and out (TransferStats.busy; 0 for a network without it)."""
