@@ -318,13 +318,15 @@ def test_pack_is_the_same_bytes_from_two_processes(tmp_path):
     from teft.pack import read_pack
 
     repo = Path(__file__).resolve().parents[1]
-    outs = []
-    for run in ("a", "b"):
+    outs, procs = [], []
+    for run in ("a", "b"):  # both at once: two processes, whatever their order
         cmd = [sys.executable, "-m", "teft", "pack", "--model", "tiny", "--expert-map", str(_tiny_map_path()),
                "--background", "4bit", "--threads", "1", "--out", str(tmp_path / run), "--json"]
-        done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-        outs.append(json.loads(done.stdout))
+        procs.append(subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        outs.append(json.loads(out))
     a, b = (Path(o["out"]).read_bytes() for o in outs)
     assert a == b and outs[0]["sha256"] == outs[1]["sha256"] == content_hash(a)
     assert Path(outs[0]["out"]).name == f"{content_hash(a)}.teftpack"
