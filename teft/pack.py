@@ -68,30 +68,27 @@ def write_pack(data: bytes, out_dir: str | os.PathLike) -> Path:
 
 def read_pack(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, metadata) of a pack, or a one-line error when the bytes are not one."""
+    metadata = pack_info(data)
     try:
         tensors = st_load(data)
-        size = int.from_bytes(data[:8], "little")  # safetensors: u64 header length, then the JSON header
-        metadata = json.loads((json.loads(data[8:8 + size]).get("__metadata__") or {}).get(METADATA_KEY, "{}"))
-    except Exception as err:  # safetensors raises its own error types for malformed headers
+    except Exception as err:  # safetensors raises its own error types for malformed data
         raise TeftError(f"not a miner pack (unreadable safetensors: {err}); build one with `python -m teft pack`"
                         ) from err
-    if metadata.get("format") != FORMAT:
-        raise TeftError(f"not a miner pack (format {metadata.get('format')!r}, expected {FORMAT}); "
-                        "build one with `python -m teft pack`")
     return tensors, metadata
 
 
 def pack_info(data: bytes) -> dict:
     """A pack's metadata from its header alone (no tensor is read), or a one-line error."""
     try:
-        size = int.from_bytes(data[:8], "little")
+        size = int.from_bytes(data[:8], "little")  # safetensors: u64 header length, then the JSON header
         if not 0 < size <= min(len(data) - 8, 100 << 20):
             raise ValueError(f"header length {size} does not fit the {len(data)} bytes")
         metadata = json.loads((json.loads(data[8:8 + size]).get("__metadata__") or {}).get(METADATA_KEY, "{}"))
     except (ValueError, AttributeError) as err:
         raise TeftError(f"not a miner pack ({err}); build one with `python -m teft pack`") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise TeftError("not a miner pack (no teft-miner-pack/1 metadata); build one with `python -m teft pack`")
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found != FORMAT:
+        raise TeftError(f"not a miner pack (format {found!r}, expected {FORMAT}); build one with `python -m teft pack`")
     return metadata
 
 
