@@ -80,20 +80,17 @@ def _missing_dirs(folder: Path) -> list[Path]:
     return missing
 
 
-def pack_spec(path: str) -> dict:
-    """The manifest's `pack` section for this pack file: its hash, size and background."""
+def pack_spec(data: bytes) -> dict:
+    """The manifest's `pack` section for these pack bytes: their hash, size and background."""
     from teft.errors import TeftError
     from teft.files import content_hash
     from teft.pack import pack_info
 
     try:
-        data = Path(path).expanduser().read_bytes()
-        info = pack_info(data)
-    except OSError as err:
-        raise SwarmError(f"--pack {path}: {err.strerror or err}") from None
+        background = pack_info(data)["background"]
     except TeftError as err:
-        raise SwarmError(f"--pack {path}: {err}") from None
-    return {"sha256": content_hash(data), "bytes": len(data), "background": info["background"]}
+        raise SwarmError(str(err)) from None
+    return {"sha256": content_hash(data), "bytes": len(data), "background": background}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,17 +128,24 @@ def main(argv: list[str] | None = None) -> int:
                 raise SwarmError(f"--validators {item}: no such key file, and not a public key: make it with "
                                  f"python -m swarm.keygen --identity {item}, or pass the public key it prints")
         overrides = {"quorum": args.quorum} if args.quorum is not None else {}
+        pack = None
         if args.pack:
-            overrides["pack"] = pack_spec(args.pack)
+            try:
+                pack = Path(args.pack).expanduser().read_bytes()
+                overrides["pack"] = pack_spec(pack)
+            except OSError as err:
+                raise SwarmError(f"--pack {args.pack}: {err.strerror or err}") from None
+            except SwarmError as err:
+                raise SwarmError(f"--pack {args.pack}: {err}") from None
         path = write_manifest(args.template, args.out, keys, time.time() + args.start_in, overrides)
         from swarm.protocol.manifest import load, run_id
 
         manifest = load(path)
-        if args.pack:
+        if pack is not None:
             from swarm.protocol.runtime import check_pack
 
             try:
-                check_pack(manifest, Path(args.pack).expanduser().read_bytes())
+                check_pack(manifest, pack)
             except SwarmError as err:
                 path.unlink()
                 raise SwarmError(f"--pack {args.pack}: {err}") from None

@@ -180,12 +180,12 @@ def read_pack_file(path: str, manifest) -> bytes:
 
 
 def fetch_pack(net, dht, manifest, rid: str, initial_peers: list[str], store) -> bytes:
-    """The run's pack from the swarm: the allowlisted validators and the initial peers, two at once; every copy
-    is checked against the pinned hash before it is kept, and a holder that sends other bytes is passed over."""
+    """The run's pack from the swarm: the allowlisted validators and the initial peers, two at once; the transfer
+    takes only the pinned size and hash, so a holder that sends other bytes is passed over (load_runtime then
+    checks what the pack holds against the manifest)."""
     from swarm.net.dht import dht_time
     from swarm.net.identity import peer_key_of
     from swarm.net.records import get_records
-    from swarm.protocol.runtime import check_pack
 
     spec = manifest.pack
     maddrs: dict[str, list[str]] = {m.rsplit("/p2p/", 1)[-1]: [m] for m in initial_peers}
@@ -205,7 +205,6 @@ def fetch_pack(net, dht, manifest, rid: str, initial_peers: list[str], store) ->
         data = net.fetch(holders, spec.sha256, spec.bytes, maddrs, exact=True)
     except TransferError as err:
         raise SwarmError(f"could not fetch the run's miner pack: {err}; pass --pack FILE if you have it") from None
-    check_pack(manifest, data)
     store.save_pack(data)  # kept: served to the next light miner, and no fetch after a restart
     logger.info("miner pack %s in %.1fs", spec.sha256[:12], time.monotonic() - started)
     return data

@@ -439,7 +439,7 @@ def _pinned_run(tmp_path, data: bytes):
     raw = _tiny_raw(tmp_path)
     path = write_pack(data, tmp_path / "packs")
     return load(write_manifest(_tiny_map_path().parent / "tiny.yaml", tmp_path / "run.yaml", raw["validators"], 0.0,
-                               {"quorum": 1, "pack": pack_spec(str(path)),
+                               {"quorum": 1, "pack": pack_spec(data),
                                 "data": {"train_tokens": 20000, "validation_tokens": 20000}})), path
 
 

@@ -470,7 +470,7 @@ def _run(args, kinds: list[str], out: Path, lab: Lab | None) -> int:
         from swarm.launch import pack_spec
 
         swarm.pack = build_run_pack(Path(args.config), out)
-        overrides["pack"] = pack_spec(str(swarm.pack))
+        overrides["pack"] = pack_spec(swarm.pack.read_bytes())
     faults = parse_faults(args.partition, args.kill_bootstrap, args.freeze,
                           {p.name for p in swarm.peers} | {"bootstrap"})
     start_in = args.start_in if args.start_in is not None else 30 + 8 * len(swarm.peers)
