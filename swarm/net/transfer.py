@@ -299,10 +299,9 @@ async def relay_first(p2p: P2P, request: FetchRequest, timeout: float, *, run_id
                                min(timeout, deadline - loop.time()), run_id=run_id, stats=stats,
                                maddrs=(request.maddrs or {}).get(relay), exact=request.exact)
         except TransferError as err:
-            said = str(err)
-            early = loop.time() - started < RELAY_GRACE_S
-            if not (said.endswith(f"peer says: {NOT_YET}") or (early and said.endswith(f"peer says: {NOT_FOUND}"))):
-                if not said.endswith(f"peer says: {NOT_FOUND}"):
+            said = str(err).partition("peer says: ")[2]  # the relay's own answer, "" for any other failure
+            if said != NOT_YET and not (said == NOT_FOUND and loop.time() - started < RELAY_GRACE_S):
+                if said != NOT_FOUND:
                     logger.info("%s; asking the source", err)
                 return None
         await asyncio.sleep(min(RELAY_POLL_S, max(until - loop.time(), 0.0)))

@@ -70,10 +70,13 @@ class Store:
         return _read_verified(self.checkpoint_path(cycle, expected_hash), expected_hash)
 
     # payloads by hash ---------------------------------------------------------------------------
-    def payload_path(self, digest: str) -> Path:
+    def _by_hash(self, folder: str, digest: str, suffix: str) -> Path:
         if not all(c in "0123456789abcdef" for c in digest) or len(digest) != 64:
             raise SwarmError(f"'{digest[:80]}' is not a sha256 hex digest")
-        return self.root / "payloads" / f"{digest}.payload"
+        return self.root / folder / f"{digest}{suffix}"
+
+    def payload_path(self, digest: str) -> Path:
+        return self._by_hash("payloads", digest, ".payload")
 
     def save_payload(self, data: bytes) -> str:
         digest = state_hash(data)
@@ -84,8 +87,8 @@ class Store:
         return _read_verified(self.payload_path(digest), digest)
 
     # the run's miner pack (teft.pack), kept once held so that this peer serves it to light miners that join
-    def pack_path(self, digest: str) -> Path:
-        return self.payload_path(digest).parent.parent / "packs" / f"{digest}.teftpack"
+    def pack_path(self, digest: str) -> Path:  # not among the payloads, which prune keeps to the newest
+        return self._by_hash("packs", digest, ".teftpack")
 
     def save_pack(self, data: bytes) -> str:
         digest = state_hash(data)

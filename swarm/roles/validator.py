@@ -310,8 +310,10 @@ class Validator(Role):
             log.note += f"{len(candidates) - len(tried)} submissions over the fetch cap of {len(tried)} not tried; "
         budget = max(deadline - p.now(), 0.0)
         crew = sorted(peer_key_of(v) for v in p.manifest.validators)
-        wanted = [(digest, [pid] if carrier(digest, crew) in (p.me, pid) else [carrier(digest, crew), pid])
-                  for pid, digest in tried]
+        wanted = []
+        for pid, digest in tried:  # from the miner itself, or through the validator that carries it
+            relay = carrier(digest, crew)
+            wanted.append((digest, [pid] if relay in (p.me, pid) else [relay, pid]))
         arrivals = p.fetch_stream(wanted, c, p.rt.payload_size, budget_s=budget,
                                   timeout=max(budget * HOLDER_SHARE, 1.0), relay_wait_s=budget * RELAY_SHARE,
                                   keep=True)
