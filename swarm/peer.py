@@ -197,7 +197,10 @@ def fetch_pack(net, dht, manifest, rid: str, initial_peers: list[str], store) ->
         except SwarmError:
             pass
     validators = [peer_key_of(v) for v in manifest.validators]
-    holders = [*validators, *(p for p in maddrs if p not in validators)]
+    chosen = [m.rsplit("/p2p/", 1)[-1] for m in initial_peers]
+    # only peers someone chose to trust: the peers records only give their addresses (every key that announced
+    # itself, a thousand free ones included, would otherwise be a holder to try, each for the fetch timeout)
+    holders = [*validators, *(p for p in chosen if p not in validators)]
     logger.info("fetching the run's miner pack %s (%.1f MiB) from %d peer(s)", spec.sha256[:12], spec.bytes / 2**20,
                 len(holders))
     started = time.monotonic()
