@@ -81,7 +81,8 @@ def _missing_dirs(folder: Path) -> list[Path]:
 
 
 def pack_spec(data: bytes) -> dict:
-    """The manifest's `pack` section for these pack bytes: their hash, size and background."""
+    """The manifest's `pack` section for these pack bytes: their hash, size, background and pieces root."""
+    from swarm.net.pieces import pieces_root
     from teft.errors import TeftError
     from teft.files import content_hash
     from teft.pack import pack_info
@@ -90,7 +91,7 @@ def pack_spec(data: bytes) -> dict:
         background = pack_info(data)["background"]
     except TeftError as err:
         raise SwarmError(str(err)) from None
-    return {"sha256": content_hash(data), "bytes": len(data), "background": background}
+    return {"sha256": content_hash(data), "bytes": len(data), "background": background, "pieces": pieces_root(data)}
 
 
 def main(argv: list[str] | None = None) -> int:

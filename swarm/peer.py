@@ -180,9 +180,10 @@ def read_pack_file(path: str, manifest) -> bytes:
 
 
 def fetch_pack(net, dht, manifest, rid: str, initial_peers: list[str], store) -> bytes:
-    """The run's pack from the swarm: the allowlisted validators and the initial peers, two at once; the transfer
-    takes only the pinned size and hash, so a holder that sends other bytes is passed over (load_runtime then
-    checks what the pack holds against the manifest)."""
+    """The run's pack from the swarm: in pieces from the allowlisted validators and the initial peers at once, each
+    piece checked against the pinned pieces root, so a holder that sends other bytes is out after one range and
+    a fetch that stopped resumes from WORKDIR/partial (load_runtime then checks what the pack holds against the
+    manifest)."""
     from swarm.net.dht import dht_time
     from swarm.net.identity import peer_key_of
     from swarm.net.records import get_records
@@ -205,7 +206,8 @@ def fetch_pack(net, dht, manifest, rid: str, initial_peers: list[str], store) ->
                 len(holders))
     started = time.monotonic()
     try:
-        data = net.fetch(holders, spec.sha256, spec.bytes, maddrs, exact=True)
+        data = net.fetch_pieces(holders, spec.sha256, spec.pieces, spec.bytes, maddrs,
+                                partial=store.partial_path(spec.sha256))
     except TransferError as err:
         raise SwarmError(f"could not fetch the run's miner pack: {err}; pass --pack FILE if you have it") from None
     store.save_pack(data)  # kept: served to the next light miner, and no fetch after a restart

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from swarm.net.dht import ping_nodes, visible_maddrs
+from swarm.net.multisource import fetch_pieces
 from swarm.net.server import PayloadServer
 from swarm.net.timesync import ClockSample, TimeServer, sample_clocks
-from swarm.net.transfer import BackgroundLoop, FetchRequest, FetchResult, connect_all, fetch_first, fetch_stream
+from swarm.net.transfer import (
+    MIN_FRAME_RATE,
+    BackgroundLoop,
+    FetchRequest,
+    FetchResult,
+    connect_all,
+    fetch_first,
+    fetch_stream,
+)
 from swarm.net.wire import BUDGET_WINDOW_S, TransferStats
 
 
@@ -36,6 +46,18 @@ class Network:
                                          max_parallel=max_parallel, stats=self.stats, maddrs=maddrs, exact=exact,
                                          on_failure=on_failure),
                              timeout=self.timeout * rounds + 10)
+
+    def fetch_pieces(self, peers: list[str], digest: str, root: str, size: int, maddrs: dict[str, list[str]],
+                     partial: Path | None = None, on_failure: Callable[[str, str], None] | None = None) -> bytes:
+        """The object hashing to `digest` in pieces from all of `peers` at once, each piece checked against the
+        piece manifest that hashes to `root` (swarm/net/multisource.py); kept in `partial` on the way, so a
+        later call resumes. TransferError once no holder is left."""
+        # each request is bounded by the fetch timeout and the stall rules; this bounds the whole, at the
+        # slowest rate a range may move and with every holder failing once
+        bound = self.timeout * (len(peers) + 2) + size / MIN_FRAME_RATE
+        return self.loop.run(fetch_pieces(self.p2p, peers, digest, root, size, self.timeout, run_id=self.run_id,
+                                          stats=self.stats, maddrs=maddrs, partial=partial, on_failure=on_failure),
+                             timeout=bound)
 
     def fetch_stream(self, requests: list[FetchRequest], budget_s: float, max_parallel: int = 4,
                      timeout: float | None = None, on_data: Callable[[bytes], object] | None = None

@@ -48,6 +48,7 @@ from typing import Any
 import msgpack
 from hivemind.p2p import P2P, PeerID
 
+from swarm.net.pieces import piece_manifest
 from swarm.net.wire import (
     ACK,
     ACK_TIMEOUT,
@@ -74,6 +75,7 @@ from swarm.net.wire import (
     STALL_TIMEOUT,
     WRITE_PIECE,
     FrameError,
+    Request,
     TransferStats,
     parse_request,
     peer_str,
@@ -87,6 +89,7 @@ from swarm.net.wire import (
 logger = logging.getLogger("swarm.net.transfer")
 
 _GENERAL, _LANE = "general", "lane"
+MANIFESTS_KEPT = 16
 
 
 class _Slots:
@@ -262,6 +265,7 @@ class PayloadServer:
         # once the fetch failed. Asked for one, it answers "not yet" or "could not get it either" rather than
         # "not found", so a validator waiting for it to relay a payload waits only while the payload may come
         self.pending: dict[str, bool] = {}
+        self._manifests: dict[str, bytes] = {}  # piece manifests of recently asked objects, oldest first
 
     async def start(self) -> PayloadServer:
         """Register the stream handler with this peer's p2pd."""
@@ -355,7 +359,7 @@ class PayloadServer:
         try:
             async with asyncio.timeout(self.header_timeout):
                 length = request_length(await reader.readexactly(FRAME_HEAD))
-                wanted, max_size = parse_request(await reader.readexactly(length))
+                request = parse_request(await reader.readexactly(length))
         except (TimeoutError, asyncio.IncompleteReadError, FrameError, ConnectionError) as e:
             self.stats.refused += 1
             if isinstance(e, TimeoutError):
@@ -366,7 +370,8 @@ class PayloadServer:
                 why = " ".join(str(e).split()) or type(e).__name__
             logger.info("refused a stream from %s: %s", peer, why)
             return
-        if not priority and (why := self._over_budget(key, address, min(max_size, self._largest))):
+        asked = request.length if request.length is not None else request.max
+        if not priority and (why := self._over_budget(key, address, min(asked, self._largest))):
             self._refused_budget(peer, address, why)  # before a slot: a spent reader costs nothing more
             await self._refuse(writer, why)
             return
@@ -379,7 +384,7 @@ class PayloadServer:
         ended = False
         self.stats.begin("out")  # busy until the ACK: p2pd buffers about 1 MiB, so END leaves before the bytes do
         try:
-            ended = await self._send(key, address, priority, peer, wanted, max_size, writer)
+            ended = await self._send(key, address, priority, peer, request, writer)
         except Exception as e:  # noqa: BLE001 - a broken client must never take the server down
             self._failed(peer, address, priority, " ".join(str(e).split()) or type(e).__name__)
         finally:
@@ -418,26 +423,44 @@ class PayloadServer:
         else:
             self._bursts.log("failed", address, "serving %s at %s failed: %s", peer, address, why)
 
+    def _manifest(self, digest: str, data: bytes) -> bytes:
+        """The piece manifest of a held object, computed once per object while it stays among the recent few."""
+        body = self._manifests.pop(digest, None) or piece_manifest(data)
+        self._manifests[digest] = body
+        while len(self._manifests) > MANIFESTS_KEPT:
+            self._manifests.pop(next(iter(self._manifests)))
+        return body
+
     async def _send(
-        self, key: str, address: str, priority: bool, peer: str, wanted: str, max_size: int,
-        writer: asyncio.StreamWriter,
+        self, key: str, address: str, priority: bool, peer: str, request: Request, writer: asyncio.StreamWriter,
     ) -> bool:
-        """HDR, DATA..., END under the rate and stall deadlines; True once END is written (an ACK is due)."""
+        """HDR, DATA..., END under the rate and stall deadlines; True once END is written (an ACK is due).
+
+        What is sent is the object, the asked range of it, or its piece manifest (swarm/net/pieces.py)."""
         loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(None, self.lookup, wanted)
+        data = await loop.run_in_executor(None, self.lookup, request.hash)
         if data is None:
-            why = {True: NOT_YET, False: GAVE_UP}.get(self.pending.get(wanted), NOT_FOUND)
+            why = {True: NOT_YET, False: GAVE_UP}.get(self.pending.get(request.hash), NOT_FOUND)
             await send_frame(writer, ERR, why.encode(), timeout=min(self.io_timeout, self.stall_timeout))
             self.stats.serve_failed += 1
             return False
         view = memoryview(data)
-        size = len(view)
-        if size > max_size:
-            why = f"payload is {size} bytes, over the asked maximum"
+        whole = len(view)
+        why = None
+        if whole > request.max:
+            why = f"payload is {whole} bytes, over the asked maximum"
+        elif request.offset is not None and request.offset + request.length > whole:
+            why = f"range {request.offset}+{request.length} is outside the {whole}-byte object"
+        if why is not None:
             await send_frame(writer, ERR, why.encode(), min(self.io_timeout, self.stall_timeout))
             self.stats.serve_failed += 1
             return False
-        self._largest = max(self._largest, size)
+        self._largest = max(self._largest, whole)
+        if request.pieces:
+            view = memoryview(await loop.run_in_executor(None, self._manifest, request.hash, data))
+        elif request.offset is not None:
+            view = view[request.offset : request.offset + request.length]
+        size = len(view)
         if not priority:
             if why := self._over_budget(key, address, size):
                 self._refused_budget(peer, address, why)

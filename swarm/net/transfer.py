@@ -28,6 +28,7 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.utils.multiaddr import Multiaddr
 
 from swarm.errors import TransferError
+from swarm.net.pieces import manifest_size
 from swarm.net.wire import (
     ACK,
     FRAME_HEAD,
@@ -81,6 +82,7 @@ async def connect_all(p2p: P2P, peers: Mapping[str, Sequence[str | Multiaddr] | 
 
 FIRST_BYTE_S = 3.0  # dial, open a stream, and the answer's first frame: an honest server needs well under this
 STALL_S = 5.0  # then every frame's head within this, and its body at MIN_FRAME_RATE: a holder that sends a header
+SLOWER = "slower than another holder"  # what fetch_first tells on_failure of the holders it cancelled
 MIN_FRAME_RATE = 64 * 1024  # and then nothing (or a trickle) fails in seconds, not after the whole timeout
 
 
@@ -88,9 +90,8 @@ async def _fetch(
     p2p: P2P,
     peer_id: PeerID,
     name: str,
-    wanted: str,
-    expected_size: int,
-    exact: bool,
+    request: bytes,
+    receiver: Receiver,
     stats: TransferStats,
     maddrs: Sequence[str | Multiaddr] | None,
 ) -> bytes:
@@ -104,8 +105,7 @@ async def _fetch(
         raise ConnectionError(f"no stream within {FIRST_BYTE_S:g}s") from None
     moving = False
     try:
-        await send_frame(writer, REQ, encode_request(wanted, expected_size))
-        receiver = Receiver(wanted, expected_size, exact)
+        await send_frame(writer, REQ, request)
         first = True
         while True:
             try:
@@ -118,14 +118,14 @@ async def _fetch(
                 moving = True
             first = False
             length = receiver.body_length(head)
-            before = len(receiver.buf)
+            before = receiver.received
             try:
                 body = await asyncio.wait_for(reader.readexactly(length), STALL_S + length / MIN_FRAME_RATE)
             except TimeoutError:
                 raise ConnectionError(f"stalled: a {length}-byte frame took over "
                                       f"{STALL_S + length / MIN_FRAME_RATE:.0f}s") from None
             data = receiver.take(body)
-            stats.bytes_in += len(receiver.buf) - before
+            stats.bytes_in += receiver.received - before
             if data is not None:
                 break
         await send_frame(writer, ACK)
@@ -147,31 +147,55 @@ async def fetch(
     stats: TransferStats | None = None,
     maddrs: Sequence[str | Multiaddr] | None = None,
     exact: bool = True,
+    manifest_root: str | None = None,
 ) -> bytes:
     """Download one payload by hash from one peer; raises TransferError unless size and hash check out.
 
-    exact=False accepts anything up to expected_size (for callers that only know a bound).
+    exact=False accepts anything up to expected_size (for callers that only know a bound). With manifest_root,
+    the object's piece manifest instead (swarm/net/pieces.py), checked against that root.
     """
+    if manifest_root is not None:
+        request = encode_request(payload_hash, expected_size, pieces=True)
+        receiver = Receiver(manifest_root, manifest_size(expected_size), exact)
+    else:
+        request, receiver = encode_request(payload_hash, expected_size), Receiver(payload_hash, expected_size, exact)
+    return await call(p2p, peer_id, f"fetch {payload_hash[:12]}", request, receiver, timeout, run_id=run_id,
+                      stats=stats, maddrs=maddrs)
+
+
+async def call(
+    p2p: P2P,
+    peer_id: PeerID | str,
+    what: str,
+    request: bytes,
+    receiver: Receiver,
+    timeout: float,
+    *,
+    run_id: str,
+    stats: TransferStats | None = None,
+    maddrs: Sequence[str | Multiaddr] | None = None,
+) -> bytes:
+    """One request to one peer, answered into `receiver` within `timeout`; every failure is one TransferError
+    line that starts with `what` and names the peer."""
     stats = stats if stats is not None else TransferStats()
     shown = peer_str(peer_id)
     try:
         peer = PeerID.from_base58(peer_id) if isinstance(peer_id, str) else peer_id
         data = await asyncio.wait_for(
-            _fetch(p2p, peer, protocol_name(run_id), payload_hash, expected_size, exact, stats, maddrs), timeout
+            _fetch(p2p, peer, protocol_name(run_id), request, receiver, stats, maddrs), timeout
         )
     except TimeoutError:
         stats.fetch_failed += 1
-        raise TransferError(f"fetch {payload_hash[:12]} from {shown}: timed out after {timeout:g}s") from None
+        raise TransferError(f"{what} from {shown}: timed out after {timeout:g}s") from None
     except asyncio.IncompleteReadError as e:
         stats.fetch_failed += 1
         raise TransferError(
-            f"fetch {payload_hash[:12]} from {shown}: stream closed after {len(e.partial)} of "
-            f"{e.expected} bytes of a frame"
+            f"{what} from {shown}: stream closed after {len(e.partial)} of {e.expected} bytes of a frame"
         ) from None
     except Exception as e:  # noqa: BLE001 - every failure becomes one TransferError line
         stats.fetch_failed += 1
         reason = " ".join(str(e).split()) or type(e).__name__
-        raise TransferError(f"fetch {payload_hash[:12]} from {shown}: {reason}") from None
+        raise TransferError(f"{what} from {shown}: {reason}") from None
     stats.fetched += 1
     return data
 
@@ -211,13 +235,15 @@ async def fetch_first(
     exact: bool = True,
     on_failure: Callable[[str, str], None] | None = None,
     deadline: float | None = None,
+    manifest_root: str | None = None,
 ) -> bytes:
     """Ask up to max_parallel holders at once, starting the next as one fails; the first verified copy wins
     and the other tries are cancelled. Holders that stall cost their own try, not a turn each: tried in turn,
     k holders that send a header and then nothing held a late joiner up for k whole timeouts.
 
     on_failure(peer id, reason) hears of every holder that failed, so the caller can rank it last next time;
-    deadline (event-loop time) cuts every try short and starts none once it passes.
+    deadline (event-loop time) cuts every try short and starts none once it passes; manifest_root asks for the
+    object's piece manifest instead (fetch).
     """
     if not peer_ids:
         raise TransferError(f"fetch {payload_hash[:12]}: no peer holds it")
@@ -236,7 +262,8 @@ async def fetch_first(
                 return
             key = peer_id.to_base58() if isinstance(peer_id, PeerID) else str(peer_id)
             task = asyncio.create_task(fetch(p2p, peer_id, payload_hash, expected_size, left, run_id=run_id,
-                                             stats=stats, maddrs=(maddrs or {}).get(key), exact=exact))
+                                             stats=stats, maddrs=(maddrs or {}).get(key), exact=exact,
+                                             manifest_root=manifest_root))
             running[task] = key
 
     start_next()
@@ -258,7 +285,7 @@ async def fetch_first(
         for task, key in running.items():  # slower than the winner: asked later next time too
             task.cancel()
             if on_failure is not None:
-                on_failure(key, "slower than another holder")
+                on_failure(key, SLOWER)
         if running:
             await asyncio.wait(running, timeout=5.0)
     raise TransferError(f"fetch {payload_hash[:12]} from {len(reasons)} peer(s) failed: " + " | ".join(reasons))

@@ -3,9 +3,10 @@
 One raw binary stream per fetch; every frame is 1 type byte + 4-byte big-endian length + body:
 
     client -> server  REQ   msgpack {"hash": sha256 hex, "max": expected size}
+                            (+ "offset", "length": one range of it; or + "pieces": true, its piece manifest)
     server -> client  HDR   msgpack {"size": n}         (or ERR utf-8 reason, then close)
-    server -> client  DATA  <= 1 MiB of payload, repeated
-    server -> client  END   8-byte length + 32-byte sha256 digest
+    server -> client  DATA  <= 1 MiB of payload, repeated (a range: one piece per frame, swarm/net/pieces.py)
+    server -> client  END   8-byte length + 32-byte sha256 digest (of what was sent)
     client -> server  ACK   empty; the server keeps the stream open until it arrives
 
 Bytes from the network are decoded only by the pure `parse_request` (server) and `Receiver` (client),
@@ -20,6 +21,7 @@ import ipaddress
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,20 +137,46 @@ def _is_size(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PAYLOAD
 
 
-def parse_request(body: bytes) -> tuple[str, int]:
-    """(hash, max size) from a REQ body; FrameError unless it is a map with a sha256 hex and a size."""
+@dataclass(frozen=True)
+class Request:
+    """What a REQ asks for: the object `hash` (at most `max` bytes), all of it, `length` bytes of it from
+    `offset` (a range of pieces), or its piece manifest (`pieces`)."""
+
+    hash: str
+    max: int
+    offset: int | None = None
+    length: int | None = None
+    pieces: bool = False
+
+
+def parse_request(body: bytes) -> Request:
+    """The Request in a REQ body; FrameError unless it is a map with a sha256 hex and a size, and at most one of
+    a range (offset and length, both sizes) or the piece manifest."""
     request = _unpack_map(body, "request")
     wanted, max_size = request.get("hash"), request.get("max")
     if not isinstance(wanted, str) or not _HEX64.fullmatch(wanted):
         raise FrameError("request hash is not 64 lowercase hex digits")
     if not _is_size(max_size):
         raise FrameError(f"request max is not a size in 0..{MAX_PAYLOAD}")
-    return wanted, max_size
+    offset, length, pieces = request.get("offset"), request.get("length"), request.get("pieces", False)
+    if (offset is None) != (length is None):
+        raise FrameError("a range needs both offset and length")
+    if offset is not None and not (_is_size(offset) and _is_size(length)):
+        raise FrameError(f"range offset and length are not sizes in 0..{MAX_PAYLOAD}")
+    if pieces is not False and (pieces is not True or offset is not None):
+        raise FrameError("pieces must be true, and not with a range")
+    return Request(wanted, max_size, offset, length, pieces)
 
 
-def encode_request(wanted: str, max_size: int) -> bytes:
+def encode_request(wanted: str, max_size: int, *, offset: int | None = None, length: int | None = None,
+                   pieces: bool = False) -> bytes:
     """The REQ body parse_request reads back."""
-    return msgpack.packb({"hash": wanted, "max": max_size})
+    body: dict[str, Any] = {"hash": wanted, "max": max_size}
+    if offset is not None:
+        body.update(offset=offset, length=length)
+    if pieces:
+        body["pieces"] = True
+    return msgpack.packb(body)
 
 
 def _reason(body: bytes) -> str:
@@ -163,12 +191,21 @@ class Receiver:
     Feed `body_length(head)` each 5-byte head, then `take(body)` with that many bytes; take returns
     the payload once a valid END arrived and hashes check out. Anything else raises FrameError before
     the body is read, so a hostile server cannot make the client buffer more than it asked for.
+
+    A range of pieces (`pieces`: the digests its pieces must have, `piece_size` each but the object's last)
+    is checked piece by piece instead: every DATA frame must be the next whole piece and hash to its digest,
+    and is handed to `on_piece(i, bytes)` at once (nothing is buffered), so a bad piece costs one piece and
+    every piece before it is kept. take then returns b"" at END.
     """
 
-    def __init__(self, wanted: str, expected_size: int, exact: bool = True):
+    def __init__(self, wanted: str | None, expected_size: int, exact: bool = True, *,
+                 pieces: list[bytes] | None = None, piece_size: int = CHUNK,
+                 on_piece: Callable[[int, bytes], None] | None = None):
         self.wanted, self.expected_size, self.exact = wanted, expected_size, exact
+        self.pieces, self.piece_size, self.on_piece = pieces, piece_size, on_piece
         self.announced: int | None = None
         self.buf = bytearray()
+        self.received = 0
         self.hasher = hashlib.sha256()
         self.done = False
         self._kind: bytes | None = None
@@ -189,8 +226,10 @@ class Receiver:
         elif kind == DATA:
             if length > CHUNK:
                 raise FrameError(f"chunk of {length} bytes exceeds {CHUNK}")
-            if len(self.buf) + length > self.announced:
+            if self.received + length > self.announced:
                 raise FrameError(f"peer sent more than the expected {self.announced} bytes")
+            if self.pieces is not None and length != min(self.piece_size, self.announced - self.received):
+                raise FrameError(f"a {length}-byte frame is not the next whole piece")
         elif kind == END:
             if length != _END_LENGTH:
                 raise FrameError("malformed END frame")
@@ -211,7 +250,15 @@ class Receiver:
             return None
         if kind == DATA:
             self.hasher.update(body)
-            self.buf += body
+            if self.pieces is not None:
+                index = self.received // self.piece_size
+                if hashlib.sha256(body).digest() != self.pieces[index]:
+                    raise FrameError(f"piece {index} of the range does not match the piece manifest")
+                if self.on_piece is not None:
+                    self.on_piece(index, bytes(body))
+            else:
+                self.buf += body
+            self.received += len(body)
             return None
         self.done = True
         return self._finish(body)
@@ -227,13 +274,15 @@ class Receiver:
 
     def _finish(self, end: bytes) -> bytes:
         end_length, end_digest = int.from_bytes(end[:8], "big"), bytes(end[8:])
-        if end_length != len(self.buf) or len(self.buf) != self.announced:
+        if end_length != self.received or self.received != self.announced:
             raise FrameError(
-                f"received {len(self.buf)} bytes, peer announced {self.announced} and ended at {end_length}"
+                f"received {self.received} bytes, peer announced {self.announced} and ended at {end_length}"
             )
         digest = self.hasher.digest()
         if digest != end_digest:
             raise FrameError("bytes do not match the peer's own END hash (corrupted in transit)")
+        if self.pieces is not None:  # every piece was checked on arrival
+            return b""
         if digest.hex() != self.wanted:
             raise FrameError(f"bytes hash to {digest.hex()[:12]}, not the requested hash")
         return bytes(self.buf)

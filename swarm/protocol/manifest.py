@@ -136,6 +136,8 @@ class PackSpec(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(gt=0)  # its exact size: a fetch asks for no more
     background: Literal["int8", "4bit"]
+    pieces: str = Field(pattern=r"^[0-9a-f]{64}$")  # its pieces root (swarm/net/pieces.py): each piece is checked
+    #                                                as it arrives, from whichever holder sent it
 
 
 class Manifest(_Strict):

@@ -98,6 +98,11 @@ class Store:
     def load_pack(self, digest: str) -> bytes | None:
         return _read_verified(self.pack_path(digest), digest)
 
+    def partial_path(self, digest: str) -> Path:
+        """Where the pieces of an object on its way are kept (swarm/net/pieces.py), so a fetch that stopped
+        resumes; removed once the object is whole."""
+        return self.root / "partial" / f"{digest}.part"
+
     def find(self, digest: str) -> bytes | None:
         """Any stored object (payload, checkpoint or pack) with this hash: what the transfer server serves."""
         try:

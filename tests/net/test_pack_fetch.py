@@ -12,10 +12,13 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_other_bytes(make_identity, tmp_path):
+def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_a_corrupted_piece(make_identity, tmp_path):
+    """The pack comes in pieces from both holders at once; the allowlisted one names the true pieces and then
+    sends one with a byte flipped: that piece is refused on arrival and fetched again from the other holder."""
     from swarm import peer
     from swarm.launch import pack_spec, write_manifest
     from swarm.net.network import Network
+    from swarm.net.pieces import piece_manifest
     from swarm.protocol.manifest import load, run_id
     from swarm.protocol.store import Store
     from teft.pack import build_pack
@@ -27,13 +30,14 @@ def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_other_byte
                                    [ids["liar"].public_key_str], 0.0,
                                    {"quorum": 1, "pack": pack_spec(data)}))
     rid, digest = run_id(manifest), manifest.pack.sha256
-    other = data[:-1] + bytes([data[-1] ^ 1])  # same size, other bytes: only the hash check can tell
+    other = data[:-1] + bytes([data[-1] ^ 1])  # same size, the last piece corrupted
     held = Store(tmp_path / "holder")
     held.save_pack(data)
     dhts, nets = [], []
     try:
         dhts.append(start_dht(ids["liar"], run_id=rid))
         nets.append(Network(dhts[-1], rid, lambda h: other if h == digest else None, timeout=20))
+        nets[-1].server._manifests[digest] = piece_manifest(data)  # it names the true pieces
         dhts.append(start_dht(ids["holder"], visible_maddrs(dhts[0]), run_id=rid))
         nets.append(Network(dhts[-1], rid, held.find, timeout=20))
         join = visible_maddrs(dhts[1])
@@ -43,6 +47,10 @@ def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_other_byte
         # the allowlisted validator is asked first (it sends other bytes), the initial peer beside it
         got = peer.fetch_pack(nets[-1], dhts[-1], manifest, rid, join, mine)
         assert got == data and mine.load_pack(digest) == data and mine.find(digest) == data  # kept and served
+        assert not mine.partial_path(digest).exists()
+        # the liar's good pieces were kept: the honest holder sent the manifest-checked rest, not the whole pack
+        assert nets[0].stats.bytes_out > 0 and 0 < nets[1].stats.bytes_out < len(data) // 2, \
+            (nets[0].stats, nets[1].stats)
     finally:
         for net in nets:
             net.close()

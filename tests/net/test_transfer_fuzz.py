@@ -100,7 +100,8 @@ def test_request_head(head):
 
 def _check_request(body: bytes) -> None:
     try:
-        wanted, max_size = parse_request(body)
+        request = parse_request(body)
+        wanted, max_size = request.hash, request.max
     except FrameError as e:
         assert "\n" not in str(e) and len(str(e)) < 200
         return
@@ -133,13 +134,14 @@ def test_request_wrong_types(wanted, max_size):
         valid_size = type(max_size) is int and 0 <= max_size <= MAX_PAYLOAD
         assert not (valid_hash and valid_size)
         return
-    assert got == (wanted, max_size)
+    assert (got.hash, got.max) == (wanted, max_size)
 
 
 @PURE
 @given(st.binary(min_size=32, max_size=32), st.integers(min_value=0, max_value=MAX_PAYLOAD))
 def test_request_round_trip(digest, max_size):
-    assert parse_request(encode_request(digest.hex(), max_size)) == (digest.hex(), max_size)
+    got = parse_request(encode_request(digest.hex(), max_size))
+    assert (got.hash, got.max, got.offset, got.pieces) == (digest.hex(), max_size, None, False)
 
 
 # -- client side: what a (possibly malicious) server sends ----------------------------------------
