@@ -21,6 +21,7 @@ from hivemind.utils.timed_storage import ValueWithExpiration
 from swarm.errors import TransferError
 from swarm.net.dht import default_validators
 from swarm.net.identity import load_or_create
+from swarm.net.pieces import pieces_root
 from swarm.protocol.cycle import Peer
 from swarm.protocol.runtime import load_runtime
 from swarm.protocol.store import Store
@@ -123,6 +124,7 @@ class MemoryNetwork:
         self.lookup = store.find  # what this peer serves by hash (a stalling adversary wraps it)
         self.maddrs = [f"/memory/{me}"]
         self.stats = Stats()
+        self.pieced: list[str] = []  # the objects fetched in pieces, for the tests
         everyone[me] = self
 
     def connected(self, timeout: float = 3.0) -> set[str]:
@@ -146,6 +148,15 @@ class MemoryNetwork:
             other.stats.bytes_out += len(data)
             return data
         raise TransferError(f"no peer of {len(peers)} served {digest[:12]}" + "".join(f"; {r}" for r in reasons))
+
+    def fetch_pieces(self, peers, digest, root, size, maddrs, partial=None, on_failure=None):
+        """The whole object from the first holder, refused unless its piece manifest hashes to `root` (the real
+        one checks each piece from every holder at once: tests/net/test_pieces.py)."""
+        data = self.fetch(peers, digest, size, maddrs, exact=False, on_failure=on_failure)
+        if pieces_root(data) != root:
+            raise TransferError(f"fetch {digest[:12]}: its pieces do not match the pinned root")
+        self.pieced.append(digest)
+        return data
 
     def serve(self, digest):
         """This peer's lookup, given LOOKUP_TIMEOUT_S real seconds (the transfer layer's timeout, scaled down)."""

@@ -136,3 +136,22 @@ def test_the_step_bound_holds_for_the_worst_merges_and_is_not_loose():
         moved = float(state[key].norm())
         move, buffer = step_bound(cfg, norm, cycles)
         assert 0.7 * move <= moved <= move and float(momentum[key].norm()) <= buffer, (cycles, moved, move)
+
+
+def test_the_agreed_checkpoints_pieces_root_needs_a_quorum_of_its_voters():
+    """A peer checks each piece of the agreed checkpoint against the pieces root that a quorum of the validators
+    who voted for it published; one validator's other root (or a stranger's) is not enough to be used."""
+    from swarm.net.records import SignedRecord, StateRecord
+    from swarm.protocol.consensus import agreed_root
+
+    def rec(owner: str, state: str, root: str | None) -> SignedRecord:
+        return SignedRecord(owner, f"pid-{owner}", StateRecord(state_hash=state * 64, pieces=root and root * 64))
+
+    allow = ["v1", "v2", "v3"]
+    records = {r.peer_id: r for r in (rec("v1", "a", "1"), rec("v2", "a", "1"), rec("v3", "a", "2"),
+                                      rec("s1", "a", "2"), rec("s2", "a", "2"))}
+    assert agreed_root(records, allow, "a" * 64, 2) == "1" * 64
+    assert agreed_root(records, allow, "a" * 64, 3) is None  # 2 of the 3 voters: below this quorum
+    assert agreed_root(records, allow, None, 2) is None
+    split = {r.peer_id: r for r in (rec("v1", "a", "1"), rec("v2", "a", "2"), rec("v3", "a", None))}
+    assert agreed_root(split, allow, "a" * 64, 2) is None  # whole fetch: checked by the agreed hash alone

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 SPAN = 8  # pieces per range request: 8 MiB, so a stream's setup is small next to what it carries
 PER_HOLDER = 2  # ranges asked of one holder at once
 MAX_HOLDERS = 8  # holders asked at once; the rest stand by for those that drop out
+ENDGAME_S = 2.0  # once every range is handed out, an idle holder doubles one in flight this long
 STRIKES = 2  # failures (a busy server, a dropped stream) before a holder is out of this fetch; bad bytes: one
 
 
@@ -106,41 +107,60 @@ async def _fill(p2p: P2P, holders: list[str], digest: str, sink: PieceSink, time
                 stats: TransferStats, maddrs: Mapping[str, Sequence[str | Multiaddr]],
                 on_failure: Callable[[str, str], None] | None, span: int, per_holder: int, max_holders: int
                 ) -> None:
-    """Hand out the missing pieces as ranges until every piece is held or no holder is left."""
-    queue = _spans(sink.missing(), span)
+    """Hand out the missing pieces as ranges until every piece is held or no holder is left.
+
+    Each range goes to the asking holder with the fewest failures and ranges in flight, so a range a holder
+    failed goes to another. Once nothing is left to hand out, an idle holder also asks for a range that has
+    been in flight for ENDGAME_S (the first copy to arrive wins, the other is cancelled): a holder that
+    stalls on the last range costs ENDGAME_S, not its stall deadline, and only a range's worth is sent twice."""
+    loop = asyncio.get_running_loop()
     waiting = deque(holders)
     asking: list[str] = []
+    while waiting and len(asking) < max_holders:
+        asking.append(waiting.popleft())
+    # ranges small enough that every holder asked gets some work, at most `span` pieces
+    queue = _spans(sink.missing(), max(1, min(span, -(-len(sink.missing()) // (len(asking) * per_holder)))))
     strikes: dict[str, int] = {}
     reasons: dict[str, str] = {}
-    running: dict[asyncio.Task, tuple[str, list[int]]] = {}
+    running: dict[asyncio.Task, tuple[str, list[int], float]] = {}
+    dropped: list[asyncio.Task] = []
 
-    def ask(holder: str, run: list[int]) -> asyncio.Task:
+    def ask(holder: str, run: list[int]) -> None:
         first = run[0]
         length = sum(sink.length(i) for i in run)
         receiver = Receiver(None, length, True, pieces=[sink.digests[i] for i in run],
                             on_piece=lambda k, data: sink.put(first + k, data))
         request = encode_request(digest, sink.size, offset=first * PIECE, length=length)
-        return asyncio.create_task(call(p2p, holder, f"fetch {digest[:12]} pieces {first}-{run[-1]}", request,
+        task = asyncio.create_task(call(p2p, holder, f"fetch {digest[:12]} pieces {first}-{run[-1]}", request,
                                         receiver, timeout, run_id=run_id, stats=stats, maddrs=maddrs.get(holder)))
+        running[task] = (holder, run, loop.time())
+
+    def busy(holder: str) -> int:
+        return sum(1 for h, _, _ in running.values() if h == holder)
+
+    def free() -> list[str]:
+        """Asking holders with a free slot, the fewest failures and the least in flight first."""
+        ranked = sorted(asking, key=lambda h: (strikes.get(h, 0), busy(h), asking.index(h)))
+        return [h for h in ranked if busy(h) < per_holder]
 
     try:
         while queue or running:
             while waiting and len(asking) < max_holders:
                 asking.append(waiting.popleft())
-            for holder in list(asking):
-                busy = sum(1 for h, _ in running.values() if h == holder)
-                while queue and busy < per_holder:
-                    run = queue.popleft()
-                    running[ask(holder, run)] = (holder, run)
-                    busy += 1
+            while queue and (ready := free()):
+                ask(ready[0], queue.popleft())
+            if not queue:  # endgame: idle holders double the ranges that have been in flight too long
+                for holder in [h for h in free() if busy(h) == 0]:
+                    late = [(t0, run) for h, run, t0 in running.values() if h != holder
+                            and loop.time() - t0 >= ENDGAME_S and sum(r == run for _, r, _ in running.values()) == 1]
+                    if late:
+                        ask(holder, min(late)[1])
             if not running:
                 break
-            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            finished, _ = await asyncio.wait(running, timeout=ENDGAME_S / 2 if not queue else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
             for task in finished:
-                holder, run = running.pop(task)
-                left = [i for i in run if i not in sink.have]
-                if left:  # what it did not deliver goes back first, for the others
-                    queue.extendleft(reversed(_spans(left, span)))
+                holder, run, _ = running.pop(task)
                 error = task.exception()
                 if error is None:
                     continue
@@ -153,11 +173,21 @@ async def _fill(p2p: P2P, holders: list[str], digest: str, sink: PieceSink, time
                     logger.info("%s; %s is out of this fetch", error, peer_str(holder))
                     if on_failure is not None:
                         on_failure(holder, reason)
+            for task, (_, run, _) in list(running.items()):  # a doubled range that the other copy completed
+                if all(i in sink.have for i in run):
+                    task.cancel()
+                    dropped.append(task)
+                    del running[task]
+            flying = {i for _, run, _ in running.values() for i in run}
+            left = [i for i in sink.missing() if i not in flying and not any(i in r for r in queue)]
+            if left:  # what failed ranges did not deliver goes back first, for the others
+                queue.extendleft(reversed(_spans(left, span)))
     finally:
         for task in running:
             task.cancel()
-        if running:
-            await asyncio.wait(running, timeout=5.0)
+        pending = [*running, *dropped]
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
     if sink.missing():
         lines = " | ".join(f"{peer_str(h)}: {why}" for h, why in reasons.items()) or "no holder left"
         raise TransferError(f"fetch {digest[:12]}: {len(sink.missing())} of {len(sink.digests)} pieces not "

@@ -106,9 +106,11 @@ class RankingRecord(_Record):
 
 
 class StateRecord(_Record):
-    """The hash of the target-expert state a peer computed at the end of the cycle."""
+    """The hash of the target-expert state a peer computed at the end of the cycle, and the pieces root of its
+    checkpoint (swarm/net/pieces.py), so a peer catching up checks every piece from any holder on arrival."""
 
     state_hash: Hex64
+    pieces: Hex64 | None = None
 
 
 SCHEMAS: dict[str, type[_Record]] = {

@@ -142,6 +142,20 @@ def agree_on_state(records: dict[str, SignedRecord], allowlist: list[str] | set[
     return StateVote(agreed, votes, dissent, sorted(allowed - set(votes)))
 
 
+def agreed_root(records: dict[str, SignedRecord], allowlist: list[str] | set[str], agreed: str | None,
+                quorum: int) -> str | None:
+    """The pieces root of the agreed checkpoint: the one that at least `quorum` of the allowlisted validators that
+    voted for the agreed hash published with it, else None (the checkpoint is then fetched whole, checked by its
+    hash). A lying validator's root can cost a peer the pieces it checked against it, never a wrong state: the
+    whole is checked against the agreed hash too."""
+    if agreed is None:
+        return None
+    allowed = set(allowlist)
+    roots = Counter(s.record.pieces for s in records.values()
+                    if s.owner in allowed and s.record.state_hash == agreed and s.record.pieces).most_common(1)
+    return roots[0][0] if roots and roots[0][1] >= max(quorum, 1) else None
+
+
 def step_bound(cfg: OuterConfig, max_delta_norm: float, cycles: int) -> tuple[float, float]:
     """How far `cycles` outer steps can move Phi, and how large the momentum can be, in L2 norm, when every
     merged delta is within `max_delta_norm`: a checkpoint beyond either was not computed by this run's reduce,

@@ -20,6 +20,7 @@ import time as wallclock
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Protocol
 
 from swarm import VERSION
@@ -28,7 +29,7 @@ from swarm.net import records
 from swarm.net.identity import peer_key_of
 from swarm.net.records import SignedRecord
 from swarm.protocol.clock import PHASES, DHTTime, Timekeeper
-from swarm.protocol.consensus import StateVote, agree_on_state, step_bound, why_nothing_merged
+from swarm.protocol.consensus import StateVote, agree_on_state, agreed_root, step_bound, why_nothing_merged
 from swarm.protocol.cyclelog import Cycle, CycleLog
 from swarm.protocol.manifest import run_id as manifest_run_id
 from swarm.protocol.metrics import Metrics
@@ -52,6 +53,10 @@ class NetworkLike(Protocol):
 
     def fetch(self, peers: list[str], digest: str, size: int, maddrs: dict[str, list[str]],
               exact: bool, on_failure: Callable[[str, str], None] | None = None) -> bytes: ...
+
+    def fetch_pieces(self, peers: list[str], digest: str, root: str, size: int, maddrs: dict[str, list[str]],
+                     partial: Path | None = None, on_failure: Callable[[str, str], None] | None = None
+                     ) -> bytes: ...
 
     def fetch_stream(self, requests: list, budget_s: float, max_parallel: int = 4,
                      timeout: float | None = None, on_data: Callable[[bytes], object] | None = None
@@ -232,10 +237,12 @@ class Peer:
         self._meeting = threading.Thread(target=run, name="swarm-meet", daemon=True)
         self._meeting.start()
 
-    def fetch(self, digest: str, holders: list[str], cycle: int, max_size: int, exact: bool) -> bytes:
+    def fetch(self, digest: str, holders: list[str], cycle: int, max_size: int, exact: bool,
+              root: str | None = None) -> bytes:
         """The one fetch path: our own store first, then several holders at once, the allowlisted validators
         first, the rest in a random order (a peer id ground to sort first gains nothing), and holders that
-        failed us before last."""
+        failed us before last. With the object's pieces root, in pieces from all of them at once, each piece
+        checked on arrival and kept in the store's partial file on the way."""
         local = self.store.find(digest)
         if local is not None:
             return local
@@ -247,6 +254,9 @@ class Peer:
         def failed(holder: str, _reason: str) -> None:
             self.failed_holders[holder] += 1
 
+        if root is not None:
+            return self.net.fetch_pieces(ordered, digest, root, max_size, self.addresses(cycle),
+                                         partial=self.store.partial_path(digest), on_failure=failed)
         return self.net.fetch(ordered, digest, max_size, self.addresses(cycle), exact=exact, on_failure=failed)
 
     def fetch_stream(self, wanted: list[tuple[str, list[str]]], cycle: int, size: int, budget_s: float,
@@ -317,9 +327,10 @@ class Peer:
         self.adopt(0, checkpoint_bytes(self.rt.initial_state, None))
         logger.info("starting from Phi_0 (%s)", self.progress.checkpoint_hash[:12])
 
-    def state_vote(self, cycle: int) -> tuple[StateVote, list[str]]:
+    def state_vote(self, cycle: int) -> tuple[StateVote, list[str], str | None]:
         """What the allowlisted validators say Phi_{cycle+1} is (consensus.agree_on_state: a strict quorum,
-        no tie-break), and every peer that holds the agreed hash.
+        no tie-break), every peer that holds the agreed hash, and its checkpoint's pieces root when a quorum of
+        the validators that agreed published the same one (else None: it is then fetched whole).
 
         Only the allowlist votes: any number of throwaway keys can publish a state hash, so counting them
         would let a Sybil flood choose what honest peers download. Holders may be anyone: bytes are
@@ -328,7 +339,7 @@ class Peer:
         recs = self.get(cycle, "state")
         vote = agree_on_state(recs, self.manifest.validators, self.manifest.quorum)
         holders = sorted(pid for pid, s in recs.items() if vote.agreed and s.record.state_hash == vote.agreed)
-        return vote, holders
+        return vote, holders, agreed_root(recs, self.manifest.validators, vote.agreed, self.manifest.quorum)
 
     def within_reach(self, cycle: int, data: bytes) -> str | None:
         """Why a checkpoint for `cycle` cannot have come from this run's reduce, starting from the state we
@@ -363,7 +374,7 @@ class Peer:
         """
         if cycle == 0:
             return self.cycle == 0
-        vote, holders = self.state_vote(cycle - 1)
+        vote, holders, root = self.state_vote(cycle - 1)
         end = self.clock.phase_end(cycle, "sync")
         # votes may still be arriving, or not be readable yet (a peer back from a partition meets the validators
         # in the background meanwhile): unless the silent validators can no longer change it, decide late in
@@ -371,7 +382,7 @@ class Peer:
         # on its own state (network lab); adopting a quorum the silent ones could still tie splits honest peers
         while not vote.settled and self.now() < end - 0.5 and not self.stop.is_set():
             self.wait_until(min(self.now() + 1.0, end - 0.5))
-            vote, holders = self.state_vote(cycle - 1)
+            vote, holders, root = self.state_vote(cycle - 1)
         digest = vote.agreed
         if digest is None and vote.votes:
             counts = ", ".join(f"{h[:12]} x{n}" for h, n in Counter(vote.votes.values()).most_common())
@@ -399,7 +410,7 @@ class Peer:
         why = f"behind (we hold cycle {self.cycle})" if self.cycle != cycle else "disagrees with the quorum"
         logger.warning("state for cycle %d %s; fetching %s from %d peer(s)", cycle, why, digest[:12], len(holders))
         try:
-            data = self.fetch(digest, holders, cycle, self.rt.checkpoint_limit, exact=False)
+            data = self.fetch(digest, holders, cycle, self.rt.checkpoint_limit, exact=False, root=root)
             reason = self.within_reach(cycle, data)
             if reason is not None:
                 raise TeftError(f"refusing the checkpoint: {reason}")
@@ -480,7 +491,7 @@ class Peer:
     def finish(self, cycle: Cycle) -> None:
         """Write the cycle's line to metrics.jsonl, its summary to the log, and its numbers to the metrics."""
         lo = cycle.log
-        vote, _ = self.state_vote(cycle.number)
+        vote, _, _ = self.state_vote(cycle.number)
         lo.agreed_hash = vote.agreed or ""
         lo.state_votes = {peer_key_of(v): h for v, h in sorted(vote.votes.items())}
         lo.state_dissent = [peer_key_of(v) for v in vote.dissent]

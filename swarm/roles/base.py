@@ -16,6 +16,7 @@ import time
 from swarm import VERSION
 from swarm.net import records
 from swarm.net.identity import peer_key_of
+from swarm.net.pieces import pieces_root
 from swarm.protocol.consensus import decide, reduce
 from swarm.protocol.cycle import Peer
 from swarm.protocol.cyclelog import Cycle
@@ -120,4 +121,4 @@ class Role:
         p.before_reduce = (p.cycle, p.progress.checkpoint_hash)  # carried forward instead if no quorum agrees
         p.adopt(c + 1, data)
         log.state_hash = state_hash(data)
-        p.put(c, "state", records.StateRecord(state_hash=log.state_hash))
+        p.put(c, "state", records.StateRecord(state_hash=log.state_hash, pieces=pieces_root(data)))

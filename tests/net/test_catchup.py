@@ -70,3 +70,42 @@ def test_stalling_holders_cost_a_late_joiner_no_turns():
                 await p.shutdown()
 
     asyncio.run(main())
+
+
+def test_stalling_holders_cost_a_pieced_catch_up_a_range_each():
+    """The same stallers against the pieced fetch a peer uses once the validators pinned a pieces root: they
+    cost the manifest two at a time, then every holder is asked for ranges at once and a staller's range goes to
+    the honest holder after STALL_S."""
+    from swarm.net.multisource import fetch_pieces
+    from swarm.net.pieces import pieces_root
+
+    payload = os.urandom(3 << 20)
+    digest, root = payload_hash(payload), pieces_root(payload)
+
+    async def main():
+        honest = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        maddrs = [str(m) for m in await honest.get_visible_maddrs()]
+        stallers = [await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs)
+                    for _ in range(STALLERS)]
+        joiner = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs)
+        try:
+            await PayloadServer(honest, {digest: payload}.get, RUN).start()
+            for staller in stallers:
+                await staller.add_binary_stream_handler(protocol_name(RUN), lambda *a: _stall(len(payload), *a))
+            holders = [s.peer_id.to_base58() for s in stallers] + [honest.peer_id.to_base58()]
+            where = {p.peer_id.to_base58(): [str(m).split("/p2p/")[0] for m in await p.get_visible_maddrs()]
+                     for p in [*stallers, honest]}
+            failed = {}
+            start = time.perf_counter()
+            got = await fetch_pieces(joiner, holders, digest, root, len(payload), TIMEOUT, run_id=RUN, maddrs=where,
+                                     on_failure=lambda peer, why: failed.setdefault(peer, why))
+            elapsed = time.perf_counter() - start
+            assert got == payload
+            assert elapsed < STALLERS / 2 * STALL_S + 5.0, elapsed  # the manifest, two at a time; ranges: at once
+            assert set(failed) <= set(holders[:STALLERS]) and failed, failed
+            print(f"\ncheckpoint fetched in pieces past {STALLERS} stalling holders in {elapsed:.2f}s")
+        finally:
+            for p in (joiner, *stallers, honest):
+                await p.shutdown()
+
+    asyncio.run(main())

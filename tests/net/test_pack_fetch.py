@@ -18,7 +18,7 @@ def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_a_corrupte
     from swarm import peer
     from swarm.launch import pack_spec, write_manifest
     from swarm.net.network import Network
-    from swarm.net.pieces import piece_manifest
+    from swarm.net.pieces import PIECE, piece_manifest
     from swarm.protocol.manifest import load, run_id
     from swarm.protocol.store import Store
     from teft.pack import build_pack
@@ -48,9 +48,10 @@ def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_a_corrupte
         got = peer.fetch_pack(nets[-1], dhts[-1], manifest, rid, join, mine)
         assert got == data and mine.load_pack(digest) == data and mine.find(digest) == data  # kept and served
         assert not mine.partial_path(digest).exists()
-        # the liar's good pieces were kept: the honest holder sent the manifest-checked rest, not the whole pack
-        assert nets[0].stats.bytes_out > 0 and 0 < nets[1].stats.bytes_out < len(data) // 2, \
-            (nets[0].stats, nets[1].stats)
+        # both holders sent pieces, and the liar's good ones were kept: not two whole copies, as a whole-object
+        # fetch from the liar and then the holder would be (a range may be doubled once at the end, ENDGAME_S)
+        sent = nets[0].stats.bytes_out, nets[1].stats.bytes_out
+        assert min(sent) > 0 and sum(sent) <= len(data) + 3 * PIECE, sent
     finally:
         for net in nets:
             net.close()

@@ -130,7 +130,8 @@ def test_pieces_come_from_every_holder_and_a_corrupted_piece_is_fetched_again_el
     data = os.urandom(SIZE)
     digest, root = payload_hash(data), pieces_root(data)
     bad = bytearray(data)
-    bad[PIECE + 10] ^= 0xFF  # piece 1 (the bad holder is asked for pieces 0 and 1 first), same size
+    for i in range(0, SIZE, PIECE):  # every piece it sends is corrupted (same size)
+        bad[i + 10] ^= 0xFF
     lookups = [{digest: bytes(bad)}.get, {digest: data}.get, {digest: data}.get, lambda _: None]
 
     async def main():
