@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hivemind.p2p import P2P  # noqa: E402
 
 import swarm  # noqa: E402,F401 - sets the torch sharing strategy before hivemind loads
+from swarm.net.fetchmany import FetchRequest, fetch_many  # noqa: E402
 from swarm.net.server import PayloadServer  # noqa: E402
-from swarm.net.transfer import FetchRequest, fetch, fetch_many  # noqa: E402
+from swarm.net.transfer import fetch  # noqa: E402
 from swarm.net.wire import (
     payload_hash,  # noqa: E402
     protocol_name,  # noqa: E402

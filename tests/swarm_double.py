@@ -177,7 +177,7 @@ class MemoryNetwork:
     def fetch_stream(self, requests, budget_s, max_parallel=4, timeout=None, on_data=None):
         """The same per-request outcome as the transfer layer's fetch_stream, in request order (time costs
         nothing here)."""
-        from swarm.net.transfer import FetchResult
+        from swarm.net.fetchmany import FetchResult
 
         for r in requests:
             try:

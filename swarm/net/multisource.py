@@ -75,7 +75,11 @@ async def fetch_pieces(
     stats = stats if stats is not None else TransferStats()
     if not holders:
         raise TransferError(f"fetch {digest[:12]}: no peer holds it")
+    liars: set[str] = set()
+
     def failed(holder: str, reason: str) -> None:  # a holder slower to send the manifest is no worse for it
+        if "not the requested hash" in reason:  # another manifest than the root's: its pieces would be too
+            liars.add(holder)
         if on_failure is not None and reason != SLOWER:
             on_failure(holder, reason)
 
@@ -91,7 +95,8 @@ async def fetch_pieces(
         if resumed:
             logger.info("fetch %s: %d of %d pieces already held from an earlier try", digest[:12], resumed,
                         len(digests))
-        await _fill(p2p, list(holders), digest, sink, timeout, run_id=run_id, stats=stats, maddrs=maddrs or {},
+        await _fill(p2p, [h for h in holders if h not in liars], digest, sink, timeout, run_id=run_id, stats=stats,
+                    maddrs=maddrs or {},
                     on_failure=on_failure, span=span, per_holder=per_holder, max_holders=max_holders)
         data = sink.bytes()
         if hashlib.sha256(data).hexdigest() != digest:  # the root was pinned with another object's hash

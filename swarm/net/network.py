@@ -6,18 +6,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from swarm.net.dht import ping_nodes, visible_maddrs
+from swarm.net.fetchmany import FetchRequest, FetchResult, fetch_stream
 from swarm.net.multisource import fetch_pieces
 from swarm.net.server import PayloadServer
 from swarm.net.timesync import ClockSample, TimeServer, sample_clocks
-from swarm.net.transfer import (
-    MIN_FRAME_RATE,
-    BackgroundLoop,
-    FetchRequest,
-    FetchResult,
-    connect_all,
-    fetch_first,
-    fetch_stream,
-)
+from swarm.net.transfer import MIN_FRAME_RATE, BackgroundLoop, connect_all, fetch_first
 from swarm.net.wire import BUDGET_WINDOW_S, TransferStats
 
 

@@ -82,6 +82,9 @@ class RevealRecord(_Record):
     size: int = Field(ge=0)
     nonce: int = Field(default=0, ge=0, lt=1 << 64)  # the commit's proof of work again: honest nodes store a
     #                                                 reveal only when it proves the commit it claims to open
+    pieces: Hex64 | None = None  # the payload's pieces root (swarm/net/pieces.py): a payload of more than one
+    #                              piece is fetched in pieces from every peer that holds it; a wrong root only
+    #                              keeps the miner's own payload from arriving
 
 
 class SeedReveal(_Record):

@@ -261,7 +261,7 @@ class PayloadServer:
         self._bursts = _Bursts(LOG_BURST_S)
         self._open = 0
         self._started = False
-        # what this peer's evaluate phase fetches (transfer.fetch_stream): hash -> True while on its way, False
+        # what this peer's evaluate phase fetches (fetchmany.fetch_stream): hash -> True while on its way, False
         # once the fetch failed. Asked for one, it answers "not yet" or "could not get it either" rather than
         # "not found", so a validator waiting for it to relay a payload waits only while the payload may come
         self.pending: dict[str, bool] = {}

@@ -18,7 +18,7 @@ import random
 import threading
 import time as wallclock
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
@@ -182,6 +182,15 @@ class Peer:
             self._peers[cycle] = (wallclock.monotonic(), found)
         return found
 
+    def payload_roots(self, cycle: int, wait_s: float = ADDRESS_WAIT_S) -> dict[str, str]:
+        """Payload hash -> pieces root, from the miners' signed reveals of one cycle; what a read within `wait_s`
+        finds (nothing, if it does not answer in time: those payloads then come whole)."""
+        try:
+            found, _ = records.get_records_within(self.dht, self.run_id, cycle, "reveal", wait_s)
+        except SwarmError:
+            found = None
+        return {s.record.payload_hash: s.record.pieces for s in (found or {}).values() if s.record.pieces}
+
     def addresses(self, cycle: int, wait_s: float | None = None) -> dict[str, list[str]]:
         """peer id -> multiaddrs, from this and the previous cycle's peers records (`wait_s`: peer_records)."""
         found: dict[str, list[str]] = {}
@@ -261,15 +270,18 @@ class Peer:
 
     def fetch_stream(self, wanted: list[tuple[str, list[str]]], cycle: int, size: int, budget_s: float,
                      max_parallel: int = 8, timeout: float | None = None, relay_wait_s: float = 0.0,
-                     keep: bool = False) -> Iterator[tuple[int, bytes | None, str | None]]:
+                     keep: bool = False, roots: Mapping[str, str | None] | None = None, spread: int = 0
+                     ) -> Iterator[tuple[int, bytes | None, str | None]]:
         """(i, bytes, None) or (i, None, why) for each wanted[i] = (hash, holders tried in turn), as each
         arrives: what our store holds first, then the network's in the order they finish. Fetching starts
         now, in parallel, within `budget_s`; one holder may take `timeout` at most (default a quarter of the
         budget), so a few stalling peers cannot use all of it. With `relay_wait_s`, the first of several
         holders is a relay still fetching the payload: it is asked again for that long before the others.
         With `keep`, each payload is stored the moment it arrives, so this peer serves it to others at once
-        (a validator relays what it carries), however long the caller takes to come to it."""
-        from swarm.net.transfer import FetchRequest
+        (a validator relays what it carries), however long the caller takes to come to it. A payload whose
+        pieces root `roots` gives, and of more than one piece, comes in pieces from `spread` of its holders at
+        once (0: all), the others standing by."""
+        from swarm.net.fetchmany import FetchRequest
 
         local, requests, position = [], [], {}
         for i, (digest, holders) in enumerate(wanted):
@@ -278,7 +290,7 @@ class Peer:
                 local.append((i, data, None))
                 continue
             requests.append(FetchRequest(digest, size, [h for h in holders if h != self.me], exact=True,
-                                         relay_wait_s=relay_wait_s))
+                                         relay_wait_s=relay_wait_s, root=(roots or {}).get(digest), spread=spread))
             position[id(requests[-1])] = i
         if requests:  # a DHT read costs seconds under load: none when our store holds everything
             # addresses help p2pd dial, but it knows most peers already (DHT traffic): wait little for them; a

@@ -16,7 +16,7 @@ import time
 from swarm import VERSION
 from swarm.net import records
 from swarm.net.identity import peer_key_of
-from swarm.net.pieces import pieces_root
+from swarm.net.pieces import PIECE, pieces_root
 from swarm.protocol.consensus import decide, reduce
 from swarm.protocol.cycle import Peer
 from swarm.protocol.cyclelog import Cycle
@@ -82,8 +82,12 @@ class Role:
             order = sorted(validators, key=lambda v: hashlib.sha256(f"{p.me}/{v}/{merged.payload_hash}".encode())
                            .digest())
             wanted.append((merged.payload_hash, [*order, merged.miner]))
+        # a payload of more than one piece comes in pieces from the validators at once (the miner stands by):
+        # its pieces root is in the miner's signed reveal
+        roots = p.payload_roots(c) if wanted and p.rt.payload_size > PIECE else {}
         started, got = time.monotonic(), {}
-        with contextlib.closing(p.fetch_stream(wanted, c, p.rt.payload_size, MERGED_FETCH_BUDGET_S)) as arrivals:
+        with contextlib.closing(p.fetch_stream(wanted, c, p.rt.payload_size, MERGED_FETCH_BUDGET_S, roots=roots,
+                                               spread=len(validators))) as arrivals:
             for i, data, error in arrivals:  # all at once: one at a time cost a round of DHT and stream setup each
                 if data is None:
                     logger.warning("cycle %d: cannot fetch merged payload %s: %s; will fetch the agreed state",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from swarm.net import records
+from swarm.net.pieces import pieces_root
 from swarm.net.work import solve
 from swarm.protocol.cyclelog import Cycle
 from swarm.protocol.runtime import Runtime
@@ -205,4 +206,6 @@ class Miner(Role):
         """Publish the payload hash with the commit's proof of work (honest nodes store the reveal only with it)."""
         p = self.peer
         nonce = self.nonce if self.nonce is not None else 0
-        p.put(number, "reveal", records.RevealRecord(payload_hash=digest, size=p.rt.payload_size, nonce=nonce))
+        data = self.payload[1] if self.payload is not None and self.payload[0] == digest else p.store.find(digest)
+        p.put(number, "reveal", records.RevealRecord(payload_hash=digest, size=p.rt.payload_size, nonce=nonce,
+                                                     pieces=pieces_root(data) if data is not None else None))

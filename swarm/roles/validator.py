@@ -238,6 +238,7 @@ class Validator(Role):
         super().__init__(peer)
         self.seed = b""
         self.seen: dict[str, dict[str, SignedRecord]] = {}  # kind -> peer id -> first record seen in time
+        self.roots: dict[str, str | None] = {}  # payload hash -> the pieces root its reveal names (candidates)
 
     def on_sync(self, cycle: Cycle) -> None:
         super().on_sync(cycle)
@@ -316,7 +317,7 @@ class Validator(Role):
             wanted.append((digest, [pid] if relay in (p.me, pid) else [relay, pid]))
         arrivals = p.fetch_stream(wanted, c, p.rt.payload_size, budget_s=budget,
                                   timeout=max(budget * HOLDER_SHARE, 1.0), relay_wait_s=budget * RELAY_SHARE,
-                                  keep=True)
+                                  keep=True, roots=self.roots)
         started = p.now()
         stick = yardstick(p.rt, p.state, seed, c)
         cost = p.now() - started  # a judgement measures what the yardstick measured: about as long
@@ -363,6 +364,7 @@ class Validator(Role):
         seen in time, matches it and is not a replay."""
         p, log, c = self.peer, cycle.log, cycle.number
         reveals = self.seen.get("reveal", {})
+        self.roots = {}
         admitted = None if p.manifest.miners is None else set(p.manifest.miners)
         found = []
         for pid, commit in sorted(self.seen["commit"].items()):
@@ -384,6 +386,7 @@ class Validator(Role):
                 log.rejected[pid] = f"replayed payload from cycle {first}"
                 continue
             found.append((pid, digest))
+            self.roots[digest] = reveal.record.pieces
         return found
 
     def order(self, number: int, seed: bytes, candidates: list[tuple[str, str]],

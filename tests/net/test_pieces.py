@@ -186,3 +186,33 @@ def test_a_fetch_cut_short_resumes_from_its_partial_file(tmp_path):
     assert got == data and not path.exists()
     # the second fetch took the manifest and the four pieces the first left, not the two it kept
     assert second == manifest_size(SIZE) + SIZE - 2 * PIECE, second
+
+
+def test_a_payload_of_several_pieces_comes_in_pieces_and_the_standby_holder_only_when_needed():
+    """fetch_many with a pieces root: the first `spread` holders are asked for ranges (a validator that serves a
+    bad piece is out after it), and the last holder (the miner) stands by until one drops out."""
+    from swarm.net.fetchmany import FetchRequest, fetch_many
+
+    data = os.urandom(SIZE)
+    digest, root = payload_hash(data), pieces_root(data)
+    bad = bytearray(data)
+    for i in range(0, SIZE, PIECE):
+        bad[i + 1] ^= 0x01
+
+    async def main(lookups, spread):
+        peers, servers, where = await _holders(3, lookups)
+        try:
+            request = FetchRequest(digest, SIZE, [p.peer_id.to_base58() for p in peers[:3]], maddrs=where, root=root,
+                                   spread=spread)
+            [result] = await fetch_many(peers[-1], [request], 60.0, 1, timeout=20.0, run_id=RUN)
+            return result, [s.stats.bytes_out for s in servers[:3]]
+        finally:
+            for p in peers:
+                await p.shutdown()
+
+    good = {digest: data}.get
+    result, sent = asyncio.run(main([good, good, good, lambda _: None], 2))
+    assert result.data == data and sent[0] > 0 and sent[1] > 0 and sent[2] == 0, (result.error, sent)
+    primed = {digest: bytes(bad)}.get
+    result, sent = asyncio.run(main([primed, good, good, lambda _: None], 2))  # the first validator sends bad pieces...
+    assert result.data == data and sent[2] > 0, (result.error, sent)  # ...so the miner is asked too

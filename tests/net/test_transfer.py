@@ -17,8 +17,9 @@ from hivemind.p2p import P2P
 from netutil import until
 
 from swarm.errors import TransferError
+from swarm.net.fetchmany import FetchRequest, fetch_many, fetch_stream
 from swarm.net.server import PayloadServer
-from swarm.net.transfer import BackgroundLoop, FetchRequest, fetch, fetch_any, fetch_many, fetch_stream
+from swarm.net.transfer import BackgroundLoop, fetch, fetch_any
 from swarm.net.wire import (
     CHUNK,
     DATA,
