@@ -96,8 +96,8 @@ async def fetch_pieces(
             logger.info("fetch %s: %d of %d pieces already held from an earlier try", digest[:12], resumed,
                         len(digests))
         await _fill(p2p, [h for h in holders if h not in liars], digest, sink, timeout, run_id=run_id, stats=stats,
-                    maddrs=maddrs or {},
-                    on_failure=on_failure, span=span, per_holder=per_holder, max_holders=max_holders)
+                    maddrs=maddrs or {}, on_failure=on_failure, span=span, per_holder=per_holder,
+                    max_holders=max_holders)
         data = sink.bytes()
         if hashlib.sha256(data).hexdigest() != digest:  # the root was pinned with another object's hash
             raise TransferError(f"fetch {digest[:12]}: its pieces check out but the whole hashes otherwise: "
