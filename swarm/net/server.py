@@ -6,9 +6,11 @@ What a stream may cost, in the order the server checks it:
   source address (an IPv4 address, an IPv6 /64) at most `max_per_address`, and all non-priority peers
   together at most `max_open`. A stream over a cap gets ERR and is closed at once.
 - The request must arrive within `header_timeout`, before the stream may wait for anything.
-- Bytes. A non-priority reader has a byte budget over a rolling window (`budget_window_s`, a peer passes
-  its cycle length), per peer id (`budget_per_peer`) and per source address (`budget_per_address`), in
-  units of the largest payload this server has served; once spent, it gets ERR "budget spent" at once.
+- Bytes. A non-priority reader has a budget over a rolling window (`budget_window_s`, a peer passes its
+  cycle length), per peer id (`budget_per_peer`) and per source address (`budget_per_address`), counted in
+  copies of what it reads: a whole payload costs one, a range of it its share, the miner pack one too (a
+  budget in bytes of the largest object served gave every stranger 19 payloads per pack once the pack was
+  served); once spent, it gets ERR "budget spent" at once.
 - Serving slots. `max_concurrent` general slots, of which the non-priority peers behind one source address
   hold at most `max_address_slots` (half) at once; each priority peer (an allowlisted validator: they are
   known, while keys are free to everyone else) has `priority_lane` slots of its own on top, and takes a
@@ -48,7 +50,7 @@ from typing import Any
 import msgpack
 from hivemind.p2p import P2P, PeerID
 
-from swarm.net.pieces import piece_manifest
+from swarm.net.pieces import manifest_size, piece_manifest
 from swarm.net.wire import (
     ACK,
     ACK_TIMEOUT,
@@ -166,7 +168,7 @@ class _Slots:
 
 
 class _Budget:
-    """Bytes taken per key over a rolling window, kept as a leaky bucket: what was taken drains away at
+    """Copies taken per key over a rolling window, kept as a leaky bucket: what was taken drains away at
     capacity / window per second, so a key never takes more than its capacity plus that drain in any window."""
 
     def __init__(self, window: float):
@@ -177,10 +179,10 @@ class _Budget:
         level, since = self._level.get(key, (0.0, now))
         return max(level - capacity * (now - since) / self.window, 0.0)
 
-    def fits(self, key: str, n: int, capacity: float, now: float) -> bool:
+    def fits(self, key: str, n: float, capacity: float, now: float) -> bool:
         return self.used(key, capacity, now) + n <= capacity
 
-    def charge(self, key: str, n: int, capacity: float, now: float) -> None:
+    def charge(self, key: str, n: float, capacity: float, now: float) -> None:
         self._level[key] = (self.used(key, capacity, now) + n, now)
         if len(self._level) > 4096:  # keys that drained to nothing carry no information: forget them
             self._level = {k: v for k, v in self._level.items() if self.used(k, capacity, now) > 0}
@@ -254,7 +256,6 @@ class PayloadServer:
         address_slots = max_address_slots if max_address_slots is not None else max(1, max_concurrent // 2)
         self._slots = _Slots(max_concurrent, address_slots, priority_lane)
         self._budget = _Budget(budget_window_s)
-        self._largest = 0  # the largest payload looked up here: the budgets' unit
         self._per_peer: dict[str, int] = {}
         self._per_address: dict[str, int] = {}
         self._quiet: set[str] = set()
@@ -289,19 +290,17 @@ class PayloadServer:
         return self._per_address.get(address, 0)
 
     def budget_used(self, peer_or_address: PeerID | str) -> float:
-        """Bytes charged to a peer id or a source address and not yet drained from its window."""
+        """Copies charged to a peer id (or "@" + a source address) and not yet drained from its window."""
         key = peer_or_address.to_base58() if isinstance(peer_or_address, PeerID) else str(peer_or_address)
-        return self._budget.used(key, self._capacity(self.budget_per_peer), time.monotonic())
+        capacity = self.budget_per_address if key.startswith("@") else self.budget_per_peer
+        return self._budget.used(key, capacity, time.monotonic())
 
-    def _capacity(self, units: float) -> float:
-        return units * self._largest
-
-    def _over_budget(self, key: str, address: str, size: int) -> str | None:
-        """Why `size` more bytes would take this peer or its address past its budget; None if they fit."""
+    def _over_budget(self, key: str, address: str, copies: float) -> str | None:
+        """Why `copies` more would take this peer or its address past its budget; None if they fit."""
         now = time.monotonic()
-        if not self._budget.fits(key, size, self._capacity(self.budget_per_peer), now):
+        if not self._budget.fits(key, copies, self.budget_per_peer, now):
             return "budget spent by this peer"
-        if not self._budget.fits("@" + address, size, self._capacity(self.budget_per_address), now):
+        if not self._budget.fits("@" + address, copies, self.budget_per_address, now):
             return "budget spent by this address"
         return None
 
@@ -370,8 +369,9 @@ class PayloadServer:
                 why = " ".join(str(e).split()) or type(e).__name__
             logger.info("refused a stream from %s: %s", peer, why)
             return
-        asked = request.length if request.length is not None else request.max
-        if not priority and (why := self._over_budget(key, address, min(asked, self._largest))):
+        asked = request.length if request.length is not None else (
+            manifest_size(request.max) if request.pieces else request.max)
+        if not priority and (why := self._over_budget(key, address, min(asked / max(request.max, 1), 1.0))):
             self._refused_budget(peer, address, why)  # before a slot: a spent reader costs nothing more
             await self._refuse(writer, why)
             return
@@ -455,20 +455,20 @@ class PayloadServer:
             await send_frame(writer, ERR, why.encode(), min(self.io_timeout, self.stall_timeout))
             self.stats.serve_failed += 1
             return False
-        self._largest = max(self._largest, whole)
         if request.pieces:
             view = memoryview(await loop.run_in_executor(None, self._manifest, request.hash, data))
         elif request.offset is not None:
             view = view[request.offset : request.offset + request.length]
         size = len(view)
         if not priority:
-            if why := self._over_budget(key, address, size):
+            copies = size / max(whole, 1)
+            if why := self._over_budget(key, address, copies):
                 self._refused_budget(peer, address, why)
                 await self._refuse(writer, why)
                 return False
             now = time.monotonic()
-            self._budget.charge(key, size, self._capacity(self.budget_per_peer), now)
-            self._budget.charge("@" + address, size, self._capacity(self.budget_per_address), now)
+            self._budget.charge(key, copies, self.budget_per_peer, now)
+            self._budget.charge("@" + address, copies, self.budget_per_address, now)
         start = loop.time()
         deadline = start + self.rate_grace + size / self.min_rate if not priority else float("inf")
         stall = self.stall_timeout if not priority else max(self.stall_timeout, PRIORITY_STALL_TIMEOUT)

@@ -216,3 +216,34 @@ def test_a_payload_of_several_pieces_comes_in_pieces_and_the_standby_holder_only
     primed = {digest: bytes(bad)}.get
     result, sent = asyncio.run(main([primed, good, good, lambda _: None], 2))  # the first validator sends bad pieces...
     assert result.data == data and sent[2] > 0, (result.error, sent)  # ...so the miner is asked too
+
+
+def test_serving_a_big_object_does_not_raise_a_strangers_payload_budget():
+    """Budgets count copies of what a reader takes: after the 8x larger pack, a stranger gets 7 more payload
+    copies of its 8, not 7 x 8 (a budget in bytes of the largest object served gave it that)."""
+    from swarm.net.transfer import fetch
+    from swarm.net.wire import BUDGET_PER_PEER
+
+    payload, pack = os.urandom(PIECE // 2), os.urandom(4 * PIECE)
+    objects = {payload_hash(payload): payload, payload_hash(pack): pack}
+
+    async def main():
+        peers, servers, where = await _holders(1, [objects.get, lambda _: None])
+        holder, reader = peers[0].peer_id.to_base58(), peers[-1]
+        try:
+            await fetch(reader, holder, payload_hash(pack), len(pack), 20.0, run_id=RUN, maddrs=where[holder])
+            got = 0
+            for _ in range(2 * BUDGET_PER_PEER):
+                try:
+                    await fetch(reader, holder, payload_hash(payload), len(payload), 20.0, run_id=RUN,
+                                maddrs=where[holder])
+                    got += 1
+                except TransferError as err:
+                    assert "budget spent by this peer" in str(err), err
+            return got, servers[0].budget_used(reader.peer_id)
+        finally:
+            for p in peers:
+                await p.shutdown()
+
+    got, used = asyncio.run(main())
+    assert got == BUDGET_PER_PEER - 1 and used == pytest.approx(BUDGET_PER_PEER, abs=0.01), (got, used)
