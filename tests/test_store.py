@@ -65,3 +65,18 @@ def test_moments_by_cycle_newest_before_and_torn_files(tmp_path):
     assert store.load_moments(before=2) is None  # cycles 0 and 1 were pruned
     (tmp_path / "w" / "moments" / "moments-000003.safetensors").write_bytes(b"torn")
     assert store.load_moments(before=9) is None
+
+
+def test_a_partial_download_is_kept_for_a_resume_and_pruned_once_stale(tmp_path):
+    import os
+    import time
+
+    store = Store(tmp_path / "w")
+    fresh, stale = store.partial_path("a" * 64), store.partial_path("b" * 64)
+    for path in (fresh, stale):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"pieces")
+    os.utime(stale, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    Store(tmp_path / "w")  # a restart keeps both: the fetch resumes from them
+    store.prune(current_cycle=10)
+    assert fresh.exists() and not stale.exists()

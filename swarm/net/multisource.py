@@ -89,7 +89,7 @@ async def fetch_pieces(
     if size > max_size:
         raise TransferError(f"fetch {digest[:12]}: its piece manifest says {size} bytes, over the {max_size} expected")
     sink = PieceSink(size, digests, partial)
-    done = False
+    done = False  # a partial file is kept for the next try unless the object is whole (or can never be)
     try:
         resumed = len(sink.have)
         if resumed:
@@ -100,6 +100,7 @@ async def fetch_pieces(
                     max_holders=max_holders)
         data = sink.bytes()
         if hashlib.sha256(data).hexdigest() != digest:  # the root was pinned with another object's hash
+            done = True
             raise TransferError(f"fetch {digest[:12]}: its pieces check out but the whole hashes otherwise: "
                                 "the pinned pieces root is not this object's")
         done = True

@@ -7,8 +7,10 @@ at any instant leaves either the old file or the new one, never a torn one that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -144,14 +146,20 @@ class Store:
     def load_moments(self, before: int) -> dict | None:
         return self.load_tagged("moments", before)
 
-    def prune(self, current_cycle: int, keep_payloads: int = 64) -> None:
-        """Drop checkpoints older than keep_cycles and all but the newest payload files."""
+    def prune(self, current_cycle: int, keep_payloads: int = 64, keep_partial_s: float = 86400.0) -> None:
+        """Drop checkpoints older than keep_cycles, all but the newest payload files, and partial downloads
+        untouched for `keep_partial_s` (a checkpoint's, whose fetch gave up, is not asked for again)."""
         for path in (self.root / "checkpoints").glob("cycle-*.safetensors"):
             if int(path.name.split("-")[1]) < current_cycle - self.keep_cycles:
                 path.unlink(missing_ok=True)
         payloads = sorted((self.root / "payloads").glob("*.payload"), key=lambda p: p.stat().st_mtime)
         for path in payloads[: max(len(payloads) - keep_payloads, 0)]:
             path.unlink(missing_ok=True)
+        now = time.time()
+        for path in (self.root / "partial").glob("*.part"):
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > keep_partial_s:
+                    path.unlink()
 
 
 def check_workdir(path: str | os.PathLike) -> None:
