@@ -179,24 +179,19 @@ def read_pack_file(path: str, manifest) -> bytes:
     return data
 
 
-def fetch_pack(net, dht, manifest, rid: str, initial_peers: list[str], store) -> bytes:
+PACK_WAIT_S = 300.0  # a light miner started before any holder of the pack is up asks again for this long
+PACK_RETRY_S = 5.0
+
+
+def fetch_pack(net, dht, manifest, rid: str, initial_peers: list[str], store, wait_s: float = PACK_WAIT_S) -> bytes:
     """The run's pack from the swarm: in pieces from the allowlisted validators and the initial peers at once, each
     piece checked against the pinned pieces root, so a holder that sends other bytes is out after one range and
     a fetch that stopped resumes from WORKDIR/partial (load_runtime then checks what the pack holds against the
-    manifest)."""
-    from swarm.net.dht import dht_time
+    manifest). While no holder answers (the validators are not up yet, or restarting), asked again every
+    PACK_RETRY_S for `wait_s`."""
     from swarm.net.identity import peer_key_of
-    from swarm.net.records import get_records
 
     spec = manifest.pack
-    maddrs: dict[str, list[str]] = {m.rsplit("/p2p/", 1)[-1]: [m] for m in initial_peers}
-    cycle = max(manifest.clock().where(dht_time()).cycle, 0)
-    for c in {max(cycle - 1, 0), cycle}:
-        try:
-            for pid, signed in get_records(dht, rid, c, "peers").items():
-                maddrs.setdefault(pid, list(signed.record.maddrs))
-        except SwarmError:
-            pass
     validators = [peer_key_of(v) for v in manifest.validators]
     chosen = [m.rsplit("/p2p/", 1)[-1] for m in initial_peers]
     # only peers someone chose to trust: the peers records only give their addresses (every key that announced
@@ -205,14 +200,39 @@ def fetch_pack(net, dht, manifest, rid: str, initial_peers: list[str], store) ->
     logger.info("fetching the run's miner pack %s (%.1f MiB) from %d peer(s)", spec.sha256[:12], spec.bytes / 2**20,
                 len(holders))
     started = time.monotonic()
-    try:
-        data = net.fetch_pieces(holders, spec.sha256, spec.pieces, spec.bytes, maddrs,
-                                partial=store.partial_path(spec.sha256))
-    except TransferError as err:
-        raise SwarmError(f"could not fetch the run's miner pack: {err}; pass --pack FILE if you have it") from None
+    while True:
+        try:
+            data = net.fetch_pieces(holders, spec.sha256, spec.pieces, spec.bytes,
+                                    announced(dht, manifest, rid, initial_peers),
+                                    partial=store.partial_path(spec.sha256))
+            break
+        except TransferError as err:
+            left = started + wait_s - time.monotonic()
+            if left <= 0:
+                raise SwarmError(f"could not fetch the run's miner pack in {wait_s:g}s: {err}; pass --pack FILE if "
+                                 "you have it") from None
+            logger.warning("no holder of the run's miner pack served it yet (%s); asking again in %gs, %.0fs left",
+                           err, PACK_RETRY_S, left)
+            time.sleep(min(PACK_RETRY_S, left))
     store.save_pack(data)  # kept: served to the next light miner, and no fetch after a restart
     logger.info("miner pack %s in %.1fs", spec.sha256[:12], time.monotonic() - started)
     return data
+
+
+def announced(dht, manifest, rid: str, initial_peers: list[str]) -> dict[str, list[str]]:
+    """peer id -> multiaddrs: the initial peers', then what this and the last cycle's peers records announce."""
+    from swarm.net.dht import dht_time
+    from swarm.net.records import get_records
+
+    maddrs: dict[str, list[str]] = {m.rsplit("/p2p/", 1)[-1]: [m] for m in initial_peers}
+    cycle = max(manifest.clock().where(dht_time()).cycle, 0)
+    for c in {max(cycle - 1, 0), cycle}:
+        try:
+            for pid, signed in get_records(dht, rid, c, "peers").items():
+                maddrs.setdefault(pid, list(signed.record.maddrs))
+        except SwarmError:
+            pass
+    return maddrs
 
 
 def check_clock(net, dht, manifest, rid: str, initial_peers: list[str], me: str) -> None:

@@ -57,3 +57,44 @@ def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_a_corrupte
             net.close()
         for dht in dhts:
             dht.shutdown()
+
+
+def test_a_light_miner_started_before_the_validators_serve_waits_for_them(make_identity, tmp_path):
+    """A simulation (or a swarm whose validators restart) starts light miners before any holder serves the pack:
+    the miner asks again every few seconds instead of exiting (in a main job one did: 'routing: not found' from
+    every validator 0.01 s after it joined)."""
+    import threading
+    import time
+
+    from swarm import peer
+    from swarm.launch import pack_spec, write_manifest
+    from swarm.net.network import Network
+    from swarm.protocol.manifest import load, run_id
+    from swarm.protocol.store import Store
+    from teft.pack import build_pack
+    from teft.selection import ExpertMap
+
+    data = build_pack("tiny", ExpertMap.load(REPO / "configs" / "tiny-math.map.json"), "4bit")
+    ids = {n: make_identity(n) for n in ("validator", "miner")}
+    manifest = load(write_manifest(REPO / "configs" / "tiny.yaml", tmp_path / "run.yaml",
+                                   [ids["validator"].public_key_str], 0.0, {"quorum": 1, "pack": pack_spec(data)}))
+    rid = run_id(manifest)
+    held = Store(tmp_path / "validator")
+    held.save_pack(data)
+    dhts, nets = [], []
+    try:
+        dhts.append(start_dht(ids["validator"], run_id=rid))  # up, but serving nothing yet
+        join = visible_maddrs(dhts[0])
+        dhts.append(start_dht(ids["miner"], join, run_id=rid))
+        nets.append(Network(dhts[-1], rid, lambda _: None, timeout=20))
+        late = threading.Timer(3.0, lambda: nets.append(Network(dhts[0], rid, held.find, timeout=20)))
+        late.start()
+        started = time.monotonic()
+        got = peer.fetch_pack(nets[0], dhts[1], manifest, rid, join, Store(tmp_path / "miner"), wait_s=60)
+        late.join()
+        assert got == data and 3.0 <= time.monotonic() - started < 30, time.monotonic() - started
+    finally:
+        for net in nets:
+            net.close()
+        for dht in dhts:
+            dht.shutdown()
