@@ -267,10 +267,11 @@ def test_light_and_full_miners_merged_in_one_swarm(tmp_path):
     from teft.model import get_module
 
     # no merge floor: which batches each miner draws follows from its fresh key, and 4 steps on unlucky ones
-    # gained 0.0027 against the other's 0.019, under the floor of a quarter of the best (not a light-miner matter)
-    swarm = Swarm.tiny(tmp_path, ["validator"], {"inner": {**FEW_STEPS, "steps": 4}, "quorum": 1,
+    # gained 0.0027 against the other's 0.019, under the floor of a quarter of the best (not a light-miner matter);
+    # 8 steps and 16 blocks: 4 steps on 8 blocks once scored 0.0 against 0.0076 with the suite's other worker busy
+    swarm = Swarm.tiny(tmp_path, ["validator"], {"inner": {**FEW_STEPS, "steps": 8}, "quorum": 1,
                                                  "outer": {"min_relative_score": 0.0},
-                                                 "data": {"validation_blocks": 8, "private_validation": False}})
+                                                 "data": {"validation_blocks": 16, "private_validation": False}})
     validator = swarm.add("validator", Validator)
     full = swarm.add("full", Miner)
     light = swarm.add("light", Miner, background="4bit")
