@@ -35,24 +35,30 @@ async def _stall(size: int, _info, reader, writer) -> None:
         writer.close()
 
 
+async def _holders(payload: bytes):
+    """An honest holder of `payload`, STALLERS stalling ones, and a joiner: (every peer, joiner, holder ids with
+    the stallers first, their addresses)."""
+    honest = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+    maddrs = [str(m) for m in await honest.get_visible_maddrs()]
+    stallers = [await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs)
+                for _ in range(STALLERS)]
+    joiner = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs)
+    await PayloadServer(honest, {payload_hash(payload): payload}.get, RUN).start()
+    for staller in stallers:
+        await staller.add_binary_stream_handler(protocol_name(RUN), lambda *a: _stall(len(payload), *a))
+    holders = [s.peer_id.to_base58() for s in stallers] + [honest.peer_id.to_base58()]
+    where = {p.peer_id.to_base58(): [str(m).split("/p2p/")[0] for m in await p.get_visible_maddrs()]
+             for p in [*stallers, honest]}
+    return [joiner, *stallers, honest], joiner, holders, where
+
+
 def test_stalling_holders_cost_a_late_joiner_no_turns():
     payload = os.urandom(1 << 20)
     digest = payload_hash(payload)
 
     async def main():
-        honest = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-        maddrs = [str(m) for m in await honest.get_visible_maddrs()]
-        stallers = [await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs)
-                    for _ in range(STALLERS)]
-        joiner = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs)
+        peers, joiner, holders, where = await _holders(payload)
         try:
-            await PayloadServer(honest, {digest: payload}.get, RUN).start()
-            for staller in stallers:
-                await staller.add_binary_stream_handler(protocol_name(RUN), lambda *a: _stall(len(payload), *a))
-            holders = [s.peer_id.to_base58() for s in stallers] + [honest.peer_id.to_base58()]
-            where = {}
-            for p in [*stallers, honest]:
-                where[p.peer_id.to_base58()] = [str(m).split("/p2p/")[0] for m in await p.get_visible_maddrs()]
             failed = {}
             start = time.perf_counter()
             got = await fetch_first(joiner, holders, digest, len(payload), TIMEOUT, run_id=RUN, max_parallel=2,
@@ -66,7 +72,7 @@ def test_stalling_holders_cost_a_late_joiner_no_turns():
             assert all("stalled" in why for why in failed.values()), failed
             print(f"\ncheckpoint fetched past {STALLERS} stalling holders in {elapsed:.2f}s")
         finally:
-            for p in (joiner, *stallers, honest):
+            for p in peers:
                 await p.shutdown()
 
     asyncio.run(main())
@@ -83,18 +89,8 @@ def test_stalling_holders_cost_a_pieced_catch_up_a_range_each():
     digest, root = payload_hash(payload), pieces_root(payload)
 
     async def main():
-        honest = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-        maddrs = [str(m) for m in await honest.get_visible_maddrs()]
-        stallers = [await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs)
-                    for _ in range(STALLERS)]
-        joiner = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs)
+        peers, joiner, holders, where = await _holders(payload)
         try:
-            await PayloadServer(honest, {digest: payload}.get, RUN).start()
-            for staller in stallers:
-                await staller.add_binary_stream_handler(protocol_name(RUN), lambda *a: _stall(len(payload), *a))
-            holders = [s.peer_id.to_base58() for s in stallers] + [honest.peer_id.to_base58()]
-            where = {p.peer_id.to_base58(): [str(m).split("/p2p/")[0] for m in await p.get_visible_maddrs()]
-                     for p in [*stallers, honest]}
             failed = {}
             start = time.perf_counter()
             got = await fetch_pieces(joiner, holders, digest, root, len(payload), TIMEOUT, run_id=RUN, maddrs=where,
@@ -105,7 +101,7 @@ def test_stalling_holders_cost_a_pieced_catch_up_a_range_each():
             assert set(failed) <= set(holders[:STALLERS]) and failed, failed
             print(f"\ncheckpoint fetched in pieces past {STALLERS} stalling holders in {elapsed:.2f}s")
         finally:
-            for p in (joiner, *stallers, honest):
+            for p in peers:
                 await p.shutdown()
 
     asyncio.run(main())

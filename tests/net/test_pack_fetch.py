@@ -12,7 +12,16 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_a_corrupted_piece(make_identity, tmp_path):
+@pytest.fixture(scope="module")
+def pack() -> bytes:
+    """The embedded default's 4-bit miner pack, built once for the module."""
+    from teft.pack import build_pack
+    from teft.selection import ExpertMap
+
+    return build_pack("tiny", ExpertMap.load(REPO / "configs" / "tiny-math.map.json"), "4bit")
+
+
+def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_a_corrupted_piece(make_identity, tmp_path, pack):
     """The pack comes in pieces from both holders at once; the allowlisted one names the true pieces and then
     sends one with a byte flipped: that piece is refused on arrival and fetched again from the other holder."""
     from swarm import peer
@@ -21,10 +30,7 @@ def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_a_corrupte
     from swarm.net.pieces import PIECE, piece_manifest
     from swarm.protocol.manifest import load, run_id
     from swarm.protocol.store import Store
-    from teft.pack import build_pack
-    from teft.selection import ExpertMap
-
-    data = build_pack("tiny", ExpertMap.load(REPO / "configs" / "tiny-math.map.json"), "4bit")
+    data = pack
     ids = {n: make_identity(n) for n in ("liar", "holder", "miner")}
     manifest = load(write_manifest(REPO / "configs" / "tiny.yaml", tmp_path / "run.yaml",
                                    [ids["liar"].public_key_str], 0.0,
@@ -59,7 +65,7 @@ def test_a_light_miner_fetches_the_runs_pack_past_a_holder_that_sends_a_corrupte
             dht.shutdown()
 
 
-def test_a_light_miner_started_before_the_validators_serve_waits_for_them(make_identity, tmp_path):
+def test_a_light_miner_started_before_the_validators_serve_waits_for_them(make_identity, tmp_path, pack):
     """A simulation (or a swarm whose validators restart) starts light miners before any holder serves the pack:
     the miner asks again every few seconds instead of exiting (in a main job one did: 'routing: not found' from
     every validator 0.01 s after it joined)."""
@@ -71,10 +77,7 @@ def test_a_light_miner_started_before_the_validators_serve_waits_for_them(make_i
     from swarm.net.network import Network
     from swarm.protocol.manifest import load, run_id
     from swarm.protocol.store import Store
-    from teft.pack import build_pack
-    from teft.selection import ExpertMap
-
-    data = build_pack("tiny", ExpertMap.load(REPO / "configs" / "tiny-math.map.json"), "4bit")
+    data = pack
     ids = {n: make_identity(n) for n in ("validator", "miner")}
     manifest = load(write_manifest(REPO / "configs" / "tiny.yaml", tmp_path / "run.yaml",
                                    [ids["validator"].public_key_str], 0.0, {"quorum": 1, "pack": pack_spec(data)}))
