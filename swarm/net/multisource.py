@@ -125,7 +125,7 @@ async def _fill(p2p: P2P, holders: list[str], digest: str, sink: PieceSink, time
     while waiting and len(asking) < max_holders:
         asking.append(waiting.popleft())
     # ranges small enough that every holder asked gets some work, at most `span` pieces
-    queue = _spans(sink.missing(), max(1, min(span, -(-len(sink.missing()) // (len(asking) * per_holder)))))
+    queue = _spans(sink.missing(), max(1, min(span, -(-len(sink.missing()) // (max(len(asking), 1) * per_holder)))))
     strikes: dict[str, int] = {}
     reasons: dict[str, str] = {}
     running: dict[asyncio.Task, tuple[str, list[int], float]] = {}

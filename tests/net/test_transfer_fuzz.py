@@ -57,7 +57,8 @@ msgpack_values = st.recursive(
     | st.text(max_size=80)
     | st.binary(max_size=80),
     lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=8) | st.sampled_from(["hash", "max", "size"]), inner, max_size=4),
+    | st.dictionaries(st.text(max_size=8) | st.sampled_from(["hash", "max", "size", "offset", "length", "pieces"]),
+                      inner, max_size=4),
     max_leaves=12,
 )
 kinds = st.sampled_from([REQ, HDR, DATA, END, ERR, b"A"]) | st.binary(min_size=1, max_size=1)
@@ -106,6 +107,8 @@ def _check_request(body: bytes) -> None:
         assert "\n" not in str(e) and len(str(e)) < 200
         return
     assert len(wanted) == 64 and int(wanted, 16) >= 0 and 0 <= max_size <= MAX_PAYLOAD
+    assert (request.offset is None) == (request.length is None) and not (request.pieces and request.offset is not None)
+    assert request.offset is None or (0 <= request.offset <= MAX_PAYLOAD and 0 <= request.length <= MAX_PAYLOAD)
 
 
 @PURE
@@ -138,6 +141,14 @@ def test_request_wrong_types(wanted, max_size):
 
 
 @PURE
+@given(st.dictionaries(st.sampled_from(["offset", "length", "pieces"]), msgpack_values, max_size=3))
+def test_request_random_range_and_pieces_fields(extra):
+    """A valid hash and max with any offset, length and pieces values: a well-formed range or manifest request,
+    or one FrameError line."""
+    _check_request(msgpack.packb({"hash": "ab" * 32, "max": 1 << 20, **extra}))
+
+
+@PURE
 @given(st.binary(min_size=32, max_size=32), st.integers(min_value=0, max_value=MAX_PAYLOAD))
 def test_request_round_trip(digest, max_size):
     got = parse_request(encode_request(digest.hex(), max_size))
@@ -163,6 +174,23 @@ def _receive(stream: bytes, wanted: str, expected: int, exact: bool) -> bytes | 
 @given(st.binary(max_size=3000), st.integers(min_value=0, max_value=2**20), st.booleans())
 def test_receiver_random_bytes(stream, expected, exact):
     _receive(stream, "00" * 32, expected, exact)
+
+
+@PURE
+@given(st.lists(st.tuples(kinds, st.binary(max_size=40)), max_size=6), st.booleans())
+def test_a_range_receiver_keeps_only_pieces_that_match(frames, honest_header):
+    """A range of three 16-byte pieces: whatever a server sends, every piece handed over hashes to its digest."""
+    data = os.urandom(40)
+    pieces = [data[i : i + 16] for i in range(0, 40, 16)]
+    digests = [hashlib.sha256(piece).digest() for piece in pieces]
+    kept = {}
+    receiver = Receiver(None, 40, True, pieces=digests, piece_size=16, on_piece=lambda i, b: kept.setdefault(i, b))
+    head = [frame(HDR, msgpack.packb({"size": 40}))] if honest_header else []
+    try:
+        drive(receiver, b"".join(head + [frame(k, b) for k, b in frames]))
+    except FrameError as e:
+        assert "\n" not in str(e)
+    assert all(hashlib.sha256(b).digest() == digests[i] for i, b in kept.items()), kept
 
 
 @PURE
