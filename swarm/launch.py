@@ -142,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         from swarm.protocol.manifest import load, run_id
 
         manifest = load(path)
-        if pack is not None:
-            from swarm.protocol.runtime import check_pack
+        if pack is not None:  # pack_spec hashed these very bytes into the manifest: only what they hold is checked
+            from swarm.protocol.runtime import pack_metadata
 
             try:
-                check_pack(manifest, pack)
+                pack_metadata(manifest, pack)
             except SwarmError as err:
                 path.unlink()
                 raise SwarmError(f"--pack {args.pack}: {err}") from None

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None, make_role: Callable | None = None,
         pack = read_pack_file(args.pack, manifest) if args.pack else None
         store = Store(args.workdir)  # the work tree last, once nothing else can refuse the flags
         if pack is not None:
-            store.save_pack(pack)  # served by hash from now on, like a payload
+            store.save_pack(pack, manifest.pack.sha256)  # checked above; served by hash from now on
     except SwarmError as err:
         return cli.fail(str(err))
     import transformers
@@ -214,7 +214,7 @@ def fetch_pack(net, dht, manifest, rid: str, initial_peers: list[str], store, wa
             logger.warning("no holder of the run's miner pack served it yet (%s); asking again in %gs, %.0fs left",
                            err, PACK_RETRY_S, left)
             time.sleep(min(PACK_RETRY_S, left))
-    store.save_pack(data)  # kept: served to the next light miner, and no fetch after a restart
+    store.save_pack(data, spec.sha256)  # verified in transit; served to the next light miner, no fetch on restart
     logger.info("miner pack %s in %.1fs", spec.sha256[:12], time.monotonic() - started)
     return data
 
@@ -238,25 +238,12 @@ def announced(dht, manifest, rid: str, initial_peers: list[str]) -> dict[str, li
 def check_clock(net, dht, manifest, rid: str, initial_peers: list[str], me: str) -> None:
     """Refuse to run on a clock that is off the swarm's by more than a quarter of the shortest phase, as told by
     the peers this operator trusts: the initial peers given and the allowlisted validators announced so far."""
-    from swarm.net.dht import dht_time
     from swarm.net.identity import peer_key_of
-    from swarm.net.records import get_records
     from swarm.net.timesync import clock_verdict
 
-    trusted: dict[str, list[str] | None] = {}
-    for maddr in initial_peers:
-        trusted[maddr.rsplit("/p2p/", 1)[-1]] = [maddr]
-    validators = {peer_key_of(v) for v in manifest.validators}
-    cycle = max(manifest.clock().where(dht_time()).cycle, 0)
-    for c in {max(cycle - 1, 0), cycle}:
-        try:
-            announced = get_records(dht, rid, c, "peers")
-        except SwarmError:
-            announced = {}
-        for pid, signed in announced.items():
-            if pid in validators:
-                trusted[pid] = list(signed.record.maddrs)
-    trusted.pop(me, None)
+    chosen = {m.rsplit("/p2p/", 1)[-1] for m in initial_peers} | {peer_key_of(v) for v in manifest.validators}
+    trusted: dict[str, list[str] | None] = {pid: maddrs for pid, maddrs in announced(dht, manifest, rid, initial_peers)
+                                           .items() if pid in chosen and pid != me}
     if not trusted:
         return
     tolerance = manifest.timings.max_clock_skew()

@@ -165,11 +165,13 @@ async def _fill(p2p: P2P, holders: list[str], digest: str, sink: PieceSink, time
                 break
             finished, _ = await asyncio.wait(running, timeout=ENDGAME_S / 2 if not queue else None,
                                              return_when=asyncio.FIRST_COMPLETED)
+            failed: list[list[int]] = []
             for task in finished:
                 holder, run, _ = running.pop(task)
                 error = task.exception()
-                if error is None:
+                if error is None:  # every piece of the range arrived and checked out
                     continue
+                failed.append(run)
                 reason = str(error).split(" from ", 1)[-1]
                 bad = "does not match" in reason or "not the next whole piece" in reason
                 strikes[holder] = strikes.get(holder, 0) + (STRIKES if bad else 1)
@@ -184,10 +186,10 @@ async def _fill(p2p: P2P, holders: list[str], digest: str, sink: PieceSink, time
                     task.cancel()
                     dropped.append(task)
                     del running[task]
-            flying = {i for _, run, _ in running.values() for i in run}
-            left = [i for i in sink.missing() if i not in flying and not any(i in r for r in queue)]
-            if left:  # what failed ranges did not deliver goes back first, for the others
-                queue.extendleft(reversed(_spans(left, span)))
+            if failed:  # what failed ranges did not deliver, and no other copy is fetching, goes back first
+                flying = {i for _, run, _ in running.values() for i in run}
+                lost = sorted({i for run in failed for i in run if i not in sink.have and i not in flying})
+                queue.extendleft(reversed(_spans(lost, span)))
     finally:
         for task in running:
             task.cancel()

@@ -70,9 +70,10 @@ class PieceSink:
             self._buf = bytearray(size)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "r+b" if path.exists() else "w+b")  # noqa: SIM115 - held until close()
+        resumed = path.exists()
+        self._file = open(path, "r+b" if resumed else "w+b")  # noqa: SIM115 - held until close()
         self._file.truncate(size)
-        for index in range(len(digests)):  # resume: whatever a previous fetch left that still checks out
+        for index in range(len(digests)) if resumed else ():  # whatever a previous fetch left that checks out
             if hashlib.sha256(self._read(index)).digest() == digests[index]:
                 self.have.add(index)
 

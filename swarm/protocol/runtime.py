@@ -141,7 +141,6 @@ def base_model_path(manifest: Manifest) -> str:
 def check_pack(manifest: Manifest, data: bytes) -> dict:
     """The pack's metadata, once it is the one this run pins and was built from its base model and map."""
     from teft.files import content_hash
-    from teft.pack import pack_info
 
     spec = manifest.pack
     if spec is None:
@@ -149,6 +148,18 @@ def check_pack(manifest: Manifest, data: bytes) -> dict:
     if len(data) != spec.bytes or content_hash(data) != spec.sha256:
         raise SwarmError(f"the pack ({len(data)} bytes, sha256 {content_hash(data)[:12]}) is not the one this run "
                          f"pins ({spec.bytes} bytes, {spec.sha256[:12]}): use the pack of this run")
+    return pack_metadata(manifest, data)
+
+
+def pack_metadata(manifest: Manifest, data: bytes) -> dict:
+    """The pack's metadata, once it was built from the run's base model and expert map with its background. The
+    bytes' hash is check_pack's: callers that hold bytes already checked by hash (read from the store, fetched,
+    hashed into the manifest) skip a pass over what is GBs at real scale."""
+    from teft.pack import pack_info
+
+    spec = manifest.pack
+    if spec is None:
+        raise SwarmError("this run pins no miner pack: drop --pack, or launch the run with --pack FILE")
     try:
         info = pack_info(data)
     except TeftError as err:
@@ -197,7 +208,8 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
     validation_data: a validator's private held-out data; Proof-of-Loss subsets are drawn from it, so
     no miner can have trained on what it is scored on. background: how a miner holds the experts it does not
     train (teft.light); a validator always passes bf16, so it scores on the full model in its own dtype.
-    pack: the run's miner pack (checked against the manifest): a light miner's model without the base model.
+    pack: the run's miner pack, its bytes already checked against the pinned hash (swarm.peer reads, loads or fetches
+    it by hash), its metadata checked here: a light miner's model without the base model.
     """
     if validation_data is not None:
         from teft.data import check_data
@@ -210,7 +222,7 @@ def load_runtime(manifest: Manifest, data_override: str | None = None, device: s
         if pack is not None:  # a light miner without the base model: everything it holds comes from the pack
             from teft.pack import load_pack
 
-            check_pack(manifest, pack)
+            pack_metadata(manifest, pack)
             model, tokenizer, layout, expert_map = load_pack(pack, device)
             if tokenizer is None:
                 raise SwarmError("the run's pack carries no tokenizer files: rebuild it from a checkpoint with them")

@@ -92,8 +92,9 @@ class Store:
     def pack_path(self, digest: str) -> Path:  # not among the payloads, which prune keeps to the newest
         return self._by_hash("packs", digest, ".teftpack")
 
-    def save_pack(self, data: bytes) -> str:
-        digest = state_hash(data)
+    def save_pack(self, data: bytes, digest: str | None = None) -> str:
+        """Keep the pack; `digest`: its hash, when the caller checked the bytes against it already."""
+        digest = digest or state_hash(data)
         atomic_write(self.pack_path(digest), data)
         return digest
 
