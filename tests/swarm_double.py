@@ -124,7 +124,6 @@ class MemoryNetwork:
         self.lookup = store.find  # what this peer serves by hash (a stalling adversary wraps it)
         self.maddrs = [f"/memory/{me}"]
         self.stats = Stats()
-        self.pieced: list[str] = []  # the objects fetched in pieces, for the tests
         everyone[me] = self
 
     def connected(self, timeout: float = 3.0) -> set[str]:
@@ -155,7 +154,6 @@ class MemoryNetwork:
         data = self.fetch(peers, digest, size, maddrs, exact=False, on_failure=on_failure)
         if pieces_root(data) != root:
             raise TransferError(f"fetch {digest[:12]}: its pieces do not match the pinned root")
-        self.pieced.append(digest)
         return data
 
     def serve(self, digest):
