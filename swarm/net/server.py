@@ -91,7 +91,10 @@ from swarm.net.wire import (
 logger = logging.getLogger("swarm.net.transfer")
 
 _GENERAL, _LANE = "general", "lane"
-MANIFESTS_KEPT = 16
+# piece manifests kept, enough for every object a peer holds at once (64 payloads, a few checkpoints, the pack): a
+# manifest costs a pass over its object, and a reader cycling through more objects than are kept would otherwise
+# make the server hash GBs again for each request of a few bytes
+MANIFESTS_KEPT = 256
 
 
 class _Slots:
@@ -424,7 +427,7 @@ class PayloadServer:
             self._bursts.log("failed", address, "serving %s at %s failed: %s", peer, address, why)
 
     def _manifest(self, digest: str, data: bytes) -> bytes:
-        """The piece manifest of a held object, computed once per object while it stays among the recent few."""
+        """The piece manifest of a held object, computed once per object while it stays among the MANIFESTS_KEPT."""
         body = self._manifests.pop(digest, None) or piece_manifest(data)
         self._manifests[digest] = body
         while len(self._manifests) > MANIFESTS_KEPT:

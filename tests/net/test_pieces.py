@@ -247,3 +247,31 @@ def test_serving_a_big_object_does_not_raise_a_strangers_payload_budget():
 
     got, used = asyncio.run(main())
     assert got == BUDGET_PER_PEER - 1 and used == pytest.approx(BUDGET_PER_PEER, abs=0.01), (got, used)
+
+
+def test_a_reader_asking_for_manifests_again_makes_no_server_hash_an_object_twice(monkeypatch):
+    """A piece manifest costs the server a pass over the object and the reader a few bytes of budget: a stranger
+    cycling through every object the server holds gets each manifest computed once (with 16 kept, 20 objects
+    asked twice were hashed 40 times)."""
+    import swarm.net.server as server_module
+    from swarm.net.transfer import fetch
+
+    objects = {payload_hash(o): o for o in (os.urandom(PIECE + 1) for _ in range(20))}
+    passes = []
+    real = server_module.piece_manifest
+    monkeypatch.setattr(server_module, "piece_manifest", lambda data: passes.append(1) or real(data))
+
+    async def main():
+        peers, _, where = await _holders(1, [objects.get, lambda _: None])
+        holder, reader = peers[0].peer_id.to_base58(), peers[-1]
+        try:
+            for _ in range(2):
+                for digest, data in objects.items():
+                    await fetch(reader, holder, digest, len(data), 20.0, run_id=RUN, maddrs=where[holder],
+                                manifest_root=pieces_root(data))
+        finally:
+            for p in peers:
+                await p.shutdown()
+
+    asyncio.run(main())
+    assert len(passes) == len(objects), len(passes)
