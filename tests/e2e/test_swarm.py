@@ -18,6 +18,7 @@ walkthrough, tests/e2e/test_readme_swarm.py, asks it everywhere).
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -155,16 +156,27 @@ def test_an_oversize_payload_is_refused_by_the_transfer_layer(adversarial):
     assert "over the asked maximum" in reasons["miner-oversize"] or "more than" in reasons["miner-oversize"]
 
 
+def committed_cycles(out: Path, name: str) -> set[int]:
+    """The cycles a peer was up for at the commit phase, from its log: on a loaded machine an adversary (at nice
+    10) was seen to come up 90 s after it started, in cycle 0's evaluate phase, and attacked from cycle 1 only."""
+    text = (out / "logs" / f"{name}.log").read_text()
+    return {int(m) for m in re.findall(r" cycle (\d+) phase commit ", text)}
+
+
 def test_a_flood_a_staller_and_a_slowloris_cost_their_own_slots(adversarial):
     """Every cycle still merges honest miners (above) while each validator tried the Sybils' and the
-    stalling miner's payloads and gave up on them within the evaluate phase."""
-    _, report = adversarial
+    stalling miner's payloads and gave up on them within the evaluate phase, in every cycle they committed."""
+    out, report = adversarial
     names = set(report["peers"])
+    flood, staller = committed_cycles(out, "miner-sybil-flood"), committed_cycles(out, "miner-slow-server")
+    assert flood and staller, (flood, staller)  # up for one cycle at least
     for row in report["per_cycle"]:
         assert row["merged"] and set(row["merged"]) <= names - {"miner-sybil-flood", "miner-slow-server"}
         sybils = [m for m in row["rejected"] if m not in names]
-        assert len(sybils) >= int(SYBILS) - 1, (row["cycle"], row["rejected"])
-        assert "miner-slow-server" in row["rejected"], (row["cycle"], row["rejected"])
+        if row["cycle"] in flood:
+            assert len(sybils) >= int(SYBILS) - 1, (row["cycle"], row["rejected"])
+        if row["cycle"] in staller:
+            assert "miner-slow-server" in row["rejected"], (row["cycle"], row["rejected"])
         assert "miner-slowloris" not in row["combined"]
 
 
