@@ -10,17 +10,17 @@ import torch
 import yaml
 from swarm_double import FEW_STEPS, heldout_math_blocks, with_few_steps_checks
 
+from swarm.errors import SwarmError
 from swarm.launch import write_manifest
 from swarm.net.identity import load_or_create
 from swarm.protocol.consensus import Score, combine
 from swarm.protocol.manifest import load
 from swarm.protocol.runtime import load_runtime
 from swarm.roles.miner import encode_state, train_submission
-from swarm.roles.validator import OVERFIT_SLACK, judge, overfit_flag, validation_batches, yardstick
+from swarm.roles.validator import OVERFIT_SLACK, judge, overfit_flag, yardstick
 from swarm.sim.adversaries.drift import NORM_MARGIN, harm_state
 from swarm.sim.adversaries.overfit import within_norm
 from teft.codec import Codec, CodecSpec, delta_norm
-from teft.pol import state_loss
 
 
 @pytest.fixture(scope="module")
@@ -126,33 +126,47 @@ def test_without_private_data_the_public_split_is_the_yardstick(rt):
     assert len(check) == len(scoring) // 4 and set(check) <= scoring
 
 
-def test_a_general_harm_update_passes_every_check_while_raising_general_loss_far_more_than_an_honest_one(rt):
-    """An open gap, pinned: Proof-of-Loss measures math alone, and no validator check measures general loss.
-
-    With the embedded default's inner loop, an update trained on L_math - 0.5 L_general (the general-harm
-    adversary) is scored like an honest one while its general loss rises several times as far. No general-loss
-    threshold was added: over 36 honest and 18 such updates (cycle 0, 3-4 seeds each) honest drift ranged
-    0.007-0.065 nats and the adversary's 0.065-0.19 on 8-block general subsets, with no margin between them
-    (0.055 / 0.072 on 16 blocks), and honest drift does not grow with the gain (swarm/sim/adversaries/drift.py).
-    When a check is added, this test must flip to expect the adversary's zero."""
+def test_an_update_trained_against_general_text_scores_zero_and_an_honest_one_passes(rt):
+    """Proof-of-Loss measures the target alone: an update trained on L_math - 0.5 L_general (the general-harm
+    adversary) gains on math like an honest one. With tiny.yaml's inner loop and limit, the validator measures each
+    gaining update's drift on the seed's general blocks: the honest update passes, the harmful one scores zero
+    with the drift named; with the check off (no max_general_drift) the same harmful update would score."""
+    tiny = yaml.safe_load(Path("configs/tiny.yaml").read_text())
     default = copy.copy(rt)
     default.private_blocks = None  # the public yardstick: deterministic, unlike freshly drawn held-out data
-    tiny_inner = yaml.safe_load(Path("configs/tiny.yaml").read_text())["inner"]
-    default.manifest = rt.manifest.model_copy(update={"inner": rt.manifest.inner.model_copy(update={
-        k: tiny_inner[k] for k in ("steps", "lr", "batch_size")})})
+    default.manifest = rt.manifest.model_copy(update={
+        "inner": rt.manifest.inner.model_copy(update={k: tiny["inner"][k] for k in ("steps", "lr", "batch_size")}),
+        "data": rt.manifest.data.model_copy(update={k: tiny["data"][k] for k in ("max_general_drift",
+                                                                                  "general_check_blocks")})})
+    limit = default.manifest.data.max_general_drift
     stick = yardstick(default, rt.initial_state, b"seed")
-    general = validation_batches(default, b"seed", rt.general_blocks, count=16)
-    general_base = state_loss(rt.model, rt.layout, rt.initial_state, general)
+    assert sum(len(b) for b in stick.general) == tiny["data"]["general_check_blocks"]
+    honest = train_submission(default, rt.initial_state, "honest", 0)
+    harm = encode_state(rt, rt.initial_state, within_norm(harm_state(default, rt.initial_state, "harm", 0,
+                                                                     rt.general_blocks), rt.initial_state,
+                                                          NORM_MARGIN * rt.manifest.max_delta_norm))
+    passed = judge(default, rt.initial_state, stick, "honest", "h" * 64, honest.payload)
+    assert passed.reason is None and passed.score > 0, passed
+    zeroed = judge(default, rt.initial_state, stick, "harm", "g" * 64, harm)
+    assert zeroed.score == 0.0 and "raises the general-text loss" in zeroed.reason, zeroed
+    drift = float(zeroed.reason.split(" by ")[1].split()[0])
+    assert drift > limit, zeroed.reason
 
-    honest = train_submission(default, rt.initial_state, "honest", 0).state
-    harm = within_norm(harm_state(default, rt.initial_state, "harm", 0, rt.general_blocks), rt.initial_state,
-                       NORM_MARGIN * rt.manifest.max_delta_norm)
-    drift = {}
-    for name, state, digest in (("honest", honest, "h" * 64), ("harm", harm, "g" * 64)):
-        verdict = judge(default, rt.initial_state, stick, name, digest, encode_state(rt, rt.initial_state, state))
-        assert verdict.reason is None and verdict.score > 0, verdict
-        drift[name] = state_loss(rt.model, rt.layout, state, general) - general_base
-    assert drift["harm"] > 2 * max(drift["honest"], 0.0) and drift["harm"] > 0.05, drift  # 0.160 / 0.023
+    unchecked = copy.copy(default)
+    unchecked.manifest = default.manifest.model_copy(update={
+        "data": default.manifest.data.model_copy(update={"max_general_drift": None})})
+    open_stick = yardstick(unchecked, rt.initial_state, b"seed")
+    assert open_stick.general is None
+    verdict = judge(unchecked, rt.initial_state, open_stick, "harm", "g" * 64, harm)
+    assert verdict.reason is None and verdict.score > 0, verdict  # only the general check stops it
+
+
+def test_a_general_drift_limit_needs_general_text(tmp_path):
+    """A manifest that limits general drift but names no general text to measure it on is refused."""
+    key = load_or_create(tmp_path / "v.key").public_key_str
+    with pytest.raises(SwarmError, match="max_general_drift needs data.general_validation: name general text"):
+        write_manifest("configs/tiny.yaml", tmp_path / "run.yaml", [key], 1.9e9,
+                       {"quorum": 1, "data": {"general_validation": None}})
 
 
 @pytest.mark.parametrize("spec", [CodecSpec("fp32"), CodecSpec("bf16"), CodecSpec("int8"),

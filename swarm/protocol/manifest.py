@@ -61,7 +61,21 @@ class DataSpec(_Strict):
     # scoring gain, or it scores zero: it was not trained on its assigned batches. 0 turns the check off; how far
     # honest updates clear it depends on the inner loop (scripts/assigned_check.py measures a manifest's)
     assigned_z: float = Field(default=0.0, ge=0)
+    # the most an update may raise the general-text loss (nats, mean over `general_check_blocks` blocks of the
+    # general_validation split picked by the cycle's seed) and still score: one trained against general text
+    # scores zero. None turns the check off; honest drift depends on the model and the inner loop
+    # (scripts/general_harm_study.py measures a manifest's)
+    max_general_drift: float | None = Field(default=None, gt=0)
+    general_check_blocks: int = Field(default=16, gt=0)
     eval_batch_size: int = Field(default=8, gt=0)
+
+    @model_validator(mode="after")
+    def _general_check(self) -> DataSpec:
+        """A general-drift limit needs general text to measure it on."""
+        if self.max_general_drift is not None and not self.general_validation:
+            raise ValueError("data.max_general_drift needs data.general_validation: name general text to measure "
+                             "drift on, or remove the limit")
+        return self
 
 
 class Timings(_Strict):

@@ -92,6 +92,8 @@ class Yardstick:
     public: list[torch.Tensor] | None = None
     public_base_blocks: torch.Tensor | None = None
     cycle: int = 0  # whose batches a miner trained on: assigned_batches(rt, miner, cycle)
+    general: list[torch.Tensor] | None = None  # general text an update's drift is measured on (max_general_drift)
+    general_base_blocks: torch.Tensor | None = None
 
     @property
     def base_loss(self) -> float:
@@ -105,6 +107,10 @@ def yardstick(rt: Runtime, state: ExpertState, seed: bytes, cycle: int = 0) -> Y
         count = max(rt.manifest.data.validation_blocks // OVERFIT_CHECK_SHARE, rt.manifest.data.eval_batch_size)
         stick.public = validation_batches(rt, seed, count=count)
         stick.public_base_blocks = state_block_losses(rt.model, rt.layout, state, stick.public)
+    if rt.manifest.data.max_general_drift is not None and rt.general_blocks is not None:
+        stick.general = validation_batches(rt, b"general\0" + seed, rt.general_blocks,
+                                           count=rt.manifest.data.general_check_blocks)
+        stick.general_base_blocks = state_block_losses(rt.model, rt.layout, state, stick.general)
     return stick
 
 
@@ -147,7 +153,9 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
 
     With private held-out data, a submission whose gain on the public validation split is far above its gain
     on the held-out data (overfit_flag) was fitted to public data, the only data a miner could have aimed at:
-    it scores zero.
+    it scores zero. So does one not trained on its assigned batches (assigned_z), and one that raises the
+    general-text loss past data.max_general_drift: Proof-of-Loss alone measures the target, and an update trained
+    on L_target - w L_general would score like an honest one.
     """
     try:  # the decoded delta applied to Phi_t is scored: exactly what the reduce would merge
         delta = rt.codec.decode(data)
@@ -177,6 +185,14 @@ def judge(rt: Runtime, base: ExpertState, stick: Yardstick, miner: str, payload_
             return Score(miner, payload_hash, loss, 0.0, f"gains {own_gain:.4f} on its own assigned batches against "
                          f"{gain:.4f} on the scoring data ({errors:.1f} standard errors over it, {need:g} needed): "
                          "not trained on its assigned batches")
+    limit = rt.manifest.data.max_general_drift
+    if stick.general is not None and gain > 0:  # only an update that gains could be merged
+        drift = float((state_block_losses(rt.model, rt.layout, state, stick.general)
+                       - stick.general_base_blocks).mean())
+        if drift > limit:
+            return Score(miner, payload_hash, loss, 0.0, f"raises the general-text loss by {drift:.4f} nats on "
+                         f"{sum(len(b) for b in stick.general)} blocks, over the {limit:g} allowed: traded general "
+                         "ability for the target")
     return Score(miner, payload_hash, loss, gain)
 
 

@@ -13,7 +13,7 @@ promise; the tests and the report check that it is stopped.
                state-forger: an allowlisted validator's crafted state of the right shapes, ground to win a tie
     dhtabuse   dht-blinder (a non-canonical subkey), subkey-spammer (1000 subkeys under one key)
     overfit    val-overfit: trains on the public validation split
-    drift      general-harm: trains on L_target - 0.5 L_general (not stopped: see README; not in `all`)
+    drift      general-harm: trains on L_target - 0.5 L_general, so its update costs general text while it gains
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ ADVERSARIES: dict[str, type] = {
     "general-harm": GeneralHarm,
 }
 NEW = ("sybil-flood", "seed-grinder", "slow-server", "slowloris", "slow-reader", "state-liar", "state-forger",
-       "dht-blinder", "subkey-spammer", "val-overfit")
+       "dht-blinder", "subkey-spammer", "val-overfit", "general-harm")
 SHOWN = ("free-rider", "noise", "poison", "nan", "oversize", "copycat", "replay", "late", "liar", *NEW)  # `all`
-EXTRA = ("wrong-shape", "extra-keys", "stranger", "general-harm")  # for the tests; general-harm passes every check
+EXTRA = ("wrong-shape", "extra-keys", "stranger")  # for the tests
 
 __all__ = ["ADVERSARIES", "EXTRA", "NEW", "SHOWN", "corrupt", "role_for", "role_kind"]
 

@@ -1,13 +1,12 @@
-"""general-harm: lowers the math loss while raising the general one; Proof-of-Loss measures math alone.
+"""general-harm: lowers the math loss while raising the general one, which Proof-of-Loss alone does not measure.
 
 Trained with the honest inner loop (same batches, steps and schedule) on L_math - HARM_WEIGHT x L_general,
-its update scores like an honest one and, merged, costs the model general ability that no score counts.
-Measured on tiny (20 steps, batch 2, lr 3e-3, cycle 0; 8-block general subsets of the public general split):
-its general loss rises 0.065-0.19 nats (median 0.12) for a held-out math gain of 0-0.064 (median 0.022);
-honest updates raise it 0.007-0.065 (median 0.031) for 0-0.090 (median 0.040). Its raw delta norm (~6.8)
-is already under the bound, so it is sent as trained (scaled down only past NORM_MARGIN x max_delta_norm):
-scaled up to that bound (11.4) every update measured, its and honest ones alike, gained nothing on held-out
-math (the step overshoots), so Proof-of-Loss alone zeroes that variant.
+its update gains on math like an honest one and, merged, would cost the model general ability. Validators
+measure each gaining update's general drift (data.max_general_drift): over 6 cycles of the embedded default
+(scripts/general_harm_study.py, teft/assets/studies/general_harm.md) its updates drifted 0.098-0.238 nats on
+16 general blocks where they gained, honest ones at most 0.064, and the limit of 0.08 zeroed 9 of 9 of its
+gaining judgements and 0 of 354 honest ones. Its raw delta norm (~6.8) is under the bound, so it is sent as
+trained (scaled down only past NORM_MARGIN x max_delta_norm).
 """
 
 from __future__ import annotations
