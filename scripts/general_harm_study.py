@@ -9,8 +9,9 @@ also trains, with the same batches, steps and schedule (swarm.sim.adversaries.dr
   - harm-train: weight 0.5 on the general *train* split, so the blocks a validator measures were never its aim.
 All are sent through the codec (int8) and scaled under max_delta_norm as the adversary does. Every update is then
 judged under `--seeds` evaluation seeds: the Proof-of-Loss gain on a validator's private held-out math (the
-scoring subset) and each block's drift on `--general-blocks` blocks of the public general validation split
-picked by the seed (smaller counts are the first blocks by the seed's rank, so one pass serves every size).
+scoring subset; for a domain other than the shipped math, the public validation split) and each block's drift
+on `--general-blocks` blocks of the public general validation split picked by the seed (smaller counts are the
+first blocks by the seed's rank, so one pass serves every size).
 The true harm of each update is its drift on 256 blocks of the general *test* split, which nobody trains on.
 
 Rules, applied to the saved judgements (`--rescore` again without training), count only updates that gain (score
@@ -99,7 +100,8 @@ def swarm_updates(rt: Runtime, cycles: int, miners: int, attackers: int, general
 
 
 def collect(rt: Runtime, args, checkpoint) -> list[dict]:
-    heldout = heldout_blocks(rt, "general-harm")
+    # a validator's private held-out math as simulations make it; for another domain, the public split
+    heldout = heldout_blocks(rt, "general-harm") if rt.manifest.data.train == "math" else rt.validation_blocks
     spec = rt.manifest.data
     general_train = tokenize_blocks(rt.tokenizer, load_texts(spec.general_validation, "train"), spec.seq_len,
                                     spec.validation_tokens)

@@ -44,7 +44,8 @@ class Submission:
     moments: dict[str, torch.Tensor] = field(default_factory=dict)
     delta: ExpertState | None = None
     residual: ExpertState | None = None
-    steps: int = 0  # inner steps trained (fewer than H when the commit deadline came first)
+    steps: int | None = None  # inner steps trained (fewer than H when the commit deadline came first); None: not
+    #                           counted (a submission not made by the inner loop)
 
 
 def encode_state(rt: Runtime, base: ExpertState, state: ExpertState) -> bytes:
@@ -122,7 +123,7 @@ class Miner(Role):
             cycle.log.note += "training overran the commit phase; "
             return
         steps = p.rt.inner_for(cycle.number).steps
-        if sub.steps < steps:
+        if sub.steps is not None and sub.steps < steps:
             logger.warning("cycle %d: trained %d of %d inner steps before the commit deadline; submitting those "
                            "(this machine is slower than the manifest's train phase assumes)", cycle.number,
                            sub.steps, steps)
