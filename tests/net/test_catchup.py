@@ -69,7 +69,11 @@ def test_stalling_holders_cost_a_late_joiner_no_turns():
             # fetch's timeout, STALLERS x TIMEOUT = 120 s
             assert elapsed < STALLERS / 2 * STALL_S + 5.0, elapsed
             assert set(failed) == set(holders[:STALLERS]), failed  # ranked last next time
-            assert all("stalled" in why for why in failed.values()), failed
+            # each staller was dropped for stalling, except that the last one may still have been inside its
+            # STALL_S when the honest holder, started in the slot the one before it freed, finished first
+            stalled = [why for why in failed.values() if "stalled" in why]
+            assert len(stalled) >= STALLERS - 1, failed
+            assert all(why in stalled or why == "slower than another holder" for why in failed.values()), failed
             print(f"\ncheckpoint fetched past {STALLERS} stalling holders in {elapsed:.2f}s")
         finally:
             for p in peers:
