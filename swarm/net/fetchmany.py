@@ -11,6 +11,7 @@ holder at a time.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import queue
 import time
@@ -181,11 +182,13 @@ def fetch_stream(
     pending: dict[str, bool] | None = None,
 ) -> Iterator[FetchResult]:
     """fetch_many on a background loop, started now, for a synchronous reader: each result is handed over as
-    soon as it is final, in the order they finish, so a validator judges the first payload while the others
-    are still arriving. `on_data` (on the loop) sees each verified payload as it arrives, whenever the reader
-    comes to it; `pending` (a payload server's) marks each request's hash on its way (True) until it arrives
-    (removed: the lookup finds it) or fails (False). Closing
-    the iterator early cancels what is still running."""
+    soon as it is final, so a validator judges the first payload while the others are still arriving. Results
+    come in the order they finish, except that of those that finished while the reader was busy, the earliest
+    requested comes first: a validator with time for few judgements spends it in its own order of the
+    submissions (miners merged last cycle first), not in the order their payloads happened to land. `on_data`
+    (on the loop) sees each verified payload as it arrives, whenever the reader comes to it; `pending` (a
+    payload server's) marks each request's hash on its way (True) until it arrives (removed: the lookup finds
+    it) or fails (False). Closing the iterator early cancels what is still running."""
     done: queue.SimpleQueue[FetchResult | None] = queue.SimpleQueue()
     wanted = {r.payload_hash for r in requests}
     if pending is not None:
@@ -217,15 +220,30 @@ def fetch_stream(
     future.add_done_callback(ended)
     give_up = time.monotonic() + budget_s + 10.0  # fetch_many ends within its budget and a few seconds of cleanup
 
+    order = {id(r): i for i, r in enumerate(requests)}
+
     def results() -> Iterator[FetchResult]:
+        ready: list[tuple[int, FetchResult]] = []  # finished, not yet handed over: a heap by request position
+        over = False
         try:
             for _ in range(len(requests)):
-                item = done.get(timeout=max(give_up - time.monotonic(), 0.01))
-                if item is None:
+                while not over:  # wait for one result when none is ready, then take every other that finished
+                    try:
+                        if ready:
+                            item = done.get_nowait()
+                        else:
+                            item = done.get(timeout=max(give_up - time.monotonic(), 0.01))
+                    except queue.Empty:
+                        if not ready:
+                            return
+                        break
+                    if item is None:
+                        over = True
+                    else:
+                        heapq.heappush(ready, (order[id(item.request)], item))
+                if not ready:
                     return
-                yield item
-        except queue.Empty:
-            return
+                yield heapq.heappop(ready)[1]
         finally:
             future.cancel()
 

@@ -502,6 +502,43 @@ def test_fetch_stream_hands_over_results_as_they_finish():
         loop.close()
 
 
+def test_fetch_stream_hands_over_what_finished_while_the_reader_was_busy_in_request_order():
+    """A validator busy judging finds several payloads landed meanwhile: it takes them in its own order of the
+    submissions (the one requested first first), not in the order they landed, so its few judgements go to the
+    miners it ranks first. A result that lands while the reader waits is still handed over at once."""
+    first, second = os.urandom(4 << 20), os.urandom(1000)  # the second lands first: a thousand bytes against 4 MiB
+    loop = BackgroundLoop()
+    try:
+
+        async def make():
+            server = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+            client = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+            await PayloadServer(server, store_of(first, second), RUN).start()
+            return server, client, {server.peer_id.to_base58(): [str(m) for m in await server.get_visible_maddrs()]}
+
+        server, client, maddrs = loop.run(make(), timeout=30)
+        try:
+            holder = [server.peer_id.to_base58()]
+            requests = [FetchRequest(payload_hash(data), len(data), holder, maddrs=maddrs) for data in (first, second)]
+            landed = []
+            stream = fetch_stream(loop, client, requests, 20.0, 2, timeout=15.0, run_id=RUN, on_data=landed.append)
+            deadline = time.monotonic() + 15
+            while len(landed) < 2 and time.monotonic() < deadline:  # the reader is busy while both land
+                time.sleep(0.05)
+            assert landed == [second, first], "the small payload should land first"
+            got = [r.request for r in stream]
+            assert got == requests, got  # request order: the first requested first
+            # while the reader waits, a result is handed over as soon as it lands: finish order
+            stream = fetch_stream(loop, client, requests, 20.0, 2, timeout=15.0, run_id=RUN)
+            assert [r.request for r in stream] == [requests[1], requests[0]]
+        finally:
+            for p in (client, server):
+                loop.run(p.shutdown(), timeout=10)
+            loop.run(_cancel_the_rest(), timeout=10)
+    finally:
+        loop.close()
+
+
 def given_up(pending: dict, digest: str, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while pending.get(digest) is not False and time.monotonic() < deadline:
