@@ -40,15 +40,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts.overfit_check import heldout_blocks, load_tiny  # noqa: E402
+from scripts.overfit_check import decoded_state, heldout_blocks, load_tiny  # noqa: E402
+from scripts.overfit_check import swarm_updates as honest_swarm  # noqa: E402
 from swarm.protocol.runtime import Runtime  # noqa: E402
-from swarm.roles.miner import encode_state, train_submission  # noqa: E402
+from swarm.roles.miner import encode_state  # noqa: E402
 from swarm.roles.validator import validation_batches  # noqa: E402
 from swarm.sim.adversaries.drift import NORM_MARGIN, harm_state  # noqa: E402
 from swarm.sim.adversaries.overfit import within_norm  # noqa: E402
-from teft.codec import apply_delta  # noqa: E402
 from teft.data import load_texts, subset, tokenize_blocks  # noqa: E402
-from teft.outer import NesterovOuter, outer_step  # noqa: E402
 from teft.pol import state_block_losses  # noqa: E402
 
 SIZES = (8, 16, 32, 64)  # general blocks a validator might measure
@@ -72,31 +71,17 @@ def general_pick(rt: Runtime, seed: bytes, most: int) -> tuple[list[torch.Tensor
     return batches_of(rt, rt.general_blocks[order]), sizes
 
 
-def judged(rt: Runtime, base, payload: bytes):
-    """The state a validator scores: the decoded payload applied to the cycle's start state."""
-    return apply_delta(base, rt.codec.decode(payload))
-
-
 def swarm_updates(rt: Runtime, cycles: int, miners: int, attackers: int, general_train: torch.Tensor):
-    """Per cycle, (cycle, start state, {(kind, name): judged state}); then the outer step on the honest ones."""
+    """overfit_check's honest swarm, every update as a validator judges it, and at each start state the harmful
+    kinds (HARMS) beside the honest miners: (cycle, start state, {(kind, name): judged state})."""
     bound = NORM_MARGIN * rt.manifest.max_delta_norm
-    state, buffer, moments = rt.initial_state, None, [None] * miners
-    for cycle in range(cycles):
-        updates, honest = {}, []
-        for m in range(miners):
-            sub = train_submission(rt, state, f"miner-{m}", cycle, moments=moments[m])
-            moments[m] = sub.moments if rt.manifest.inner.keep_moments else None
-            updates[("honest", f"miner-{m}")] = judged(rt, state, sub.payload)
-            honest.append(sub.state)
+    for cycle, state, updates in honest_swarm(rt, cycles, miners, 0, decoded=True):
         for kind, (weight, split) in HARMS.items():
             general = rt.general_blocks if split == "validation" else general_train
             for k in range(attackers):
                 trained = within_norm(harm_state(rt, state, f"{kind}-{k}", cycle, general, weight), state, bound)
-                updates[(kind, f"{kind}-{k}")] = judged(rt, state, encode_state(rt, state, trained))
+                updates[(kind, f"{kind}-{k}")] = decoded_state(rt, state, encode_state(rt, state, trained))
         yield cycle, state, updates
-        optimizer = NesterovOuter(rt.outer, buffer)
-        state = outer_step(state, honest, optimizer)
-        buffer = optimizer.buffer
 
 
 def collect(rt: Runtime, args, checkpoint) -> list[dict]:

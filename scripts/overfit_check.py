@@ -42,6 +42,7 @@ from swarm.protocol.runtime import Runtime  # noqa: E402
 from swarm.roles.miner import train_submission  # noqa: E402
 from swarm.roles.validator import OVERFIT_CHECK_SHARE, overfit_flag, validation_batches  # noqa: E402
 from swarm.sim.adversaries.overfit import NORM_MARGIN, within_norm  # noqa: E402
+from teft.codec import apply_delta  # noqa: E402
 from teft.data import tokenize_blocks  # noqa: E402
 from teft.outer import NesterovOuter, outer_step  # noqa: E402
 from teft.pol import state_block_losses  # noqa: E402
@@ -100,10 +101,16 @@ def judgements(rt: Runtime, base, updates: dict, heldout: list[torch.Tensor], se
     return rows
 
 
-def swarm_updates(rt: Runtime, cycles: int, miners: int, overfitters: int):
+def decoded_state(rt: Runtime, base, payload: bytes):
+    """The state a validator scores: the decoded payload applied to the cycle's start state."""
+    return apply_delta(base, rt.codec.decode(payload))
+
+
+def swarm_updates(rt: Runtime, cycles: int, miners: int, overfitters: int, decoded: bool = False):
     """Per cycle, (cycle, its start state, {(kind, name): update}): honest miners (moments kept) and val-overfit
-    miners (the public validation split, the same H, under max_delta_norm). Once the caller has judged them, the
-    outer step on the honest updates makes the next cycle's state."""
+    miners (the public validation split, the same H, under max_delta_norm). Once the caller has judged them (and
+    added updates of its own to the dict, if it likes), the outer step on the honest updates makes the next cycle's
+    state. `decoded`: each honest update as a validator judges it, its payload decoded onto the start state."""
     bound = NORM_MARGIN * rt.manifest.max_delta_norm
     state, buffer, moments = rt.initial_state, None, [None] * miners
     for cycle in range(cycles):
@@ -111,7 +118,7 @@ def swarm_updates(rt: Runtime, cycles: int, miners: int, overfitters: int):
         for m in range(miners):
             sub = train_submission(rt, state, f"miner-{m}", cycle, moments=moments[m])
             moments[m] = sub.moments if rt.manifest.inner.keep_moments else None
-            updates[("honest", f"miner-{m}")] = sub.state
+            updates[("honest", f"miner-{m}")] = decoded_state(rt, state, sub.payload) if decoded else sub.state
             honest.append(sub.state)
         for k in range(overfitters):
             sub = train_submission(with_train_blocks(rt, rt.validation_blocks), state, f"val-overfit-{k}", cycle)
