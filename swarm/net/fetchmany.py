@@ -224,23 +224,24 @@ def fetch_stream(
 
     def results() -> Iterator[FetchResult]:
         ready: list[tuple[int, FetchResult]] = []  # finished, not yet handed over: a heap by request position
-        over = False
+        over = False  # fetch_many has ended: nothing more will come
+
+        def take(item: FetchResult | None) -> None:
+            nonlocal over
+            if item is None:
+                over = True
+            else:
+                heapq.heappush(ready, (order[id(item.request)], item))
+
         try:
             for _ in range(len(requests)):
-                while not over:  # wait for one result when none is ready, then take every other that finished
+                if not ready and not over:  # nothing in hand: wait for the next result
                     try:
-                        if ready:
-                            item = done.get_nowait()
-                        else:
-                            item = done.get(timeout=max(give_up - time.monotonic(), 0.01))
+                        take(done.get(timeout=max(give_up - time.monotonic(), 0.01)))
                     except queue.Empty:
-                        if not ready:
-                            return
-                        break
-                    if item is None:
-                        over = True
-                    else:
-                        heapq.heappush(ready, (order[id(item.request)], item))
+                        return
+                while not over and not done.empty():  # and every other that finished meanwhile
+                    take(done.get_nowait())
                 if not ready:
                     return
                 yield heapq.heappop(ready)[1]
